@@ -1,0 +1,1 @@
+"""Launching: the launch plan (light, for `--dry-run`) and running it in-process or across processes."""

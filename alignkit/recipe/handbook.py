@@ -1,0 +1,426 @@
+"""Conversion of flat Alignment Handbook / TRL YAML configs into alignkit's sectioned recipes.
+
+Both handbook layouts are understood: the old one (`dataset_mixer` + `dataset_splits`, TRL < 0.13 key
+names) and the new one (`dataset_mixture`, `dataset_name`, TRL 1.x names). Every key that is renamed or
+dropped produces one notice, so the user sees exactly what changed. A key that neither alignkit nor TRL
+knows is an error, as in a native recipe: the handbook's own old parser silently ignored such keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignkit.errors import Problem, UserError
+from alignkit.recipe import vocab
+
+NATIVE_TOP_KEYS = frozenset(
+    {"description", "model", "data", "training", "peft", "quantization", "launch", "logging", "hub"}
+    | {"cpt", "sft", "dpo", "orpo"}
+)
+
+# flat key -> native path; the method's own section is written as "{m}".
+_MOVES: dict[str, str] = {
+    "model_name_or_path": "model.name_or_path",
+    "model_revision": "model.revision",
+    "tokenizer_name_or_path": "model.tokenizer_name_or_path",
+    "torch_dtype": "model.dtype",
+    "dtype": "model.dtype",
+    "attn_implementation": "model.attn_implementation",
+    "use_flash_attention_2": "model.attn_implementation",
+    "trust_remote_code": "model.trust_remote_code",
+    "lora_r": "peft.r",
+    "lora_alpha": "peft.alpha",
+    "lora_dropout": "peft.dropout",
+    "lora_target_modules": "peft.target_modules",
+    "lora_modules_to_save": "peft.modules_to_save",
+    "use_rslora": "peft.use_rslora",
+    "use_dora": "peft.use_dora",
+    "load_in_4bit": "quantization.load_in_4bit",
+    "load_in_8bit": "quantization.load_in_8bit",
+    "bnb_4bit_quant_type": "quantization.bnb_4bit_quant_type",
+    "use_bnb_nested_quant": "quantization.bnb_4bit_use_double_quant",
+    "bnb_4bit_quant_storage": "quantization.bnb_4bit_quant_storage",
+    "chat_template": "data.chat_template",
+    "dataset_num_proc": "data.num_proc",
+    "preprocessing_num_workers": "data.num_proc",
+    "output_dir": "training.output_dir",
+    "overwrite_output_dir": "training.overwrite_output_dir",
+    "num_train_epochs": "training.num_train_epochs",
+    "max_steps": "training.max_steps",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "per_device_eval_batch_size": "training.per_device_eval_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "learning_rate": "training.learning_rate",
+    "lr_scheduler_type": "training.lr_scheduler_type",
+    "lr_scheduler_kwargs": "training.lr_scheduler_kwargs",
+    "warmup_ratio": "training.warmup_ratio",
+    "warmup_steps": "training.warmup_steps",
+    "optim": "training.optim",
+    "weight_decay": "training.weight_decay",
+    "max_grad_norm": "training.max_grad_norm",
+    "seed": "training.seed",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "training.gradient_checkpointing_kwargs",
+    "eval_strategy": "training.eval_strategy",
+    "evaluation_strategy": "training.eval_strategy",
+    "eval_steps": "training.eval_steps",
+    "save_strategy": "training.save_strategy",
+    "save_steps": "training.save_steps",
+    "save_total_limit": "training.save_total_limit",
+    "use_liger_kernel": "training.use_liger_kernel",
+    "ddp_timeout": "training.ddp_timeout",
+    "report_to": "logging.report_to",
+    "logging_steps": "logging.logging_steps",
+    "run_name": "logging.run_name",
+    "log_level": "logging.log_level",
+    "wandb_project": "logging.wandb_project",
+    "wandb_entity": "logging.wandb_entity",
+    "wandb_run_group": "logging.wandb_run_group",
+    "push_to_hub": "hub.push_to_hub",
+    "hub_model_id": "hub.hub_model_id",
+    "hub_private_repo": "hub.private",
+    "hub_model_revision": "hub.revision",
+    "hub_revision": "hub.revision",
+    "hub_strategy": "hub.strategy",
+    "max_seq_length": "{m}.max_length",
+    "max_length": "{m}.max_length",
+    "max_prompt_length": "{m}.max_prompt_length",
+    "packing": "{m}.packing",
+    "packing_strategy": "{m}.packing_strategy",
+    "padding_free": "{m}.padding_free",
+    "assistant_only_loss": "{m}.assistant_only_loss",
+    "completion_only_loss": "{m}.completion_only_loss",
+    "eos_token": "{m}.eos_token",
+    "beta": "{m}.beta",
+    "loss_type": "{m}.loss_type",
+    "loss_weights": "{m}.loss_weights",
+    "label_smoothing": "{m}.label_smoothing",
+    "precompute_ref_log_probs": "{m}.precompute_ref_log_probs",
+    "text_column": "cpt.text_column",
+    "dataset_text_field": "cpt.text_column",
+}
+
+# Why a renamed key changed name, shown in its notice.
+_RENAME_REASONS = {
+    "max_seq_length": "TRL 0.20 renamed it max_length",
+    "preprocessing_num_workers": "TRL renamed it dataset_num_proc",
+    "evaluation_strategy": "transformers renamed it eval_strategy",
+    "hub_model_revision": "the handbook never used it; alignkit pushes to this branch",
+    "use_bnb_nested_quant": "double quantisation",
+    "use_flash_attention_2": "not a handbook key; its intent is flash-attention 2",
+}
+
+# Keys with no effect in alignkit, and why.
+_DROPPED = {
+    "do_train": "alignkit always trains",
+    "do_eval": "training.eval_strategy decides whether to evaluate",
+    "logging_strategy": "logging.logging_steps sets the interval",
+    "logging_first_step": "always on",
+    "remove_unused_columns": "alignkit keeps exactly the columns each method needs",
+    "dataset_kwargs": "the chat template controls special tokens in TRL 1.x",
+    "auto_insert_empty_system_msg": "set data.system_prompt to insert a system message",
+    "truncation_side": "alignkit truncates prompts from the left for dpo and orpo",
+    "base_model_revision": "the adapter's base is loaded at the revision it records",
+    "model_code_revision": "unused by the handbook",
+    "lora_task_type": "alignkit trains causal language models (CAUSAL_LM)",
+    "use_peft": "the LoRA keys become a peft section",
+    "dataset_streaming": "alignkit prepares data once and caches it",
+    "env": "set environment variables in your shell or launcher",
+    "bf16": "training.mixed_precision",
+    "fp16": "training.mixed_precision",
+    "group_by_length": "training.train_sampling_strategy",
+}
+
+_SECTION_OF_METHOD_KEYS = {
+    "cpt": {"max_length", "packing", "packing_strategy", "text_column"},
+    "sft": {"max_length", "packing", "packing_strategy", "padding_free", "assistant_only_loss"}
+    | {"completion_only_loss", "eos_token"},
+    "dpo": {"max_length", "max_prompt_length", "beta", "loss_type", "loss_weights", "label_smoothing"}
+    | {"precompute_ref_log_probs", "padding_free"},
+    "orpo": {"max_length", "max_prompt_length", "beta"},
+}
+
+_TRL_FIELDS = {
+    "cpt": vocab.SFT_CONFIG_FIELDS,
+    "sft": vocab.SFT_CONFIG_FIELDS,
+    "dpo": vocab.DPO_CONFIG_FIELDS,
+    "orpo": vocab.ORPO_CONFIG_FIELDS,
+}
+
+_DATA_KEYS = {"dataset_mixer", "dataset_splits", "dataset_configs", "dataset_mixture"}
+_DATA_KEYS |= {"dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split"}
+
+
+def known_flat_keys(method: str) -> set[str]:
+    """Every key a flat config for `method` may hold."""
+    return set(_MOVES) | set(_DROPPED) | _DATA_KEYS | set(_TRL_FIELDS[method])
+
+
+def is_flat(data: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is a flat handbook/TRL config rather than a native recipe."""
+    if "model_name_or_path" in data:
+        return True
+    return not ({"model", "data"} & data.keys()) and bool(set(data) - NATIVE_TOP_KEYS)
+
+
+@dataclass
+class Converted:
+    """A flat config turned into a native recipe mapping."""
+
+    recipe: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
+    """Native dotted path -> the flat key it came from, to point errors at what the user wrote."""
+
+
+def convert_flat(data: dict[str, Any], method: str, source: str) -> Converted:
+    """Convert a flat handbook/TRL config for `method` into a native recipe mapping.
+
+    Raises:
+        UserError: for unknown keys and data settings the handbook itself would refuse.
+    """
+    out = Converted()
+    problems: list[Problem] = []
+
+    def put(path: str, value: Any, flat_key: str) -> None:
+        earlier = out.origins.get(path)
+        if earlier is not None and earlier != flat_key and earlier in data:
+            problems.append(
+                Problem(source=source, path=flat_key, message=f"sets {path} again (already set by {earlier}); keep one")
+            )
+            return
+        node = out.recipe
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        out.origins[path] = flat_key
+
+    for key, value in data.items():
+        if key in _DATA_KEYS:
+            continue
+        if key in _MOVES:
+            target = _MOVES[key].format(m=method)
+            section, _, leaf = target.partition(".")
+            if section == method and leaf not in _SECTION_OF_METHOD_KEYS[method]:
+                out.notices.append(f"dropped {key} (not used by {method})")
+                continue
+            if section == "cpt" and method != "cpt":
+                out.notices.append(f"dropped {key} (only cpt reads a raw text column)")
+                continue
+            put(target, _normalise_value(key, value), key)
+            reason = _RENAME_REASONS.get(key)
+            if key == "max_seq_length" and method in ("dpo", "orpo"):
+                reason = "its length limit is max_length"
+            out.notices.append(f"renamed {key} -> {target}" + (f" ({reason})" if reason else ""))
+        elif key in _DROPPED:
+            _convert_dropped(key, value, data, put, out, source)
+        elif key in _TRL_FIELDS[method]:
+            put(f"training.extra.{key}", value, key)
+            out.notices.append(f"passed {key} through to TRL as training.extra.{key}")
+        else:
+            problems.append(Problem(source=source, path=key, message=_unknown_key_message(key, method)))
+
+    _convert_data(data, method, source, put, out, problems)
+    if "use_peft" in data and not data["use_peft"]:
+        out.recipe.pop("peft", None)
+    if data.get("load_in_4bit") and "use_bnb_nested_quant" not in data:
+        put("quantization.bnb_4bit_use_double_quant", False, "load_in_4bit")
+    if problems:
+        raise UserError(problems)
+    return out
+
+
+def _normalise_value(key: str, value: Any) -> Any:
+    if key == "use_flash_attention_2":
+        return "flash_attention_2" if value else "auto"
+    if key == "packing_strategy" and value == "ffd":
+        return "bfd"  # TRL renamed first-fit-decreasing to best-fit-decreasing
+    if key in ("torch_dtype", "dtype") and value is None:
+        return "auto"
+    if key == "report_to" and value in ("all",):
+        return ["tensorboard", "wandb"]
+    return value
+
+
+def _convert_dropped(key: str, value: Any, data: dict, put, out: Converted, source: str) -> None:
+    if key in ("bf16", "fp16"):
+        if key == "bf16" and value:
+            put("training.mixed_precision", "bf16", key)
+        elif key == "fp16" and value:
+            put("training.mixed_precision", "fp16", key)
+        elif not data.get("bf16") and not data.get("fp16"):
+            put("training.mixed_precision", "no", key)
+        out.notices.append(f"renamed {key}: {value} -> training.mixed_precision")
+        return
+    if key == "group_by_length":
+        if value:
+            put("training.train_sampling_strategy", "group_by_length", key)
+        out.notices.append("renamed group_by_length -> training.train_sampling_strategy (transformers 5)")
+        return
+    if key == "use_peft" and value:
+        out.recipe.setdefault("peft", {})
+        out.notices.append("use_peft: true -> a peft section with the lora_* values")
+        return
+    out.notices.append(f"dropped {key} ({_DROPPED[key]})")
+
+
+def _unknown_key_message(key: str, method: str) -> str:
+
+    close = difflib.get_close_matches(key, sorted(known_flat_keys(method)), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown key for a flat {method} config (neither alignkit nor TRL reads it){hint}"
+
+
+def _convert_data(data: dict, method: str, source: str, put, out: Converted, problems: list[Problem]) -> None:
+    if "dataset_mixture" in data:
+        _convert_mixture(data, source, put, out, problems)
+    elif "dataset_mixer" in data:
+        _convert_mixer(data, source, put, out, problems)
+    elif "dataset_name" in data:
+        _convert_named(data, source, put, out)
+    else:
+        problems.append(
+            Problem(
+                source=source,
+                path="dataset_mixture",
+                message="no data: give dataset_mixture, dataset_mixer with dataset_splits, or dataset_name",
+            )
+        )
+    stray = {"dataset_splits", "dataset_configs"} & data.keys()
+    if stray and "dataset_mixer" not in data:
+        for key in sorted(stray):
+            out.notices.append(f"dropped {key} (only read with dataset_mixer)")
+
+
+def _convert_mixture(data: dict, source: str, put, out: Converted, problems: list[Problem]) -> None:
+    mixture = data["dataset_mixture"]
+    if not isinstance(mixture, dict) or not isinstance(mixture.get("datasets"), list):
+        problems.append(
+            Problem(source=source, path="dataset_mixture", message="must be a mapping with a datasets list")
+        )
+        return
+    unknown = set(mixture) - {"datasets", "seed", "test_split_size"}
+    for key in sorted(unknown):
+        problems.append(
+            Problem(
+                source=source, path=f"dataset_mixture.{key}", message="unknown key (datasets, seed, test_split_size)"
+            )
+        )
+    sources = []
+    for index, entry in enumerate(mixture["datasets"]):
+        if not isinstance(entry, dict) or "id" not in entry:
+            problems.append(Problem(source=source, path=f"dataset_mixture.datasets.{index}", message="needs an id"))
+            continue
+        extra = set(entry) - {"id", "config", "split", "columns", "weight"}
+        for key in sorted(extra):
+            problems.append(
+                Problem(
+                    source=source,
+                    path=f"dataset_mixture.datasets.{index}.{key}",
+                    message="unknown key (id, config, split, columns, weight)",
+                )
+            )
+        weight = entry.get("weight")
+        # The new handbook pools every entry, test splits included, and re-splits by test_split_size.
+        sources.append(
+            _drop_none(
+                {
+                    "path": entry["id"],
+                    "name": entry.get("config"),
+                    "split": entry.get("split", "train"),
+                    "columns": entry.get("columns"),
+                    "weight": 1.0 if weight is None else weight,
+                    "role": "train",
+                }
+            )
+        )
+    put("data.datasets", sources, "dataset_mixture")
+    if mixture.get("test_split_size") is not None:
+        put("data.test_split_size", mixture["test_split_size"], "dataset_mixture")
+    put("data.seed", mixture.get("seed", 0), "dataset_mixture")
+    out.notices.append(
+        f"dataset_mixture -> data.datasets ({len(sources)} sources pooled"
+        + (f", re-split with test_split_size {mixture['test_split_size']})" if mixture.get("test_split_size") else ")")
+    )
+
+
+def _convert_mixer(data: dict, source: str, put, out: Converted, problems: list[Problem]) -> None:
+    mixer = data["dataset_mixer"]
+    splits = data.get("dataset_splits", ["train", "test"])
+    configs = data.get("dataset_configs")
+    if not isinstance(mixer, dict) or not mixer:
+        problems.append(Problem(source=source, path="dataset_mixer", message="must map dataset ids to fractions"))
+        return
+    if isinstance(splits, str):
+        splits = [splits]
+    if configs is not None and (not isinstance(configs, list) or len(configs) != len(mixer)):
+        problems.append(
+            Problem(
+                source=source,
+                path="dataset_configs",
+                message=f"needs one entry per dataset_mixer entry ({len(mixer)}), got {configs!r}",
+            )
+        )
+        return
+    sources = []
+    for index, (dataset_id, fraction) in enumerate(mixer.items()):
+        if not isinstance(fraction, int | float) or isinstance(fraction, bool) or fraction < 0:
+            problems.append(
+                Problem(
+                    source=source,
+                    path=f"dataset_mixer.{dataset_id}",
+                    message=f"fraction must be a number >= 0 (given: {fraction!r})",
+                )
+            )
+            continue
+        for split in splits:
+            if "train" in split:
+                role, weight = "train", fraction
+            elif "test" in split:
+                role, weight = "test", 1.0  # the old handbook used test splits whole
+            else:
+                problems.append(
+                    Problem(
+                        source=source,
+                        path="dataset_splits",
+                        message=f"split {split!r} names neither train nor test; the handbook routes splits by name",
+                    )
+                )
+                return
+            sources.append(
+                _drop_none(
+                    {
+                        "path": dataset_id,
+                        "name": configs[index] if configs else None,
+                        "split": split,
+                        "weight": weight,
+                        "role": role,
+                    }
+                )
+            )
+    put("data.datasets", sources, "dataset_mixer")
+    put("data.seed", 42, "dataset_mixer")
+    out.notices.append(
+        f"dataset_mixer + dataset_splits -> data.datasets ({len(sources)} sources; fractions of train"
+        " splits, test splits whole)"
+    )
+
+
+def _convert_named(data: dict, source: str, put, out: Converted) -> None:
+    name = data["dataset_name"]
+    config = data.get("dataset_config")
+    train_split = data.get("dataset_train_split", "train")
+    sources = [_drop_none({"path": name, "name": config, "split": train_split, "role": "train"})]
+    evaluates = data.get("eval_strategy", data.get("evaluation_strategy", "no")) != "no"
+    if evaluates:
+        test_split = data.get("dataset_test_split", "test")
+        sources.append(_drop_none({"path": name, "name": config, "split": test_split, "role": "test"}))
+    put("data.datasets", sources, "dataset_name")
+    out.notices.append(f"dataset_name -> data.datasets ({', '.join(s['split'] for s in sources)})")
+
+
+def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if v is not None}

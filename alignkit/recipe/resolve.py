@@ -1,0 +1,143 @@
+"""From `--recipe NAME|PATH` plus flags to one validated recipe.
+
+The order is fixed and documented: read the file (native, or a flat handbook/TRL config converted with a
+notice per changed key), apply `--qlora`, then every `--set` (so an explicit override beats the QLoRA
+defaults), then `--output-dir`, then validate once. Nothing here touches the disk beyond reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from alignkit import registry
+from alignkit.errors import Problem, UserError
+from alignkit.methods import METHODS
+from alignkit.recipe import handbook
+from alignkit.recipe.overrides import apply_overrides, parse_overrides
+from alignkit.recipe.problems import METHOD_SECTIONS, problems_from_validation
+from alignkit.recipe.qlora import apply_qlora
+from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.yamlio import read_yaml_mapping
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A validated recipe and where it came from."""
+
+    method: str
+    name: str
+    """Registry name, or the file's stem for a recipe given by path."""
+    source: Path
+    recipe: _RecipeBase
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.training.output_dir or "")
+
+
+def locate(ref: str, method: str) -> tuple[str, Path]:
+    """Find a recipe by registry name or path; returns (name, file)."""
+    entries = registry.discover()
+    if ref in entries:
+        entry = entries[ref]
+        if method not in entry.files:
+            raise UserError(
+                Problem(
+                    source="--recipe",
+                    message=f"recipe {ref!r} has no {method} stage; it has {', '.join(entry.methods)}"
+                    f" (run `alignkit {entry.methods[0]} --recipe {ref}`)",
+                )
+            )
+        return ref, entry.files[method]
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref:
+        if not path.exists():
+            raise UserError(Problem(source=ref, message="recipe file not found; check the path"))
+        return path.stem, path
+    close = registry.suggest(ref, list(entries))
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise UserError(
+        Problem(
+            source="--recipe",
+            message=f"unknown recipe {ref!r}{hint} (`alignkit recipes list` shows them; a path must end in .yaml)",
+        )
+    )
+
+
+def resolve_recipe(
+    method: str,
+    ref: str,
+    *,
+    qlora: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    output_dir: str | None = None,
+) -> ResolvedRecipe:
+    """Resolve and validate a recipe for `method`.
+
+    Raises:
+        UserError: listing every problem found in the file, the flags and the overrides.
+    """
+    name, path = locate(ref, method)
+    source = str(path)
+    raw = read_yaml_mapping(path)
+    notices: list[str] = []
+    origins: dict[str, str] = {}
+    if handbook.is_flat(raw):
+        converted = handbook.convert_flat(raw, method, source)
+        raw, origins = converted.recipe, converted.origins
+        notices = [f"{source} is a flat handbook/TRL config; converted it to an alignkit recipe:"]
+        notices += [f"  {line}" for line in converted.notices]
+    else:
+        _refuse_other_method(raw, method, source)
+    if qlora:
+        raw, qlora_notices = apply_qlora(raw, method)
+        notices += qlora_notices
+    parsed = parse_overrides(list(overrides))
+    raw = apply_overrides(raw, parsed)
+    set_by = {o.path: o.text for o in parsed}
+    if output_dir is not None:
+        raw = apply_overrides(raw, parse_overrides([f"training.output_dir={output_dir}"]))
+        set_by["training.output_dir"] = f"--output-dir {output_dir}"
+    raw = _fill_defaults(raw, method, name)
+    recipe_model = METHODS[method].recipe
+    try:
+        recipe = recipe_model.model_validate(raw)
+    except ValidationError as err:
+        problems = problems_from_validation(
+            err, recipe_model, source=source, method=method, overrides=set_by, origins=origins
+        )
+        raise UserError(problems) from None
+    return ResolvedRecipe(method=method, name=name, source=path, recipe=recipe, notices=notices)
+
+
+def _refuse_other_method(raw: dict[str, Any], method: str, source: str) -> None:
+    others = [key for key in METHOD_SECTIONS if key in raw and key != method]
+    if others and method not in raw:
+        raise UserError(
+            Problem(
+                source=source,
+                message=f"this is a {others[0]} recipe (it has a {others[0]} section); run"
+                f" `alignkit {others[0]} --recipe {source}` or add a {method} section",
+            )
+        )
+
+
+def _fill_defaults(raw: dict[str, Any], method: str, name: str) -> dict[str, Any]:
+    """Defaults that depend on the method or the recipe's name, written in so the frozen recipe is explicit."""
+    training = raw.get("training")
+    if training is None:
+        training = {}
+    if not isinstance(training, dict):
+        return raw  # validation reports the wrong type
+    training = dict(training)
+    if training.get("learning_rate") is None:
+        training["learning_rate"] = METHODS[method].default_learning_rate
+    if not training.get("output_dir"):
+        safe_name = name.replace(":", "-")
+        training["output_dir"] = f"outputs/{safe_name}-{method}"
+    return {**raw, "training": training}

@@ -1,0 +1,94 @@
+"""Strict YAML reading and stable YAML writing for recipes.
+
+PyYAML's `safe_load` silently keeps the last of two duplicate keys, which hides typos such as a second
+`learning_rate` further down a long file. The loader here refuses duplicates, reports syntax errors with
+their line, and refuses an empty document, always naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.errors import Problem, UserError
+
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """A safe loader that refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    first_line: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise _DuplicateKey(key, first_line[key], key_node.start_mark.line + 1)
+        first_line[key] = key_node.start_mark.line + 1
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first_line: int, line: int):
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text strictly; `source` names the text in error messages."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as dup:
+        raise UserError(
+            Problem(
+                source=f"{source}:{dup.line}",
+                message=f"duplicate key {dup.key!r} (first given on line {dup.first_line}); keep only one",
+            )
+        ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        what = err.problem or "invalid YAML"
+        raise UserError(Problem(source=where, message=f"YAML syntax error: {what}")) from None
+    except yaml.YAMLError as err:
+        raise UserError(Problem(source=source, message=f"YAML error: {err}")) from None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a non-empty mapping at its top level."""
+    source = str(path)
+    if not path.exists():
+        raise UserError(Problem(source=source, message="file not found; check the path"))
+    if path.is_dir():
+        raise UserError(Problem(source=source, message="is a folder; give the path of a recipe YAML file"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(Problem(source=source, message=f"cannot read the file ({err})")) from None
+    data = parse_yaml(text, source)
+    if data is None:
+        raise UserError(Problem(source=source, message="the file is empty; a recipe needs at least a model section"))
+    if not isinstance(data, dict):
+        raise UserError(
+            Problem(source=source, message=f"expected a mapping of keys to values at the top, found {_kind(data)}")
+        )
+    return data
+
+
+def dump_yaml(data: Any) -> str:
+    """Write YAML that reads back to the same data, keeping key order."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )

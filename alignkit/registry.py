@@ -1,0 +1,89 @@
+"""The recipe registry, discovered from `configs/recipes/<name>/<method>.yaml` (no hand-kept list).
+
+A variant of a recipe lives beside it as `<method>.<variant>.yaml` and is named `<name>:<variant>`
+(`zephyr-7b-beta:qlora`). Listing reads only each file's few metadata keys, so it stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from alignkit.methods import METHODS
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SIZE = re.compile(r"(?<![\w.])(\d+x)?\d+(\.\d+)?[bm](?![a-z])", re.IGNORECASE)
+
+
+def configs_dir() -> Path:
+    """The folder holding recipes and launch profiles (inside the wheel, or at the top of a checkout)."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """One named recipe (or variant) and the method files it has."""
+
+    name: str
+    files: dict[str, Path] = field(default_factory=dict)
+    description: str = ""
+    base_model: str = ""
+    gpus: int = 1
+    nodes: int = 1
+    profile: str = "none"
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m in METHODS if m in self.files]
+
+    @property
+    def size(self) -> str:
+        match = _SIZE.search(self.base_model.rsplit("/", 1)[-1]) or _SIZE.search(self.name)
+        return match.group(0).upper() if match else "-"
+
+
+@cache
+def discover(root: Path | None = None) -> dict[str, RecipeEntry]:
+    """Every recipe under `root/recipes`, by name, sorted."""
+    recipes_root = (root or configs_dir()) / "recipes"
+    found: dict[str, dict[str, Path]] = {}
+    if recipes_root.is_dir():
+        for path in sorted(recipes_root.glob("*/*.yaml")):
+            method, _, variant = path.stem.partition(".")
+            if method not in METHODS:
+                continue
+            name = path.parent.name + (f":{variant}" if variant else "")
+            found.setdefault(name, {})[method] = path
+    return {name: _entry(name, files) for name, files in sorted(found.items())}
+
+
+def _entry(name: str, files: dict[str, Path]) -> RecipeEntry:
+    first = files[next(m for m in METHODS if m in files)]
+    try:
+        data = yaml.load(first.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError:
+        data = {}
+    model = data.get("model") or {}
+    launch = data.get("launch") or {}
+    return RecipeEntry(
+        name=name,
+        files=files,
+        description=str(data.get("description", "")),
+        base_model=str(model.get("name_or_path", "")),
+        gpus=int(launch.get("gpus", 1)),
+        nodes=int(launch.get("nodes", 1)),
+        profile=str(launch.get("profile", "none")),
+    )
+
+
+def suggest(name: str, names: list[str]) -> list[str]:
+    """Registry names closest to a mistyped one."""
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.5)

@@ -1,0 +1,64 @@
+"""Shared test set-up: no network, no telemetry, and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    WANDB_MODE="disabled",
+    TRL_EXPERIMENTAL_SILENCE="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+os.environ.pop("ALIGNKIT_DEBUG", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path | None:
+    """The ../shared folder beside the checkout (CI puts it there), if present."""
+    candidate = Path(os.environ.get("ALIGNKIT_SHARED", REPO.parent / "shared"))
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture
+def cli():
+    """Run the alignkit CLI in-process and return the result (exit_code, stdout, stderr, output)."""
+    from typer.testing import CliRunner
+
+    from alignkit.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, **kwargs):
+        return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+    return invoke
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a YAML text into a temporary recipe file and return its path."""
+
+    def write(text: str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+MINIMAL_SFT = """\
+model:
+  name_or_path: some/model
+data:
+  datasets:
+    - path: data/train.jsonl
+training:
+  output_dir: {output_dir}
+"""

@@ -1,0 +1,32 @@
+"""The CLI layer stays light: help, listing and dry runs never import the training stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = "{'torch', 'transformers', 'trl', 'datasets', 'accelerate', 'peft', 'deepspeed', 'bitsandbytes'}"
+
+
+def _loaded_after(code: str) -> str:
+    script = f"import sys\n{code}\nprint(sorted({HEAVY} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_cli_loads_no_heavy_module():
+    assert _loaded_after("import alignkit.cli") == "[]"
+
+
+def test_help_list_and_dry_run_load_no_heavy_module():
+    code = (
+        "from alignkit.cli import app\n"
+        "for args in (['--help'], ['sft', '--help'], ['recipes', 'list'],"
+        " ['sft', '--recipe', 'zephyr-7b-gemma', '--qlora', '--dry-run'],"
+        " ['dpo', '--recipe', 'zephyr-7b-gemma', '--dry-run', '--json']):\n"
+        "    try:\n"
+        "        app(args, standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+    )
+    assert _loaded_after(code) == "[]"
