@@ -62,3 +62,11 @@ data:
 training:
   output_dir: {output_dir}
 """
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama (hidden 32) and its word-level tokenizer with a ChatML template, built locally."""
+    from alignkit.demo.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model", hidden_size=32, intermediate_size=64)
