@@ -17,6 +17,8 @@ from alignkit.errors import Problem, UserError
 from alignkit.recipe.schema import LaunchProfile, _RecipeBase
 
 PROFILES: tuple[str, ...] = get_args(LaunchProfile)
+SHARDED_PROFILES = ("zero3", "zero3-offload", "fsdp", "fsdp-qlora")
+"""Profiles that shard the weights themselves: FSDP and ZeRO-3 flatten tensors of one dtype only."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class LaunchPlan:
     recipe_gpus: int
     """GPUs (all nodes) the recipe was tuned on."""
     recipe_effective_batch_size: int
+    activation_checkpointing: bool = False
+    """The recipe checkpoints activations (FSDP profiles move this from the trainer into FSDP)."""
+    bnb_4bit_quant_storage: str | None = None
+    """Sharded 4-bit runs: the dtype the packed 4-bit weights (and the LoRA adapters) must be stored in, which
+    is the compute dtype; None when the run is not both 4-bit and sharded."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +126,7 @@ def plan_launch(recipe: _RecipeBase, options: LaunchOptions) -> LaunchPlan:
         if profile == "none" and per_machine * machines > 1:
             profile = "ddp"  # a single-process recipe spread over several devices is plain data parallelism
     world = per_machine * machines
+    storage = _quant_storage(recipe, profile)
     training = recipe.training
     batch = training.per_device_train_batch_size * training.gradient_accumulation_steps
     recipe_gpus = recipe.launch.gpus * recipe.launch.nodes
@@ -137,4 +145,53 @@ def plan_launch(recipe: _RecipeBase, options: LaunchOptions) -> LaunchPlan:
         effective_batch_size=batch * world,
         recipe_gpus=recipe_gpus,
         recipe_effective_batch_size=batch * recipe_gpus,
+        activation_checkpointing=training.gradient_checkpointing,
+        bnb_4bit_quant_storage=storage,
     )
+
+
+def _quant_storage(recipe: _RecipeBase, profile: str) -> str | None:
+    """The storage dtype of a sharded 4-bit run, refusing quantisation that the profile cannot shard.
+
+    FSDP and ZeRO-3 shard flat buffers of one dtype, so the packed 4-bit weights must be stored in the compute
+    dtype (bitsandbytes' default, uint8, cannot be sharded with bf16 LoRA weights beside it).
+    """
+    quant = recipe.quantization
+    four_bit = quant is not None and quant.load_in_4bit
+    if profile == "fsdp-qlora" and not four_bit:
+        raise UserError(
+            Problem(
+                source="--launch",
+                message="fsdp-qlora shards a 4-bit base model, but the recipe has no quantization.load_in_4bit;"
+                " add --qlora, or use --launch fsdp for full or LoRA fine-tuning",
+            )
+        )
+    if quant is None or profile not in SHARDED_PROFILES:
+        return None
+    if quant.load_in_8bit:
+        raise UserError(
+            Problem(
+                source="recipe",
+                path="quantization.load_in_8bit",
+                message=f"8-bit weights cannot be sharded by --launch {profile}; use 4-bit (--qlora) or"
+                " --launch ddp/zero2",
+            )
+        )
+    if not four_bit:
+        return None
+    compute = quant.bnb_4bit_compute_dtype
+    if compute in (None, "auto"):
+        # --qlora and the loader use the model dtype, and bfloat16 for an auto model dtype.
+        compute = recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16"
+    storage = quant.bnb_4bit_quant_storage
+    if storage not in (None, "auto", compute):
+        raise UserError(
+            Problem(
+                source="recipe",
+                path="quantization.bnb_4bit_quant_storage",
+                message=f"is {storage} but the compute dtype is {compute}; --launch {profile} shards the 4-bit"
+                f" weights only when they are stored in the compute dtype: remove the field or"
+                f" --set quantization.bnb_4bit_quant_storage={compute}",
+            )
+        )
+    return compute

@@ -1,0 +1,146 @@
+"""Starting the workers of a multi-process run through accelerate's Python API.
+
+The parent writes the accelerate config (and DeepSpeed JSON) generated from the launch plan into
+`OUTPUT_DIR/launch/node<machine rank>/`, then calls accelerate's own launch command in-process, which runs
+torch's elastic agent: one worker per process, each `python -m alignkit.train.worker OUTPUT_DIR`. Worker
+output reaches the console line by line, prefixed with the global rank (`[rank1] ...`), and is kept per rank
+under `logs/`. When a worker dies the agent stops the others (SIGTERM, then SIGKILL after 30 s) and this
+module raises one error naming that rank and its last error line, so a launch never hangs on a dead peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from alignkit.errors import EXIT_USER_ERROR, Problem, RunError, UserError
+from alignkit.launch.plan import LaunchPlan
+from alignkit.launch.profiles import write_launch_files
+
+WORKER_MODULE = "alignkit.train.worker"
+_PREFIX_TEMPLATE = "[rank${rank}] "
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Failure)\b.*")
+
+
+def launch_folder(output_dir: Path, plan: LaunchPlan) -> Path:
+    """Where this machine's launch files and worker logs go (one folder per machine: nodes may share a disk)."""
+    return Path(output_dir) / "launch" / f"node{plan.machine_rank}"
+
+
+def launch_workers(
+    output_dir: Path,
+    plan: LaunchPlan,
+    *,
+    module: str = WORKER_MODULE,
+    module_args: Sequence[str] | None = None,
+) -> None:
+    """Run this machine's share of the plan's workers and wait for them.
+
+    Args:
+        output_dir: the run's output directory, holding the frozen recipe; passed to every worker.
+        plan: the launch plan (profile, counts, addresses).
+        module: the module every worker runs with `python -m` (tests substitute a stand-in).
+        module_args: the worker's arguments; default: the output directory.
+
+    Raises:
+        RunError: a worker failed (naming the first rank that did and its error) or the launcher could not
+            start them.
+        UserError: the first failing worker rejected the user's input (it exited with code 2).
+    """
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    output_dir = Path(output_dir).resolve()
+    folder = launch_folder(output_dir, plan)
+    config_path = write_launch_files(plan, folder)
+    logs = folder / "logs"
+    shutil.rmtree(logs, ignore_errors=True)  # only this launch's logs, so the failing rank's is unambiguous
+    argv = [
+        "--config_file",
+        str(config_path),
+        # Tee both streams: to the console, prefixed by rank, and to one file per rank under logs/.
+        "--tee",
+        "3",
+        "--log_dir",
+        str(logs),
+        "--max_restarts",
+        "0",
+        "--module",
+        module,
+        *(module_args if module_args is not None else [str(output_dir)]),
+    ]
+    args = launch_command_parser().parse_args(argv)
+    with _environment(TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=_PREFIX_TEMPLATE, PYTHONUNBUFFERED="1"):
+        try:
+            launch_command(args)
+        except ChildFailedError as err:
+            raise _worker_error(err, logs, plan) from None
+        except SignalException as err:
+            raise RunError(f"launch stopped by {err.sigval.name}; the workers were terminated") from None
+        except (ValueError, ConnectionError, RuntimeError, ImportError) as err:
+            raise RunError(f"could not start the workers ({plan.profile}, {plan.world_size} processes): {err}") from err
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the launcher and its workers, restoring the old values afterwards."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _worker_error(err, logs: Path, plan: LaunchPlan) -> RunError | UserError:
+    """One error for a failed launch: the rank that failed first, its exit status, and its own error lines."""
+    failures = err.failures
+    # The agent SIGTERMs the survivors of a failure; the root cause is a rank that exited on its own.
+    own = {rank: f for rank, f in failures.items() if f.exitcode > 0} or failures
+    rank = min(own, key=lambda r: (own[r].timestamp, r))
+    failure = own[rank]
+    log = _stderr_log(logs, failure.local_rank)
+    lines = _error_lines(failure, log)
+    how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {failure.signal_name()}"
+    where = f"; full log: {log}" if log else ""
+    if failure.exitcode == EXIT_USER_ERROR and lines:
+        return UserError([Problem(source=f"rank {rank}", message=line.removeprefix("error: ")) for line in lines])
+    summary = f"worker rank {rank} of {plan.world_size} failed ({how}){where}"
+    return RunError("\n".join([summary, *lines]))
+
+
+def _stderr_log(logs: Path, local_rank: int) -> Path | None:
+    candidates = sorted(logs.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def _error_lines(failure, log: Path | None) -> list[str]:
+    """The worker's own account of its failure: the error file when it wrote one, else the end of its stderr."""
+    if os.path.isfile(failure.error_file):
+        # Written by torch's @record around the worker's entry point.
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        if str(message).strip():
+            return [str(message).strip().splitlines()[-1]]
+    if log is None:
+        return []
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-10:]
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return [exceptions[-1]] if exceptions else lines[-1:]
