@@ -95,16 +95,16 @@ def _cpu_has_bf16() -> bool:
 def deepspeed_config(plan: LaunchPlan) -> dict[str, Any] | None:
     """The DeepSpeed JSON config of a ZeRO profile (None for the others).
 
-    Batch geometry is written out from the plan, so DeepSpeed's own check against the trainer's values fails
-    loudly if they ever drifted apart; values the trainer derives (precision on this hardware, clipping,
-    bucket sizes from the model's hidden size, optimizer hyper-parameters) stay "auto" and transformers fills
-    them from the TRL config.
+    The per-process batch geometry is written out from the plan, so transformers' check against the trainer's
+    values fails loudly if they ever drifted apart; values the trainer derives (the global batch, which
+    transformers computes before the process group exists, precision on this hardware, clipping, bucket sizes
+    from the model's hidden size, optimizer hyper-parameters) stay "auto" and are filled from the TRL config.
     """
     if not is_deepspeed(plan):
         return None
     profile = load_profile(plan.profile)
     config: dict[str, Any] = {
-        "train_batch_size": plan.effective_batch_size,
+        "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": plan.per_device_train_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
         "gradient_clipping": "auto",
@@ -171,8 +171,10 @@ def trainer_kwargs(plan: LaunchPlan) -> dict[str, Any]:
     The engine merges them last into the TRL config:
       - ddp: `ddp_find_unused_parameters=False` (every parameter of a causal LM takes part in the loss, and
         searching for unused ones costs a graph traversal each step and breaks activation checkpointing);
-      - ZeRO profiles: `deepspeed=<the DeepSpeed config>`, the same dict the launcher's JSON file holds, so
-        transformers fills its "auto" values from the TRL config and ZeRO-3 loads the model already sharded;
+      - ZeRO profiles: nothing. The DeepSpeed JSON reaches the trainer through the launcher's environment
+        (accelerate's DeepSpeed plugin reads the file), not as `deepspeed=`: transformers would check the
+        global batch against that dict before the process group exists (world size 1), and on a CPU it would
+        never initialise DeepSpeed's communication, so ZeRO-3's sharded loading would see one process;
       - FSDP profiles: `activation_checkpointing=False` when the recipe checkpoints activations, because FSDP
         does it per wrapped layer (the trainer refuses both at once);
       - none: nothing.
@@ -180,7 +182,7 @@ def trainer_kwargs(plan: LaunchPlan) -> dict[str, Any]:
     if plan.profile == "none":
         return {}
     if is_deepspeed(plan):
-        return {"deepspeed": deepspeed_config(plan)}
+        return {}
     if is_fsdp(plan):
         return {"activation_checkpointing": False} if plan.activation_checkpointing else {}
     return {"ddp_find_unused_parameters": False}

@@ -103,11 +103,15 @@ def _environment(**values: str) -> Iterator[None]:
 
 def _worker_error(err, logs: Path, plan: LaunchPlan) -> RunError | UserError:
     """One error for a failed launch: the rank that failed first, its exit status, and its own error lines."""
-    failures = err.failures
-    # The agent SIGTERMs the survivors of a failure; the root cause is a rank that exited on its own.
-    own = {rank: f for rank, f in failures.items() if f.exitcode > 0} or failures
-    rank = min(own, key=lambda r: (own[r].timestamp, r))
-    failure = own[rank]
+
+    # The agent stops the survivors of a failure (SIGTERM); the root cause is a rank that exited with an error
+    # of its own, else one killed by another signal (SIGABRT, SIGSEGV, the OOM killer's SIGKILL).
+    def cause(item):
+        rank, failure = item
+        stopped = failure.exitcode < 0 and failure.signal_name() == "SIGTERM"
+        return (failure.exitcode <= 0, stopped, failure.timestamp, rank)
+
+    rank, failure = min(err.failures.items(), key=cause)
     log = _stderr_log(logs, failure.local_rank)
     lines = _error_lines(failure, log)
     how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {failure.signal_name()}"
