@@ -1,0 +1,261 @@
+"""Recipe pipelines: the stages of a recipe family in order, each starting from the previous one's output.
+
+A family declares its stages in `configs/recipes/<name>/pipeline.yaml`:
+
+    stages:
+      - name: sft
+        method: sft
+      - name: dpo
+        method: dpo
+        from: sft          # model.name_or_path <- the sft stage's output_dir
+
+A stage runs the family's recipe file for its method. Run under a variant name (`zephyr-7b-beta:qlora`), a
+stage takes the variant's file when the variant has one for its method and the base recipe's otherwise; a
+stage with `recipe:` is pinned to that registry name whatever the run's name (SmolLM3's two SFT stages).
+
+Overrides are `PATH=VALUE` for every stage, or `STAGE:PATH=VALUE` for one. A global override of a method
+section (`dpo.beta=0.1`) reaches only the stages of that method. They apply in a fixed order: global
+overrides, then the `from` wiring (so `--set model.name_or_path=tiny` swaps the first model only, and later
+stages still start from the stage before), then stage overrides (so `dpo:model.name_or_path=X` wins).
+
+A stage is finished when its output_dir holds `alignkit_run.json` with `"finished": true` (written last by a
+run that saved everything), so a rerun resumes at the first unfinished stage. This module only plans: it
+resolves and validates every stage up front, loads nothing and starts nothing. Light: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alignkit import registry
+from alignkit.errors import Problem, UserError
+from alignkit.methods import METHODS
+from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
+from alignkit.recipe.yamlio import read_yaml_mapping
+
+PIPELINE_FILE = "pipeline.yaml"
+RUN_FILE = "alignkit_run.json"
+"""The run metadata every run writes into its output_dir (see alignkit.rundir); finished runs say so there."""
+
+
+class StageSpec(BaseModel):
+    """One stage of a pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    method: str
+    recipe: str | None = None
+    """Registry name this stage always runs; unset: the run's recipe (or its family's base recipe)."""
+    from_stage: str | None = Field(None, alias="from")
+    """An earlier stage whose output_dir becomes this stage's model.name_or_path."""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; one of {', '.join(METHODS)}")
+        return value
+
+
+class PipelineSpec(BaseModel):
+    """A family's stages, in the order they run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stage_graph(self) -> PipelineSpec:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"stage name {stage.name!r} is used twice")
+            if stage.from_stage is not None and stage.from_stage not in seen:
+                raise ValueError(
+                    f"stage {stage.name!r} starts from {stage.from_stage!r}, which is not an earlier stage"
+                )
+            seen.add(stage.name)
+        return self
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage resolved into a validated recipe, with where it writes and whether it is done."""
+
+    name: str
+    method: str
+    recipe_name: str
+    resolved: ResolvedRecipe
+    from_stage: str | None
+    finished: bool
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.resolved.recipe.training.output_dir or "")
+
+    @property
+    def model(self) -> str:
+        return self.resolved.recipe.model.name_or_path
+
+
+def family(name: str) -> str:
+    """The family (folder) of a registry name: `zephyr-7b-beta:qlora` -> `zephyr-7b-beta`."""
+    return name.split(":", 1)[0]
+
+
+def pipeline_file(name: str) -> Path:
+    return registry.configs_dir() / "recipes" / family(name) / PIPELINE_FILE
+
+
+def has_pipeline(name: str) -> bool:
+    return pipeline_file(name).is_file()
+
+
+def load_pipeline(name: str) -> PipelineSpec:
+    """Read and validate the pipeline of a recipe family.
+
+    Raises:
+        UserError: no such family, no pipeline.yaml, or a malformed one.
+    """
+    entries = registry.discover()
+    if name not in entries:
+        close = registry.suggest(name, list(entries))
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UserError(Problem(source="--recipe", message=f"unknown recipe {name!r}{hint}"))
+    path = pipeline_file(name)
+    if not path.is_file():
+        methods = entries[name].methods
+        raise UserError(
+            Problem(
+                source="--recipe",
+                message=f"recipe {name!r} has no pipeline ({PIPELINE_FILE}); run its stage directly:"
+                f" `alignkit {methods[0]} --recipe {name}`",
+            )
+        )
+    try:
+        return PipelineSpec.model_validate(read_yaml_mapping(path))
+    except ValidationError as err:
+        raise UserError(
+            [Problem(source=str(path), path=".".join(str(p) for p in e["loc"]), message=e["msg"]) for e in err.errors()]
+        ) from None
+
+
+def stage_recipe(stage: StageSpec, name: str) -> str:
+    """The registry name a stage runs when the pipeline is run as `name`."""
+    if stage.recipe is not None:
+        return stage.recipe
+    entries = registry.discover()
+    if name in entries and stage.method in entries[name].files:
+        return name
+    return family(name)
+
+
+def is_finished(output_dir: str | Path) -> bool:
+    """Whether `output_dir` holds a finished run (`alignkit_run.json` with `"finished": true`)."""
+    path = Path(output_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # missing, unreadable or half-written: not finished, the stage runs (or resumes)
+    return isinstance(info, dict) and info.get("finished") is True
+
+
+def plan_pipeline(
+    name: str,
+    *,
+    qlora: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    output_root: str | Path | None = None,
+) -> list[PlannedStage]:
+    """Resolve every stage of `name`'s pipeline, wire each `from` to the earlier stage's output, mark finished.
+
+    With `output_root`, stage S writes to `output_root/S`; otherwise each stage keeps its recipe's own
+    output_dir (by default outputs/<recipe>-<method>, the folder a stand-alone run of that stage uses, so
+    stages run by hand count as finished), except a base-recipe stage run under a variant name, which writes
+    to outputs/<variant name>-<method> so it never mistakes the base pipeline's run for its own.
+
+    Raises:
+        UserError: a bad pipeline, an override for an unknown stage, or any stage's recipe problems.
+    """
+    spec = load_pipeline(name)
+    global_sets, stage_sets = _split_overrides(overrides, [s.name for s in spec.stages])
+    planned: dict[str, PlannedStage] = {}
+    for stage in spec.stages:
+        recipe_name = stage_recipe(stage, name)
+        sets = [o for o in global_sets if _applies(o, stage.method)]
+        if stage.from_stage is not None:
+            source = planned[stage.from_stage]
+            # A local folder has no revision; the recipe's (a Hub branch of the published model) must go.
+            sets += [f"model.name_or_path={source.output_dir}", "model.revision=main"]
+        if output_root is not None:
+            sets.append(f"training.output_dir={Path(output_root) / stage.name}")
+        elif recipe_name != name and stage.recipe is None:
+            # The base recipe's stage run under a variant: its default folder would be the base pipeline's.
+            sets.append(f"training.output_dir=outputs/{name.replace(':', '-')}-{stage.method}")
+        # Stage overrides last, so an explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins.
+        sets += stage_sets.get(stage.name, [])
+        resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets)
+        planned[stage.name] = PlannedStage(
+            name=stage.name,
+            method=stage.method,
+            recipe_name=recipe_name,
+            resolved=resolved,
+            from_stage=stage.from_stage,
+            finished=is_finished(resolved.recipe.training.output_dir or ""),
+        )
+    return list(planned.values())
+
+
+def next_stage(plan: list[PlannedStage]) -> PlannedStage | None:
+    """The first stage not finished (where a rerun resumes), or None when all are."""
+    return next((stage for stage in plan if not stage.finished), None)
+
+
+def _split_overrides(texts: list[str] | tuple[str, ...], stages: list[str]) -> tuple[list[str], dict[str, list]]:
+    global_sets: list[str] = []
+    stage_sets: dict[str, list[str]] = {}
+    problems = []
+    for text in texts:
+        key, eq, value = text.partition("=")
+        stage, colon, path = key.partition(":")
+        if not colon:
+            global_sets.append(text)
+        elif stage in stages:
+            stage_sets.setdefault(stage, []).append(f"{path}{eq}{value}")
+        else:
+            problems.append(
+                Problem(
+                    source=f"--set {text}", message=f"no stage {stage!r} in this pipeline; stages: {', '.join(stages)}"
+                )
+            )
+    if problems:
+        raise UserError(problems)
+    return global_sets, stage_sets
+
+
+def _applies(text: str, method: str) -> bool:
+    section = text.partition("=")[0].strip().split(".", 1)[0]
+    return section not in METHODS or section == method
+
+
+def describe(plan: list[PlannedStage]) -> list[dict[str, Any]]:
+    """A JSON-ready summary of a plan, one entry per stage."""
+    return [
+        {
+            "stage": s.name,
+            "method": s.method,
+            "recipe": s.recipe_name,
+            "model": s.model,
+            "from": s.from_stage,
+            "output_dir": str(s.output_dir),
+            "finished": s.finished,
+        }
+        for s in plan
+    ]
