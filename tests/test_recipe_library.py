@@ -1,0 +1,636 @@
+"""The recipe library: every Alignment Handbook recipe, its values, variants, `recipes cp`, scans, pipelines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from conftest import shared_dir
+
+from alignkit import library, pipeline, registry
+from alignkit.errors import UserError
+from alignkit.recipe.resolve import resolve_recipe
+
+UF = "HuggingFaceH4/ultrafeedback_binarized"
+UC = "HuggingFaceH4/ultrachat_200k"
+STARCHAT_SFT = [
+    "HuggingFaceH4/airoboros-3.2",
+    "HuggingFaceH4/Code-Feedback",
+    "HuggingFaceH4/orca-math-word-problems-200k",
+    "HuggingFaceH4/SystemChat",
+    "HuggingFaceH4/capybara",
+]
+SMOLLM_SFT = [
+    "HuggingFaceTB/Magpie-Pro-300K-Filtered-H4",
+    "HuggingFaceTB/self-oss-instruct-sc2-H4",
+    "HuggingFaceTB/OpenHermes-2.5-H4",
+    "HuggingFaceTB/everyday-conversations-llama3.1-2k",
+    "HuggingFaceTB/instruct-data-basics-smollm-H4",
+]
+
+# (name, method) -> (model id, the distinct dataset ids in order of first use): the whole library.
+LIBRARY = {
+    ("zephyr-7b-beta", "sft"): ("mistralai/Mistral-7B-v0.1", [UC]),
+    ("zephyr-7b-beta", "dpo"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
+    ("zephyr-7b-beta:qlora", "sft"): ("mistralai/Mistral-7B-v0.1", [UC]),
+    ("zephyr-7b-beta:qlora", "dpo"): ("alignment-handbook/zephyr-7b-sft-qlora", [UF]),
+    ("zephyr-7b-gemma", "sft"): ("google/gemma-7b", ["HuggingFaceH4/deita-10k-v0-sft"]),
+    ("zephyr-7b-gemma", "dpo"): ("HuggingFaceH4/zephyr-7b-gemma-sft-v0.1", ["argilla/dpo-mix-7k"]),
+    ("zephyr-141b-a35b", "orpo"): (
+        "mistral-community/Mixtral-8x22B-v0.1",
+        ["argilla/distilabel-capybara-dpo-7k-binarized"],
+    ),
+    ("starchat2-15b", "sft"): ("bigcode/starcoder2-15b", STARCHAT_SFT),
+    ("starchat2-15b", "dpo"): ("HuggingFaceH4/starchat2-15b-sft-v0.1", [UF, "HuggingFaceH4/orca_dpo_pairs"]),
+    ("constitutional-ai", "sft"): ("mistralai/Mistral-7B-v0.1", ["HuggingFaceH4/cai-conversation-harmless", UC]),
+    ("constitutional-ai:grok", "sft"): (
+        "mistralai/Mistral-7B-v0.1",
+        ["HuggingFaceH4/grok-conversation-harmless", UC],
+    ),
+    ("constitutional-ai", "dpo"): (
+        "alignment-handbook/mistral-7b-sft-constitutional-ai",
+        [UF, "HuggingFaceH4/cai-conversation-harmless"],
+    ),
+    ("pref-align-scan", "dpo"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
+    ("pref-align-scan:openhermes", "dpo"): ("teknium/OpenHermes-2.5-Mistral-7B", ["HuggingFaceH4/orca_dpo_pairs"]),
+    ("smollm", "sft"): ("HuggingFaceTB/SmolLM-360M", SMOLLM_SFT),
+    ("smollm2", "sft"): ("HuggingFaceTB/SmolLM2-1.7B", ["HuggingFaceTB/smoltalk"]),
+    ("smollm2", "dpo"): ("loubnabnl/smollm2-1.7B-sft", [UF]),
+    ("smollm2:smol", "sft"): ("HuggingFaceTB/SmolLM2-360M", ["HuggingFaceTB/smol-smoltalk"]),
+    ("smollm2:smol", "dpo"): ("loubnabnl/smollm2-360M-sft", [UF]),
+    ("smollm3:mid", "sft"): ("HuggingFaceTB/SmolLM3-3B-Base", ["HuggingFaceTB/smoltalk2"]),
+    ("smollm3", "sft"): ("HuggingFaceTB/SmolLM3-3B-checkpoints", ["HuggingFaceTB/smoltalk2"]),
+    ("smollm3", "dpo"): ("HuggingFaceTB/SmolLM3-3B-checkpoints", ["HuggingFaceTB/smoltalk2"]),
+    ("gpt2-nl", "cpt"): ("gpt2", ["yhavinga/mc4_nl_cleaned"]),
+    ("gpt2-nl", "sft"): ("BramVanroy/gpt2-cpt-dutch", ["BramVanroy/ultrachat_200k_dutch"]),
+    ("gpt2-nl", "dpo"): ("BramVanroy/gpt2-sft-dutch", ["BramVanroy/ultra_feedback_dutch"]),
+}
+
+
+def _recipe(method, name):
+    return resolve_recipe(method, name).recipe
+
+
+def _distinct(paths):
+    return list(dict.fromkeys(paths))
+
+
+def test_the_library_is_complete():
+    shipped = {(name, m) for name, entry in registry.discover().items() for m in entry.methods}
+    assert set(LIBRARY) == shipped - {("tiny-demo", "sft"), ("tiny-demo", "dpo")}
+
+
+@pytest.mark.parametrize(("name", "method"), sorted(LIBRARY))
+def test_every_recipe_dry_runs_with_its_real_model_and_data(cli, name, method):
+    result = cli(method, "--recipe", name, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    model, datasets = LIBRARY[name, method]
+    assert document["recipe_name"] == name
+    assert document["recipe"]["model"]["name_or_path"] == model
+    assert _distinct(d["path"] for d in document["recipe"]["data"]["datasets"]) == datasets
+    assert document["recipe"]["training"]["output_dir"] == f"outputs/{name.replace(':', '-')}-{method}"
+    assert document["notices"] == [], "a native recipe needs no conversion"
+
+
+@pytest.mark.parametrize(("name", "method"), sorted(LIBRARY))
+def test_qlora_on_every_recipe_validates(cli, name, method):
+    result = cli(method, "--recipe", name, "--qlora", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    recipe = json.loads(result.stdout)["recipe"]
+    assert recipe["quantization"]["load_in_4bit"] is True
+    assert recipe["peft"] is not None
+    assert (recipe["launch"]["gpus"], recipe["launch"]["nodes"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("name", "method"), sorted(LIBRARY))
+def test_every_recipe_file_names_its_hardware_and_source(name, method):
+    text = registry.discover()[name].files[method].read_text(encoding="utf-8")
+    header = text.split("\ndescription:", 1)[0]
+    assert f"alignkit {method} --recipe {name}" in header
+    assert "GPU" in header, "the opening comment says what hardware the recipe was made for"
+    assert "Alignment Handbook recipe" in header, "the opening comment names the handbook file"
+    recipe = _recipe(method, name)
+    assert recipe.description
+    assert recipe.hub.push_to_hub is False and recipe.hub.hub_model_id
+    assert recipe.model.attn_implementation == "auto"
+    assert recipe.logging.report_to == ["tensorboard"]
+
+
+# ---- handbook values, spot-checked against the reference (exact numbers) ----
+
+
+def test_zephyr_7b_beta_full():
+    sft = _recipe("sft", "zephyr-7b-beta")
+    t = sft.training
+    assert (t.learning_rate, t.num_train_epochs, t.per_device_train_batch_size, t.gradient_accumulation_steps) == (
+        2e-5,
+        1,
+        16,
+        1,
+    )
+    assert (sft.sft.max_length, sft.sft.packing, sft.sft.packing_strategy) == (2048, True, "wrapped")
+    assert [(d.split, d.role) for d in sft.data.datasets] == [("train_sft", "train"), ("test_sft", "test")]
+    assert (t.save_strategy, t.save_steps, t.save_total_limit, t.eval_strategy) == ("steps", 100, 1, "epoch")
+    assert (sft.launch.profile, sft.launch.gpus, sft.launch.nodes) == ("zero3", 8, 1)
+    dpo = _recipe("dpo", "zephyr-7b-beta")
+    assert (dpo.dpo.beta, dpo.dpo.loss_type, dpo.dpo.max_length, dpo.dpo.max_prompt_length) == (
+        0.01,
+        "sigmoid",
+        1024,
+        512,
+    )
+    t = dpo.training
+    assert (t.learning_rate, t.per_device_train_batch_size, t.gradient_accumulation_steps, t.optim) == (
+        5e-7,
+        8,
+        2,
+        "adamw_torch",
+    )
+    assert dpo.model.dtype == "float32", "the handbook's torch_dtype: null loads float32"
+
+
+def test_zephyr_7b_beta_qlora_variant():
+    sft = _recipe("sft", "zephyr-7b-beta:qlora")
+    assert (sft.training.learning_rate, sft.training.per_device_train_batch_size) == (2e-4, 4)
+    assert sft.training.gradient_accumulation_steps == 2
+    projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (sft.peft.r, sft.peft.alpha, sft.peft.dropout, sft.peft.target_modules) == (16, 16, 0.05, projections)
+    assert sft.quantization.load_in_4bit and not sft.quantization.bnb_4bit_use_double_quant
+    assert (sft.launch.profile, sft.launch.gpus) == ("ddp", 1)
+    dpo = _recipe("dpo", "zephyr-7b-beta:qlora")
+    assert (dpo.peft.r, dpo.peft.alpha, dpo.peft.target_modules) == (128, 128, projections)
+    assert (dpo.training.learning_rate, dpo.training.optim, dpo.training.gradient_accumulation_steps) == (
+        5e-6,
+        "paged_adamw_32bit",
+        4,
+    )
+    assert dpo.model.merge_adapter is True, "the SFT adapter is merged before the DPO adapter is added"
+
+
+def test_zephyr_141b_orpo_on_four_fsdp_nodes():
+    orpo = _recipe("orpo", "zephyr-141b-a35b")
+    t = orpo.training
+    assert (orpo.orpo.beta, orpo.orpo.max_length, orpo.orpo.max_prompt_length) == (0.05, 2048, 1792)
+    assert (t.learning_rate, t.num_train_epochs, t.lr_scheduler_type, t.warmup_steps, t.warmup_ratio) == (
+        5e-6,
+        3,
+        "inverse_sqrt",
+        100,
+        0.0,
+    )
+    assert (t.optim, t.gradient_checkpointing_kwargs) == ("adamw_bnb_8bit", {"use_reentrant": True})
+    assert (orpo.launch.profile, orpo.launch.gpus, orpo.launch.nodes) == ("fsdp", 8, 4)
+    assert [d.role for d in orpo.data.datasets] == ["train"] and t.eval_strategy == "no"
+
+
+def test_constitutional_ai_fixes_the_head_split_bug():
+    anthropic = _recipe("sft", "constitutional-ai")
+    assert [(d.path, d.split, d.role) for d in anthropic.data.datasets] == [
+        ("HuggingFaceH4/cai-conversation-harmless", "train_sft", "train"),
+        (UC, "train_sft", "train"),
+        ("HuggingFaceH4/cai-conversation-harmless", "test_sft", "test"),
+        (UC, "test_sft", "test"),
+    ]
+    assert (anthropic.training.per_device_train_batch_size, anthropic.training.gradient_accumulation_steps) == (8, 4)
+    grok = _recipe("sft", "constitutional-ai:grok")
+    assert [(d.path, d.weight) for d in grok.data.datasets if d.role == "train"] == [
+        ("HuggingFaceH4/grok-conversation-harmless", 0.15),
+        (UC, 1.0),
+    ]
+    dpo = _recipe("dpo", "constitutional-ai")
+    t = dpo.training
+    assert (dpo.dpo.beta, t.learning_rate, t.num_train_epochs, t.optim, t.lr_scheduler_type) == (
+        0.1,
+        5e-7,
+        3,
+        "rmsprop",
+        "linear",
+    )
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.eval_steps) == (2, 1, 1000)
+
+
+def test_starchat2_and_smollm_mixtures():
+    starchat = _recipe("sft", "starchat2-15b")
+    assert [d.path for d in starchat.data.datasets if d.role == "train"] == STARCHAT_SFT
+    assert [d.path for d in starchat.data.datasets if d.role == "test"] == STARCHAT_SFT
+    assert (starchat.training.num_train_epochs, starchat.training.per_device_train_batch_size) == (3, 8)
+    smollm = _recipe("sft", "smollm")
+    assert {d.path: d.weight for d in smollm.data.datasets if d.role == "train"}[
+        "HuggingFaceTB/OpenHermes-2.5-H4"
+    ] == 0.001
+    assert (smollm.training.learning_rate, smollm.model.tokenizer_name_or_path) == (
+        1e-3,
+        "HuggingFaceTB/SmolLM-360M-Instruct",
+    )
+    smollm2 = _recipe("sft", "smollm2")
+    assert [(d.name, d.split) for d in smollm2.data.datasets] == [("all", "train"), ("all", "test")]
+    assert (smollm2.sft.max_length, smollm2.training.learning_rate, smollm2.training.num_train_epochs) == (
+        8192,
+        3e-4,
+        2,
+    )
+    smol = _recipe("sft", "smollm2:smol")
+    assert smol.training.learning_rate == 1e-3
+    assert (
+        _recipe("dpo", "smollm2").training.num_train_epochs,
+        _recipe("dpo", "smollm2:smol").training.num_train_epochs,
+    ) == (3, 2)
+    dpo = _recipe("dpo", "smollm2")
+    assert (dpo.dpo.beta, dpo.training.learning_rate, dpo.hub.private) == (0.5, 1e-6, True)
+
+
+def test_smollm3_stages():
+    mid = _recipe("sft", "smollm3:mid")
+    assert [(d.name, d.split) for d in mid.data.datasets] == [
+        ("Mid", "Llama_Nemotron_Post_Training_Dataset_reasoning_r1"),
+        ("Mid", "OpenThoughts3_1.2M"),
+    ]
+    assert (mid.sft.max_length, mid.sft.packing, mid.sft.packing_strategy, mid.sft.eos_token) == (
+        32768,
+        True,
+        "bfd",
+        "<|im_end|>",
+    )
+    assert (mid.training.warmup_ratio, mid.training.ddp_timeout, mid.training.save_steps) == (0.03, 14400, 0.05)
+    sft = _recipe("sft", "smollm3")
+    weights = {d.split: d.weight for d in sft.data.datasets}
+    assert len(weights) == 25
+    assert {k: v for k, v in weights.items() if v != 1.0} == {
+        "smoltalk_smollm3_smol_magpie_ultra_no_think": 0.5,
+        "OpenHermes_2.5_no_think": 0.5,
+        "OpenThoughts3_1.2M_no_think_no_think": 0.4,
+        "smoltalk_multilingual8_Qwen3_32B_think": 0.3,
+        "OpenThoughts3_1.2M_think": 0.02,
+    }
+    assert all(d.columns == ["messages", "chat_template_kwargs"] for d in sft.data.datasets)
+    assert (sft.sft.max_length, sft.sft.assistant_only_loss, sft.model.revision) == (65536, True, "it-mid-training")
+    apo = _recipe("dpo", "smollm3")
+    assert (apo.dpo.loss_type, apo.dpo.beta, apo.dpo.max_length, apo.dpo.padding_free) == (
+        "apo_zero",
+        0.05,
+        24576,
+        True,
+    )
+    for stage in (mid, sft, apo):
+        t = stage.training
+        assert (t.lr_scheduler_type, t.lr_scheduler_kwargs, t.max_grad_norm) == (
+            "cosine_with_min_lr",
+            {"min_lr_rate": 0.1},
+            0.2,
+        )
+        assert stage.model.trust_remote_code and t.use_liger_kernel
+        assert t.gradient_checkpointing_kwargs == {"use_reentrant": True}
+    # The README's one-node commands: global batch 128 for mid and sft, 32 for APO, on 8 GPUs.
+    assert [s.training.gradient_accumulation_steps * 8 for s in (mid, sft, apo)] == [128, 128, 32]
+
+
+def test_gpt2_nl_chain():
+    cpt = _recipe("cpt", "gpt2-nl")
+    assert [(d.path, d.name, d.split) for d in cpt.data.datasets] == [("yhavinga/mc4_nl_cleaned", "tiny", "train")]
+    assert (cpt.training.learning_rate, cpt.training.per_device_train_batch_size, cpt.cpt.max_length) == (
+        2e-4,
+        16,
+        1024,
+    )
+    assert (cpt.launch.profile, cpt.launch.gpus) == ("ddp", 4)
+    dpo = _recipe("dpo", "gpt2-nl")
+    assert (dpo.dpo.beta, dpo.training.gradient_accumulation_steps, dpo.training.per_device_train_batch_size) == (
+        0.1,
+        8,
+        8,
+    )
+
+
+# sha256 prefixes of the handbook's inline templates (v0.4 files), carried verbatim.
+TEMPLATE_SHA = {
+    "zephyr-7b-beta": "66291cf0045c2425",
+    "zephyr-7b-beta:qlora": "66291cf0045c2425",
+    "zephyr-141b-a35b": "66291cf0045c2425",
+    "constitutional-ai": "66291cf0045c2425",
+    "gpt2-nl": "66291cf0045c2425",
+    "starchat2-15b": "58c1a1f04baa7ada",
+    "smollm": "153280e3ff55d19d",
+    "smollm2": "872be49dbb638044",
+    "smollm2:smol": "872be49dbb638044",
+    "smollm3:mid": "500030d1ecd20570",
+    "smollm3": "af3a186af912d9e1",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_SHA))
+def test_chat_templates_are_the_handbooks(name):
+    entry = registry.discover()[name]
+    method = "orpo" if "orpo" in entry.files else "sft"
+    template = _recipe(method, name).data.chat_template
+    assert hashlib.sha256(template.encode()).hexdigest()[:16] == TEMPLATE_SHA[name]
+
+
+SHARED = shared_dir()
+HANDBOOK = {
+    ("zephyr-7b-beta", "sft"): "zephyr-7b-beta/sft/config_full.yaml",
+    ("zephyr-7b-beta:qlora", "sft"): "zephyr-7b-beta/sft/config_qlora.yaml",
+    ("zephyr-7b-beta", "dpo"): "zephyr-7b-beta/dpo/config_full.yaml",
+    ("zephyr-7b-beta:qlora", "dpo"): "zephyr-7b-beta/dpo/config_qlora.yaml",
+    ("zephyr-7b-gemma", "sft"): "zephyr-7b-gemma/sft/config_full.yaml",
+    ("zephyr-7b-gemma", "dpo"): "zephyr-7b-gemma/dpo/config_full.yaml",
+    ("zephyr-141b-a35b", "orpo"): "zephyr-141b-A35b/orpo/config_full.yaml",
+    ("starchat2-15b", "sft"): "starchat2-15b/sft/config_v0.1.yaml",
+    ("starchat2-15b", "dpo"): "starchat2-15b/dpo/config_v0.1.yaml",
+    ("constitutional-ai", "sft"): "constitutional-ai/sft/config_anthropic.yaml",
+    ("constitutional-ai:grok", "sft"): "constitutional-ai/sft/config_grok.yaml",
+    ("constitutional-ai", "dpo"): "constitutional-ai/dpo/config_anthropic.yaml",
+    ("pref-align-scan", "dpo"): "pref_align_scan/dpo/config_zephyr.yaml",
+    ("pref-align-scan:openhermes", "dpo"): "pref_align_scan/dpo/config_openhermes.yaml",
+    ("smollm", "sft"): "smollm/sft/config.yaml",
+    ("smollm2", "sft"): "smollm2/sft/config.yaml",
+    ("smollm2:smol", "sft"): "smollm2/sft/config_smol.yaml",
+    ("smollm2", "dpo"): "smollm2/dpo/config.yaml",
+    ("smollm2:smol", "dpo"): "smollm2/dpo/config_smol.yaml",
+    ("gpt2-nl", "cpt"): "gpt2-nl/cpt/config_full.yaml",
+    ("gpt2-nl", "sft"): "gpt2-nl/sft/config_full.yaml",
+    ("gpt2-nl", "dpo"): "gpt2-nl/dpo/config_full.yaml",
+    ("smollm3:mid", "sft"): "smollm3/sft/mid.yaml",
+    ("smollm3", "sft"): "smollm3/sft/sft.yaml",
+    ("smollm3", "dpo"): "smollm3/dpo/apo.yaml",
+}
+# Fields where an alignkit recipe deliberately differs from the converted handbook file, each explained in the
+# recipe's comments: the launch layout from the READMEs, the dataset's own test splits instead of a re-split,
+# packing as the old SFT script forced it, float32 for an unset torch_dtype, the new handbook's templates on
+# the old Instruct tokenizers, the merged SFT adapter, SmolLM3's one-node batch and repository names.
+ALWAYS = {"description", "launch.profile", "launch.gpus", "launch.nodes", "model.attn_implementation"}
+ALWAYS |= {"training.output_dir", "training.overwrite_output_dir", "logging.report_to", "hub.push_to_hub"}
+ALWAYS |= {"data.datasets", "data.test_split_size", "data.seed"}
+PACKED = {"sft.packing", "sft.packing_strategy"}
+FLOAT32 = {"model.dtype"}
+DELIBERATE = {
+    ("zephyr-7b-beta", "sft"): PACKED,
+    ("zephyr-7b-beta:qlora", "sft"): PACKED | {"quantization.bnb_4bit_compute_dtype"},
+    ("zephyr-7b-beta", "dpo"): FLOAT32,
+    ("zephyr-7b-beta:qlora", "dpo"): {"model.merge_adapter", "quantization.bnb_4bit_compute_dtype"},
+    ("zephyr-7b-gemma", "sft"): PACKED,
+    ("starchat2-15b", "sft"): PACKED,
+    ("constitutional-ai", "sft"): PACKED,
+    ("constitutional-ai:grok", "sft"): PACKED,
+    ("constitutional-ai", "dpo"): FLOAT32,
+    ("pref-align-scan", "dpo"): FLOAT32,
+    ("pref-align-scan:openhermes", "dpo"): FLOAT32,
+    ("smollm", "sft"): PACKED | {"data.chat_template"},
+    ("smollm2", "sft"): PACKED | {"data.chat_template"},
+    ("smollm2:smol", "sft"): PACKED | {"data.chat_template"},
+    ("gpt2-nl", "sft"): PACKED,
+    ("smollm3:mid", "sft"): {"training.gradient_accumulation_steps", "hub.hub_model_id", "training.extra"},
+    ("smollm3", "sft"): {"training.gradient_accumulation_steps", "hub.hub_model_id", "training.extra"},
+    ("smollm3", "dpo"): {"training.gradient_accumulation_steps", "hub.hub_model_id"},
+}
+
+
+def _flat(document, prefix=""):
+    out = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and key not in ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "extra"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.skipif(SHARED is None, reason="needs ../shared/reference/handbook-recipes")
+@pytest.mark.parametrize(("name", "method"), sorted(HANDBOOK))
+def test_values_match_the_handbook_file(name, method):
+    base = SHARED / "reference" / "handbook-recipes"
+    version = "v0.4" if name.startswith("smollm3") else "v0.3"  # the versions the published models came from
+    theirs = _flat(resolve_recipe(method, str(base / version / HANDBOOK[name, method])).recipe.model_dump(mode="json"))
+    mine = _flat(_recipe(method, name).model_dump(mode="json"))
+    differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+    assert differ - ALWAYS - DELIBERATE.get((name, method), set()) == set()
+    # The training sources: the same datasets, configurations, splits and weights.
+    train = [(d["path"], d["name"], d["split"], d["weight"]) for d in mine["data.datasets"] if d["role"] == "train"]
+    expected = [
+        (d["path"], d["name"], d["split"], d["weight"]) for d in theirs["data.datasets"] if d["role"] == "train"
+    ]
+    assert train == [(p, n, s, w) for p, n, s, w in expected if "test" not in s]
+
+
+# ---- variants, listing, copying ----
+
+
+def test_variant_files_and_names():
+    entries = registry.discover()
+    assert entries["zephyr-7b-beta:qlora"].files["sft"].name == "sft.qlora.yaml"
+    assert entries["zephyr-7b-beta:qlora"].methods == ["sft", "dpo"]
+    assert entries["smollm3:mid"].methods == ["sft"]
+    assert entries["constitutional-ai:grok"].methods == ["sft"]
+    assert "constitutional-ai:scan" not in entries and "pref-align-scan:scan" not in entries
+
+
+def test_a_variant_without_a_stage_says_so(cli):
+    result = cli("dpo", "--recipe", "constitutional-ai:grok", "--dry-run")
+    assert result.exit_code == 2
+    assert "recipe 'constitutional-ai:grok' has no dpo stage; it has sft" in result.stderr
+
+
+def test_recipes_list_shows_every_recipe_and_variant(cli):
+    result = cli("recipes", "list", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {name for name, _ in LIBRARY} <= rows.keys()
+    assert (rows["zephyr-141b-a35b"]["gpus"], rows["zephyr-141b-a35b"]["nodes"]) == (32, 4)
+    assert (rows["zephyr-7b-beta:qlora"]["profile"], rows["zephyr-7b-beta:qlora"]["gpus"]) == ("ddp", 1)
+    assert rows["smollm2:smol"]["base_model"] == "HuggingFaceTB/SmolLM2-360M"
+    assert rows["gpt2-nl"]["methods"] == ["cpt", "sft", "dpo"]
+    table = cli("recipes", "list", env={"COLUMNS": "220"})
+    assert table.exit_code == 0
+    for line_start in ("│ zephyr-141b-a35b ", "│ smollm3:mid "):
+        line = next(line for line in table.stdout.splitlines() if line.startswith(line_start))
+        assert "4x8" in line or "zero3" in line
+
+
+def test_recipes_cp_copies_and_prints_the_command(cli, tmp_path):
+    dest = tmp_path / "mine"
+    result = cli("recipes", "cp", "zephyr-7b-beta:qlora", dest)
+    assert result.exit_code == 0, result.output
+    entry = registry.discover()["zephyr-7b-beta:qlora"]
+    for method in ("sft", "dpo"):
+        assert (dest / f"{method}.yaml").read_bytes() == entry.files[method].read_bytes()
+        assert f"alignkit {method} --recipe {dest / f'{method}.yaml'}" in result.stdout
+    dry = cli("sft", "--recipe", dest / "sft.yaml", "--dry-run", "--json")
+    assert dry.exit_code == 0 and json.loads(dry.stdout)["recipe"]["peft"]["r"] == 16
+
+
+def test_recipes_cp_one_method_into_a_file(cli, tmp_path):
+    dest = tmp_path / "my_apo.yaml"
+    result = cli("recipes", "cp", "smollm3", dest, "--method", "dpo")
+    assert result.exit_code == 0, result.output
+    assert "apo_zero" in dest.read_text()
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_recipes_cp_refuses_to_overwrite(cli, tmp_path):
+    dest = tmp_path / "sft.yaml"
+    dest.write_text("mine\n")
+    result = cli("recipes", "cp", "smollm", dest)
+    assert result.exit_code == 2
+    assert f"error: {dest}: already exists; not overwriting it" in result.stderr
+    assert dest.read_text() == "mine\n"
+    # A folder copy checks every file before writing any.
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "dpo.yaml").write_text("mine\n")
+    result = cli("recipes", "cp", "zephyr-7b-beta", tmp_path / "both")
+    assert result.exit_code == 2
+    assert not (tmp_path / "both" / "sft.yaml").exists()
+
+
+def test_recipes_cp_errors(cli, tmp_path):
+    several = cli("recipes", "cp", "zephyr-7b-beta", tmp_path / "one.yaml")
+    assert several.exit_code == 2
+    assert "has 2 stages (sft, dpo); give --method" in several.stderr
+    unknown = cli("recipes", "cp", "zephyr-7b-bta", tmp_path / "x")
+    assert unknown.exit_code == 2 and "did you mean zephyr-7b-beta" in unknown.stderr
+    missing = cli("recipes", "cp", "smollm", tmp_path / "x", "--method", "dpo")
+    assert missing.exit_code == 2 and "recipe 'smollm' has no dpo stage; it has sft" in missing.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# ---- the preference-alignment scan ----
+
+
+def test_scan_expands_to_the_handbook_grid():
+    runs = library.expand_scan(library.load_scan(library.scan_file("pref-align-scan")))
+    assert len(runs) == 2 * 3 * 10
+    assert {r.recipe for r in runs} == {"pref-align-scan", "pref-align-scan:openhermes"}
+    first = runs[0]
+    assert first.overrides == ("dpo.loss_type=sigmoid", "dpo.beta=0.01", "hub.revision=sigmoid-0.01")
+    assert first.output_dir == "outputs/pref-align-scan-sigmoid-beta-0.01"
+    assert runs[-1].command == (
+        "alignkit dpo --recipe pref-align-scan:openhermes --set dpo.loss_type=ipo --set dpo.beta=0.9"
+        " --set hub.revision=ipo-0.9 --output-dir outputs/pref-align-scan-openhermes-ipo-beta-0.9"
+    )
+    assert len({r.output_dir for r in runs}) == len(runs)
+
+
+def test_every_scan_run_resolves():
+    for run in library.expand_scan(library.load_scan(library.scan_file("pref-align-scan"))):
+        recipe = resolve_recipe(run.method, run.recipe, overrides=run.overrides, output_dir=run.output_dir).recipe
+        loss, beta = run.overrides[0].split("=")[1], float(run.overrides[1].split("=")[1])
+        assert (recipe.dpo.loss_type, recipe.dpo.beta, recipe.hub.revision) == (loss, beta, f"{loss}-{beta:g}")
+
+
+def test_kto_pair_is_gone_from_trl(cli):
+    result = cli("dpo", "--recipe", "pref-align-scan", "--set", "dpo.loss_type=kto_pair", "--dry-run")
+    assert result.exit_code == 2
+    assert "dpo.loss_type" in result.stderr
+
+
+def test_a_bad_scan_file_is_refused(tmp_path):
+    path = tmp_path / "scan.yaml"
+    path.write_text("method: dpo\nrecipes: [smollm]\ngrid: {dpo.beta: []}\noutput_dir: x\n")
+    with pytest.raises(UserError, match=r"grid axes without values: dpo\.beta"):
+        library.load_scan(path)
+    path.write_text("method: dpo\nrecipes: [smollm]\ngrid: {dpo.beta: [1]}\noutput_dir: 'o/{nope}'\n")
+    with pytest.raises(UserError, match="unknown placeholder"):
+        library.expand_scan(library.load_scan(path))
+
+
+# ---- pipelines ----
+
+
+def test_zephyr_pipeline_wires_dpo_to_the_sft_output():
+    plan = pipeline.plan_pipeline("zephyr-7b-beta")
+    assert [(s.name, s.method, s.recipe_name, s.from_stage) for s in plan] == [
+        ("sft", "sft", "zephyr-7b-beta", None),
+        ("dpo", "dpo", "zephyr-7b-beta", "sft"),
+    ]
+    assert plan[0].model == "mistralai/Mistral-7B-v0.1"
+    assert plan[1].model == "outputs/zephyr-7b-beta-sft" == str(plan[0].output_dir)
+    assert plan[1].resolved.recipe.dpo.beta == 0.01, "everything else is the dpo recipe's"
+
+
+def test_pipeline_under_a_variant():
+    qlora = pipeline.plan_pipeline("zephyr-7b-beta:qlora")
+    assert [s.resolved.source.name for s in qlora] == ["sft.qlora.yaml", "dpo.qlora.yaml"]
+    assert qlora[1].model == "outputs/zephyr-7b-beta-qlora-sft"
+    grok = pipeline.plan_pipeline("constitutional-ai:grok")
+    assert [s.recipe_name for s in grok] == ["constitutional-ai:grok", "constitutional-ai"]
+    assert str(grok[1].output_dir) == "outputs/constitutional-ai-grok-dpo", "never the base pipeline's folder"
+
+
+def test_smollm3_pipeline_pins_its_stages(tmp_path):
+    plan = pipeline.plan_pipeline("smollm3", output_root=tmp_path)
+    assert [(s.name, s.recipe_name, s.method) for s in plan] == [
+        ("mid", "smollm3:mid", "sft"),
+        ("sft", "smollm3", "sft"),
+        ("apo", "smollm3", "dpo"),
+    ]
+    assert [s.output_dir for s in plan] == [tmp_path / "mid", tmp_path / "sft", tmp_path / "apo"]
+    assert plan[1].model == str(tmp_path / "mid") and plan[1].resolved.recipe.model.revision == "main"
+    assert plan[2].model == str(tmp_path / "sft")
+
+
+def test_pipeline_overrides(tmp_path):
+    plan = pipeline.plan_pipeline(
+        "zephyr-7b-beta",
+        overrides=["model.name_or_path=tiny", "dpo.beta=0.2", "sft:training.max_steps=3", "dpo:model.dtype=bf16"],
+        output_root=tmp_path,
+    )
+    assert plan[0].model == "tiny", "a global model swap reaches the first stage"
+    assert plan[1].model == str(tmp_path / "sft"), "later stages still start from the stage before"
+    assert plan[1].resolved.recipe.dpo.beta == 0.2
+    assert (plan[0].resolved.recipe.training.max_steps, plan[1].resolved.recipe.training.max_steps) == (3, -1)
+    assert plan[1].resolved.recipe.model.dtype == "bfloat16"
+    pinned = pipeline.plan_pipeline("zephyr-7b-beta", overrides=["dpo:model.name_or_path=elsewhere"])
+    assert pinned[1].model == "elsewhere"
+    with pytest.raises(UserError, match="no stage 'orpo' in this pipeline; stages: sft, dpo"):
+        pipeline.plan_pipeline("zephyr-7b-beta", overrides=["orpo:orpo.beta=0.1"])
+
+
+def test_finished_stages_are_skipped(tmp_path):
+    def run_file(stage, text):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / "alignkit_run.json").write_text(text)
+
+    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "cpt"
+    run_file("cpt", json.dumps({"method": "cpt", "finished": True}))
+    run_file("sft", json.dumps({"method": "sft", "finished": False}))
+    plan = pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)
+    assert [s.finished for s in plan] == [True, False, False]
+    assert pipeline.next_stage(plan).name == "sft"
+    run_file("sft", '{"finished": tr')  # half-written: not finished
+    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "sft"
+    run_file("sft", json.dumps({"finished": True}))
+    run_file("dpo", json.dumps({"finished": "yes"}))  # only a real true counts
+    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "dpo"
+    run_file("dpo", json.dumps({"finished": True}))
+    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)) is None
+
+
+def test_every_pipeline_resolves():
+    names = [name for name in registry.discover() if ":" not in name and pipeline.has_pipeline(name)]
+    assert names == [
+        "constitutional-ai",
+        "gpt2-nl",
+        "smollm2",
+        "smollm3",
+        "starchat2-15b",
+        "zephyr-7b-beta",
+        "zephyr-7b-gemma",
+    ]
+    for name in names:
+        plan = pipeline.plan_pipeline(name, qlora=True)
+        assert all(s.resolved.recipe.quantization.load_in_4bit for s in plan)
+
+
+def test_pipeline_errors(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match=r"recipe 'smollm' has no pipeline \(pipeline.yaml\); run its stage directly"):
+        pipeline.load_pipeline("smollm")
+    with pytest.raises(UserError, match="unknown recipe 'zephyr'"):
+        pipeline.load_pipeline("zephyr")
+    with pytest.raises(ValueError, match="stage 'dpo' starts from 'sft', which is not an earlier stage"):
+        pipeline.PipelineSpec.model_validate(
+            {"stages": [{"name": "dpo", "method": "dpo", "from": "sft"}, {"name": "sft", "method": "sft"}]}
+        )
+    with pytest.raises(ValueError, match="stage name 'sft' is used twice"):
+        pipeline.PipelineSpec.model_validate({"stages": [{"name": "sft", "method": "sft"}] * 2})
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        pipeline.PipelineSpec.model_validate({"stages": [{"name": "rl", "method": "ppo"}]})
