@@ -1,0 +1,107 @@
+"""What a scheduler (Slurm, dstack) runs on every node: one validated `alignkit METHOD ...` command.
+
+The recipe is resolved and its multi-node launch planned here, before any file is written, so a bad recipe
+or contradictory flags never produce a job. The node-specific values (machine rank, the main node's
+address) are left to the scheduler's variables; everything else is fixed in the generated file.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.errors import Problem, UserError
+from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
+from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
+
+# Secrets go to jobs by name only; a value that looks like one must never be written into a job file.
+_SECRET_LOOKING = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|[A-Fa-f0-9]{40})\b")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The user's request for a multi-node job."""
+
+    method: str
+    recipe: str
+    nodes: int
+    gpus_per_node: int
+    launch: str | None = None
+    qlora: bool = False
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+    output_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: the resolved recipe, the plan every node will compute, and the per-node argv."""
+
+    spec: JobSpec
+    resolved: ResolvedRecipe
+    plan: LaunchPlan
+    argv: tuple[str, ...]
+    """`alignkit` arguments shared by all nodes; the scheduler appends the counts, the node's rank and the
+    main node's address."""
+
+    @property
+    def name(self) -> str:
+        """A job name schedulers accept: lowercase letters, digits and dashes."""
+        raw = f"alignkit-{self.resolved.name}-{self.spec.method}".lower()
+        return re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:60]
+
+    def command_line(self) -> str:
+        return shlex.join(self.argv)
+
+
+def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool = True) -> Job:
+    """Validate the recipe and the multi-node plan; return the job (raises `UserError` on bad input).
+
+    Args:
+        spec: the request.
+        recipe_ref: what the nodes pass as `--recipe` when it differs from the local reference (a recipe file
+            uploaded to the cloud machine).
+        shared_disk: the nodes see this machine's files (Slurm): local paths are made absolute. Without a
+            shared disk (dstack) the output directory stays relative to the job's working directory.
+    """
+    problems = []
+    if spec.nodes < 1:
+        problems.append(Problem(source="--nodes", message=f"must be at least 1 (given: {spec.nodes})"))
+    if spec.gpus_per_node < 1:
+        problems.append(Problem(source="--gpus-per-node", message=f"must be at least 1 (given: {spec.gpus_per_node})"))
+    for text in spec.overrides:
+        if _SECRET_LOOKING.search(text):
+            problems.append(
+                Problem(
+                    source=f"--set {text.split('=', 1)[0]}=...",
+                    message="looks like a token; job files must not hold secrets: pass it through the environment",
+                )
+            )
+    if problems:
+        raise UserError(problems)
+    resolved = resolve_recipe(
+        spec.method, spec.recipe, qlora=spec.qlora, overrides=list(spec.overrides), output_dir=spec.output_dir
+    )
+    options = LaunchOptions(
+        launch=spec.launch,
+        num_processes=spec.gpus_per_node,
+        num_machines=spec.nodes,
+        # Checked here with a placeholder; each node is given the real address by the scheduler.
+        main_process_ip="main-node" if spec.nodes > 1 else None,
+    )
+    plan = plan_launch(resolved.recipe, options)
+    if recipe_ref is None:
+        recipe_ref = spec.recipe
+        if shared_disk and Path(recipe_ref).expanduser().exists():
+            recipe_ref = str(Path(recipe_ref).expanduser().resolve())  # nodes start in another directory
+    output_dir = Path(resolved.recipe.training.output_dir or "").expanduser()
+    if shared_disk and not output_dir.is_absolute():
+        output_dir = output_dir.resolve()
+    argv = [spec.method, "--recipe", recipe_ref]
+    if spec.qlora:
+        argv.append("--qlora")
+    for text in spec.overrides:
+        argv += ["--set", text]
+    argv += ["--launch", plan.profile, "--output-dir", str(output_dir)]
+    return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv))

@@ -1,0 +1,157 @@
+"""`alignkit slurm`: a readable sbatch script that runs one validated recipe on N nodes.
+
+The script asks Slurm for one task per node, derives the main node from the allocation (`scontrol show
+hostnames`), and starts alignkit once per node through `srun`, passing the node's rank and the counts; alignkit
+then starts that node's workers itself. It requeues itself when preempted or near its time limit, and a
+requeued job resumes from the run's last checkpoint, because alignkit resumes an unfinished run of the same
+recipe. Secrets are never written: sbatch passes the submitting shell's environment (HF_TOKEN,
+WANDB_API_KEY) to the job.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.errors import Problem, RunError, UserError
+from alignkit.launch.job import Job
+
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+REQUEUE_SIGNAL_SECONDS = 300
+"""Slurm signals the job this long before its time limit, leaving time to requeue it cleanly."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time: str | None = None
+    main_process_port: int = 29500
+
+
+def check_options(options: SlurmOptions) -> None:
+    if options.time is not None and not _TIME.match(options.time):
+        raise UserError(
+            Problem(
+                source="--time",
+                message=f"{options.time!r} is not a Slurm time limit; use minutes, HH:MM:SS or D-HH:MM:SS"
+                " (e.g. 2-00:00:00)",
+            )
+        )
+    if options.partition is not None and not re.fullmatch(r"[\w.,-]+", options.partition):
+        raise UserError(Problem(source="--partition", message=f"{options.partition!r} is not a partition name"))
+
+
+def sbatch_script(job: Job, options: SlurmOptions) -> str:
+    """The sbatch script for `job`."""
+    check_options(options)
+    spec, plan = job.spec, job.plan
+    python = shlex.quote(sys.executable)
+    directives = [
+        f"--job-name={job.name}",
+        f"--nodes={spec.nodes}",
+        "--ntasks-per-node=1",  # one alignkit per node; it starts the node's workers itself
+        f"--gpus-per-node={spec.gpus_per_node}",
+        "--exclusive",
+        "--requeue",
+        f"--signal=B:USR1@{REQUEUE_SIGNAL_SECONDS}",
+        "--output=%x-%j.out",
+    ]
+    if options.partition:
+        directives.append(f"--partition={options.partition}")
+    if options.time:
+        directives.append(f"--time={options.time}")
+    args = "\n  ".join(_argument_lines(job.argv))
+    lines = [
+        "#!/bin/bash",
+        f"# alignkit {spec.method} on {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s), launch profile"
+        f" {plan.profile}: {plan.world_size} processes, effective batch {plan.effective_batch_size}.",
+        f"# Recipe: {job.resolved.name} ({job.resolved.source}). Submit with: sbatch <this file>",
+        *_batch_note(job),
+        "# HF_TOKEN and WANDB_API_KEY are taken from the environment you submit from; none is written here.",
+        *(f"#SBATCH {d}" for d in directives),
+        "",
+        "set -euo pipefail",
+        "",
+        "# The Python environment alignkit was installed in when this script was written (override: ALIGNKIT).",
+        f'ALIGNKIT="${{ALIGNKIT:-{python} -m alignkit}}"',
+        "",
+        "# The first node of the allocation hosts rank 0; every node is told its address.",
+        'MAIN_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f'MAIN_PORT="${{MAIN_PORT:-{options.main_process_port}}}"',
+        "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed rank ends the job instead of hanging it",
+        "",
+        "# Near the time limit (Slurm sends USR1, see --signal): requeue. Preemption requeues through --requeue.",
+        "# Either way the requeued job resumes from the run's last checkpoint.",
+        "requeue() {",
+        '  echo "alignkit: requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "}",
+        "trap requeue USR1",
+        "",
+        f"ALIGNKIT_ARGS=(\n  {args}\n  --num-machines {spec.nodes}\n  --num-processes {spec.gpus_per_node}",
+        '  --main-process-ip "$MAIN_NODE"\n  --main-process-port "$MAIN_PORT"\n)',
+        "",
+        'echo "alignkit: $SLURM_NNODES node(s), main node $MAIN_NODE:$MAIN_PORT"',
+        "# One task per node; SLURM_NODEID (0..nodes-1) is expanded by each node's own shell.",
+        "# shellcheck disable=SC2016,SC2086",
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --wait=60 \\",
+        '  bash -c \'exec "$@" --machine-rank "$SLURM_NODEID"\' \\',
+        '  alignkit $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &',
+        "# Wait in the background so the requeue trap can run while training.",
+        "wait $!",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _argument_lines(argv: tuple[str, ...]) -> list[str]:
+    """One line per flag and its value, shell-quoted."""
+    lines: list[str] = []
+    for arg in argv:
+        if lines and not arg.startswith("--") and lines[-1].startswith("--") and " " not in lines[-1]:
+            lines[-1] += " " + shlex.quote(arg)
+        else:
+            lines.append(shlex.quote(arg))
+    return lines
+
+
+def _batch_note(job: Job) -> list[str]:
+    plan = job.plan
+    if plan.effective_batch_size == plan.recipe_effective_batch_size:
+        return []
+    return [
+        f"# Note: the recipe was tuned for {plan.recipe_gpus} GPU(s), effective batch"
+        f" {plan.recipe_effective_batch_size}; adjust training.gradient_accumulation_steps (--set) to match."
+    ]
+
+
+def write_script(job: Job, options: SlurmOptions, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(sbatch_script(job, options), encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def submit_script(path: Path) -> str:
+    """Submit the script with `sbatch`; returns the job id."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UserError(
+            Problem(
+                source="--submit",
+                message="sbatch is not on PATH; run this on a Slurm login node, or submit the script later"
+                f" with `sbatch {path}`",
+            )
+        )
+    result = subprocess.run([sbatch, str(path)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise RunError(f"sbatch rejected {path}: {detail[-1] if detail else f'exit code {result.returncode}'}")
+    match = re.search(r"(\d+)", result.stdout)
+    return match.group(1) if match else result.stdout.strip()

@@ -1,0 +1,240 @@
+"""`alignkit slurm`: the generated sbatch script, run against `srun`/`scontrol`/`sbatch` stand-ins.
+
+The stand-ins are tiny shell scripts on PATH: `scontrol` names the allocation's nodes and records requeues,
+`srun` runs its command once as node 0 (one node here), `sbatch` records the submitted script. The real run of
+the script (one node, two CPU processes, the tiny model) is in test_launch_train.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from alignkit.launch.job import JobSpec, plan_job
+from alignkit.launch.slurm import SlurmOptions, sbatch_script
+from alignkit.recipe.resolve import resolve_recipe
+
+STAND_INS = {
+    "scontrol": """#!/bin/bash
+if [ "$1 $2" = "show hostnames" ]; then printf 'node-a\\nnode-b\\n'; exit 0; fi
+if [ "$1" = "requeue" ]; then echo "requeue $2" >> "$STANDIN_LOG"; exit 0; fi
+exit 1
+""",
+    # Drop srun's own options, then run the command as the first (and only) node's single task.
+    "srun": """#!/bin/bash
+echo "srun $*" >> "$STANDIN_LOG"
+while [ $# -gt 0 ] && [ "${1#--}" != "$1" ]; do shift; done
+export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
+exec "$@"
+""",
+    "sbatch": """#!/bin/bash
+if [ -n "$SBATCH_REJECT" ]; then echo "sbatch: error: invalid partition specified: nope" >&2; exit 1; fi
+echo "sbatch $*" >> "$STANDIN_LOG"
+echo "Submitted batch job 12345"
+""",
+}
+
+# Records the arguments and environment alignkit would have been started with, then waits if told to.
+FAKE_ALIGNKIT = """#!/bin/bash
+printf '%s\\n' "$@" > "$STANDIN_DIR/alignkit_args"
+echo "${SLURM_NODEID:-unset}" > "$STANDIN_DIR/alignkit_node"
+if [ -n "$FAKE_SLEEP" ]; then touch "$STANDIN_DIR/started"; sleep "$FAKE_SLEEP"; fi
+"""
+
+
+ONE_NODE = ("--nodes", "1", "--gpus-per-node", "2")
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in {**STAND_INS, "fake-alignkit": FAKE_ALIGNKIT}.items():
+        path = bin_dir / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "standin.log"))
+    monkeypatch.setenv("STANDIN_DIR", str(tmp_path))
+    return bin_dir
+
+
+def _slurm_env(tmp_path, **extra) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_ID": "4242",
+        **extra,
+    }
+
+
+def _script(tmp_path, **spec) -> Path:
+    spec = {"method": "sft", "recipe": "tiny-demo", "nodes": 1, "gpus_per_node": 2, **spec}
+    path = tmp_path / "job.sbatch"
+    path.write_text(sbatch_script(plan_job(JobSpec(**spec)), SlurmOptions(partition="gpu", time="1-00:00:00")))
+    path.chmod(0o755)
+    return path
+
+
+def test_script_has_the_directives_and_a_valid_bash_syntax(tmp_path):
+    text = _script(tmp_path, recipe="zephyr-7b-gemma", nodes=2, gpus_per_node=8, launch="zero3").read_text()
+    for directive in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=1-00:00:00",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --job-name=alignkit-zephyr-7b-gemma-sft",
+    ):
+        assert directive in text.splitlines()
+    assert "  --launch zero3\n" in text
+    assert "  --num-machines 2\n  --num-processes 8\n" in text
+    assert f"  --output-dir {Path('outputs/zephyr-7b-gemma-sft').resolve()}\n" in text
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --wait=60" in text
+    assert "effective batch 256" in text
+    assert "# Note: the recipe was tuned for 8 GPU(s), effective batch 128" in text
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], check=False).returncode == 0
+
+
+def test_a_recipe_file_is_passed_by_absolute_path(tmp_path, write_recipe, tiny_model_dir, monkeypatch):
+    recipe = write_recipe(
+        f"model: {{name_or_path: {tiny_model_dir}}}\ndata: {{datasets: [{{path: data.jsonl}}]}}\n", name="mine.yaml"
+    )
+    monkeypatch.chdir(tmp_path)
+    text = _script(tmp_path, recipe="mine.yaml").read_text()
+    assert f"  --recipe {recipe.resolve()}\n" in text
+
+
+def test_script_runs_alignkit_once_per_node_with_rank_and_main_node(tmp_path, stand_ins):
+    script = _script(tmp_path)
+    env = _slurm_env(tmp_path, ALIGNKIT=str(stand_ins / "fake-alignkit"))
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "alignkit_args").read_text().splitlines()
+    assert args[:3] == ["sft", "--recipe", "tiny-demo"]
+    joined = " ".join(args)
+    assert "--launch ddp" in joined
+    assert "--num-machines 1 --num-processes 2" in joined
+    assert "--main-process-ip node-a --main-process-port 29500" in joined
+    assert args[-2:] == ["--machine-rank", "0"]
+    assert (tmp_path / "alignkit_node").read_text().strip() == "0"
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --wait=60 bash -c" in (tmp_path / "standin.log").read_text()
+    assert "main node node-a:29500" in result.stdout
+
+
+def test_near_the_time_limit_the_job_requeues_itself(tmp_path, stand_ins):
+    script = _script(tmp_path)
+    env = _slurm_env(tmp_path, ALIGNKIT=str(stand_ins / "fake-alignkit"), FAKE_SLEEP="60")
+    log = tmp_path / "standin.log"
+    with (tmp_path / "job.out").open("w") as out:
+        process = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True, stdout=out)
+    try:
+        _wait_for(lambda: (tmp_path / "started").exists())
+        process.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends to the batch shell
+        _wait_for(lambda: log.exists() and "requeue 4242" in log.read_text().splitlines())
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the stand-in's training would otherwise sleep on
+        process.wait()
+    assert "alignkit: requeueing job 4242" in (tmp_path / "job.out").read_text()
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    """Poll until `condition()` holds; a guard against hanging, not a timing assertion."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_cli_writes_and_submits(tmp_path, stand_ins, cli):
+    out = tmp_path / "jobs" / "tiny.sbatch"
+    result = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2", "--output", out, "--submit"
+    )
+    assert result.exit_code == 0, result.output
+    training = resolve_recipe("sft", "tiny-demo").recipe.training
+    batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * 2
+    assert f"wrote {out}: 1 node(s) x 2 GPU(s), profile ddp, effective batch {batch}" in result.stdout
+    assert "submitted job 12345" in result.stdout
+    assert f"sbatch {out}" in (tmp_path / "standin.log").read_text()
+    assert os.access(out, os.X_OK)
+
+
+def test_cli_reports_sbatch_rejecting_the_script(tmp_path, stand_ins, cli, monkeypatch):
+    monkeypatch.setenv("SBATCH_REJECT", "1")
+    out = tmp_path / "tiny.sbatch"
+    result = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2", "--output", out, "--submit"
+    )
+    assert result.exit_code == 1
+    assert f"error: sbatch rejected {out}: sbatch: error: invalid partition specified: nope" in result.stderr
+
+
+def test_submit_without_sbatch_is_a_user_error(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH, sbatch included
+    out = tmp_path / "tiny.sbatch"
+    result = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2", "--output", out, "--submit"
+    )
+    assert result.exit_code == 2
+    assert "error: --submit: sbatch is not on PATH" in result.stderr
+    assert out.is_file()  # the script is still there to submit later
+
+
+def test_a_bad_recipe_never_produces_a_script(tmp_path, cli):
+    out = tmp_path / "bad.sbatch"
+    args = ("slurm", "sft", "--recipe", "tiny-demo", "--nodes", "2", "--gpus-per-node", "8", "--output", out)
+    result = cli(*args, "--set", "training.learning_rate=-1")
+    assert result.exit_code == 2
+    assert "training.learning_rate" in result.stderr
+    assert not out.exists()
+    result = cli(*args, "--launch", "fsdp-qlora")
+    assert result.exit_code == 2
+    assert "fsdp-qlora shards a 4-bit base model" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--time", "3days", "--time: '3days' is not a Slurm time limit"),
+        ("--nodes", "0", "--nodes: must be at least 1 (given: 0)"),
+        ("--partition", "gpu;rm -rf /", "--partition: 'gpu;rm -rf /' is not a partition name"),
+    ],
+)
+def test_bad_slurm_flags_are_user_errors(tmp_path, cli, flag, value, message):
+    base = {"--nodes": "1", "--gpus-per-node": "2", "--output": str(tmp_path / "x.sbatch")}
+    base[flag] = value
+    args = [a for pair in base.items() for a in pair]
+    result = cli("slurm", "sft", "--recipe", "tiny-demo", *args)
+    assert result.exit_code == 2
+    assert f"error: {message}" in result.stderr
+    assert not (tmp_path / "x.sbatch").exists()
+
+
+def test_secrets_are_never_written(tmp_path, cli, monkeypatch):
+    token = "hf_" + "a1B2" * 9
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
+    out = tmp_path / "job.sbatch"
+    result = cli("slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2", "--output", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert token not in text
+    assert "f" * 40 not in text
+    assert "HF_TOKEN and WANDB_API_KEY are taken from the environment you submit from" in text
+    refused = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2",
+        "--output", tmp_path / "leak.sbatch", "--set", f"hub.hub_model_id={token}",
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "looks like a token" in refused.stderr
+    assert not (tmp_path / "leak.sbatch").exists()
