@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 from conftest import shared_dir
@@ -634,3 +636,15 @@ def test_pipeline_errors(tmp_path, monkeypatch):
         pipeline.PipelineSpec.model_validate({"stages": [{"name": "sft", "method": "sft"}] * 2})
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
         pipeline.PipelineSpec.model_validate({"stages": [{"name": "rl", "method": "ppo"}]})
+
+
+def test_library_and_pipeline_stay_light():
+    heavy = "{'torch', 'transformers', 'trl', 'datasets', 'accelerate', 'peft', 'deepspeed', 'bitsandbytes'}"
+    code = (
+        "import sys\nfrom alignkit import library, pipeline\n"
+        "pipeline.plan_pipeline('smollm3', qlora=True)\n"
+        "library.expand_scan(library.load_scan(library.scan_file('pref-align-scan')))\n"
+        f"print(sorted({heavy} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
