@@ -1,0 +1,145 @@
+"""`alignkit dstack`: generated task and fleet files, validated with dstack's own configuration models.
+
+dstack is a test dependency (the `dev` extra); `--apply` is checked against a stand-in `dstack` command.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from alignkit.errors import UserError
+from alignkit.launch.dstack import gpus_per_node
+
+configurations = pytest.importorskip(
+    "dstack._internal.core.models.configurations", reason="dstack is a test dependency: pip install -e '.[dev]'"
+)
+
+
+def _load(path):
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _generate(cli, tmp_path, *args):
+    out = tmp_path / "train.dstack.yml"
+    result = cli("dstack", "sft", *args, "--output", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_single_node_task_is_a_valid_dstack_task(cli, tmp_path):
+    out, result = _generate(cli, tmp_path, "--recipe", "zephyr-7b-gemma", "--gpu", "H100:8")
+    assert f"wrote {out}" in result.stdout
+    assert f"run it with: dstack apply -f {out}" in result.stdout
+    task = configurations.parse_run_configuration(_load(out))
+    assert isinstance(task, configurations.TaskConfiguration)
+    assert task.name == "alignkit-zephyr-7b-gemma-sft"
+    assert task.nodes in (None, 1)
+    assert task.resources.gpu.count.min == 8
+    assert task.resources.gpu.name == ["H100"]
+    assert str(task.resources.shm_size).startswith("24")
+    assert task.commands[0] == "pip install alignkit==" + __import__("alignkit").__version__
+    command = task.commands[1]
+    assert command.startswith("alignkit sft --recipe zephyr-7b-gemma --launch zero3 --output-dir outputs/")
+    assert '--num-machines "$DSTACK_NODES_NUM" --num-processes "$DSTACK_GPUS_PER_NODE"' in command
+    assert "--machine-rank" not in command  # one node: no rendezvous address needed
+    assert not (tmp_path / "train-fleet.dstack.yml").exists()
+
+
+def test_multi_node_task_and_fleet_are_valid_and_use_dstacks_node_variables(cli, tmp_path):
+    out, result = _generate(cli, tmp_path, "--recipe", "zephyr-7b-gemma", "--gpu", "A100:80GB:4", "--nodes", "2")
+    fleet_path = tmp_path / "train-fleet.dstack.yml"
+    assert f"run it with: dstack apply -f {fleet_path} && dstack apply -f {out}" in result.stdout
+    task = configurations.parse_run_configuration(_load(out))
+    assert task.nodes == 2
+    assert task.resources.gpu.count.min == 4
+    command = task.commands[1]
+    assert '--machine-rank "$DSTACK_NODE_RANK"' in command
+    assert '--main-process-ip "$DSTACK_MASTER_NODE_IP" --main-process-port 29500' in command
+    fleet = configurations.parse_apply_configuration(_load(fleet_path))
+    assert fleet.type == "fleet"
+    assert fleet.name == "alignkit-zephyr-7b-gemma-sft-fleet"
+    assert fleet.nodes.min == fleet.nodes.max == 2
+    assert fleet.placement.value == "cluster"
+    assert fleet.resources.gpu.count.min == 4
+
+
+def test_a_recipe_file_is_uploaded_with_the_task(cli, tmp_path, write_recipe):
+    recipe = write_recipe("model: {name_or_path: some/model}\ndata: {datasets: [{path: data.jsonl}]}\n", "mine.yaml")
+    out, _ = _generate(cli, tmp_path, "--recipe", recipe, "--gpu", "L4:1", "--set", "training.num_train_epochs=2")
+    task = configurations.parse_run_configuration(_load(out))
+    assert [(f.local_path, f.path) for f in task.files] == [(str(recipe.resolve()), "alignkit-recipes/mine.yaml")]
+    assert task.commands[1].startswith(
+        "alignkit sft --recipe alignkit-recipes/mine.yaml --set training.num_train_epochs=2 --launch none"
+    )
+
+
+def test_secrets_are_passed_by_name_only(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x9Y8" * 9)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 3)
+    out, _ = _generate(cli, tmp_path, "--recipe", "zephyr-7b-gemma", "--gpu", "H100:8", "--nodes", "2")
+    for path in (out, tmp_path / "train-fleet.dstack.yml"):
+        text = path.read_text()
+        assert "x9Y8" not in text
+        assert "0123456789abcdef" not in text
+    task = configurations.parse_run_configuration(_load(out))
+    # dstack's own reading: both are placeholders it fills from the applying user's environment.
+    from dstack._internal.core.models.envs import EnvSentinel
+
+    assert {key: type(value) for key, value in task.env.items()} == {
+        "HF_TOKEN": EnvSentinel,
+        "WANDB_API_KEY": EnvSentinel,
+    }
+    assert _load(out)["env"] == ["HF_TOKEN", "WANDB_API_KEY"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "count"),
+    [("H100:8", 8), ("A100:80GB:2", 2), ("24GB..", 1), ("24GB..:1..", 1), ("A100:2..8", 2), ("L4", 1)],
+)
+def test_gpu_count_agrees_with_dstacks_parser(spec, count):
+    from dstack._internal.core.models.resources import ResourcesSpec
+
+    assert gpus_per_node(spec) == count
+    assert ResourcesSpec.model_validate({"gpu": spec}).gpu.count.min == count
+
+
+@pytest.mark.parametrize("spec", ["H100 8", "", "A100:2:4", "H100:0"])
+def test_bad_gpu_specs_are_refused(spec):
+    with pytest.raises(UserError) as err:
+        gpus_per_node(spec)
+    assert err.value.problems[0].source == "--gpu"
+
+
+def test_a_bad_recipe_never_produces_files(cli, tmp_path):
+    out = tmp_path / "train.dstack.yml"
+    result = cli("dstack", "sft", "--recipe", "tiny-demo", "--gpu", "H100:2", "--launch", "fsdp-qlora", "--output", out)
+    assert result.exit_code == 2
+    assert "error: --launch: fsdp-qlora shards a 4-bit base model" in result.stderr
+    assert not out.exists()
+    result = cli("dstack", "dpo", "--recipe", "nope-recipe", "--gpu", "H100:2", "--output", out)
+    assert result.exit_code == 2
+    assert "unknown recipe 'nope-recipe'" in result.stderr
+
+
+def test_apply_runs_dstack_on_the_fleet_then_the_task(cli, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "dstack"
+    stand_in.write_text(f'#!/bin/bash\necho "$*" >> {tmp_path / "dstack.log"}\n', encoding="utf-8")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out, _ = _generate(cli, tmp_path, "--recipe", "zephyr-7b-gemma", "--gpu", "H100:8", "--nodes", "2", "--apply")
+    calls = (tmp_path / "dstack.log").read_text().splitlines()
+    assert calls == [f"apply -f {tmp_path / 'train-fleet.dstack.yml'}", f"apply -f {out}"]
+
+
+def test_apply_without_dstack_is_a_user_error_and_keeps_the_files(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "train.dstack.yml"
+    result = cli("dstack", "sft", "--recipe", "zephyr-7b-gemma", "--gpu", "H100:8", "--output", out, "--apply")
+    assert result.exit_code == 2
+    assert "error: --apply: the dstack command line is not installed here" in result.stderr
+    assert out.is_file()
