@@ -35,7 +35,7 @@ def launch_workers(
     output_dir: Path,
     plan: LaunchPlan,
     *,
-    module: str = WORKER_MODULE,
+    module: str | None = None,
     module_args: Sequence[str] | None = None,
 ) -> None:
     """Run this machine's share of the plan's workers and wait for them.
@@ -43,7 +43,8 @@ def launch_workers(
     Args:
         output_dir: the run's output directory, holding the frozen recipe; passed to every worker.
         plan: the launch plan (profile, counts, addresses).
-        module: the module every worker runs with `python -m` (tests substitute a stand-in).
+        module: the module every worker runs with `python -m`; default: `$ALIGNKIT_WORKER_MODULE` when set
+            (tests and profilers wrap the real worker this way), else `alignkit.train.worker`.
         module_args: the worker's arguments; default: the output directory.
 
     Raises:
@@ -55,6 +56,7 @@ def launch_workers(
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    module = module or os.environ.get("ALIGNKIT_WORKER_MODULE") or WORKER_MODULE
     output_dir = Path(output_dir).resolve()
     folder = launch_folder(output_dir, plan)
     config_path = write_launch_files(plan, folder)
