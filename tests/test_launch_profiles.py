@@ -332,3 +332,17 @@ def test_8bit_weights_cannot_be_sharded(write_recipe, cli):
     assert result.exit_code == 2
     assert "quantization.load_in_8bit: 8-bit weights cannot be sharded by --launch zero3" in result.stderr
     assert cli("sft", "--recipe", path, "--launch", "zero2", "--num-processes", "2", "--dry-run").exit_code == 0
+
+
+def test_sharded_4bit_with_full_precision_other_weights_is_refused(write_recipe, cli):
+    path = write_recipe(
+        "model: {name_or_path: some/model, dtype: float32}\n"
+        "data: {datasets: [{path: data.jsonl}]}\n"
+        "peft: {r: 8}\n"
+        "quantization: {load_in_4bit: true, bnb_4bit_compute_dtype: bfloat16}\n"
+    )
+    result = cli("sft", "--recipe", path, "--launch", "zero3", "--num-processes", "2", "--dry-run")
+    assert result.exit_code == 2
+    assert "model.dtype: is float32 but the 4-bit compute dtype is bfloat16" in result.stderr
+    assert "--set model.dtype=bfloat16" in result.stderr
+    assert cli("sft", "--recipe", path, "--launch", "ddp", "--num-processes", "2", "--dry-run").exit_code == 0

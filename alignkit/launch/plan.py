@@ -183,9 +183,20 @@ def _quant_storage(recipe: _RecipeBase, profile: str) -> str | None:
     if compute in (None, "auto"):
         # --qlora and the loader use the model dtype, and bfloat16 for an auto model dtype.
         compute = recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16"
+    problems = []
+    if recipe.model.dtype not in ("auto", compute):
+        # The weights left unquantised (norms, embeddings, the LoRA copies) are sharded beside the 4-bit ones.
+        problems.append(
+            Problem(
+                source="recipe",
+                path="model.dtype",
+                message=f"is {recipe.model.dtype} but the 4-bit compute dtype is {compute}; --launch {profile} shards"
+                f" all weights together: --set model.dtype={compute}",
+            )
+        )
     storage = quant.bnb_4bit_quant_storage
     if storage not in (None, "auto", compute):
-        raise UserError(
+        problems.append(
             Problem(
                 source="recipe",
                 path="quantization.bnb_4bit_quant_storage",
@@ -194,4 +205,6 @@ def _quant_storage(recipe: _RecipeBase, profile: str) -> str | None:
                 f" --set quantization.bnb_4bit_quant_storage={compute}",
             )
         )
+    if problems:
+        raise UserError(problems)
     return compute
