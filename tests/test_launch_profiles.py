@@ -346,3 +346,34 @@ def test_sharded_4bit_with_full_precision_other_weights_is_refused(write_recipe,
     assert "model.dtype: is float32 but the 4-bit compute dtype is bfloat16" in result.stderr
     assert "--set model.dtype=bfloat16" in result.stderr
     assert cli("sft", "--recipe", path, "--launch", "ddp", "--num-processes", "2", "--dry-run").exit_code == 0
+
+
+@pytest.mark.parametrize("profile", ["ddp", "zero3", "fsdp"])
+def test_multi_node_plan_reaches_torchrun_through_accelerates_own_argument_handling(tmp_path, gpus, profile):
+    # What accelerate's launch command derives from the written config, short of starting processes.
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    plan = _plan(launch=profile, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1", main_process_port=6123)
+    config = profiles.write_launch_files(plan, tmp_path)
+    args = launch_command_parser().parse_args(["--config_file", str(config), "--module", "alignkit.train.worker", "x"])
+    args, defaults, _ = _validate_launch_command(args)
+    if profile == "zero3":
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+        assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+        # Only these may come from the accelerate config when DeepSpeed reads a JSON file.
+        assert set(env["ACCELERATE_CONFIG_DS_FIELDS"].split(",")) == {
+            "deepspeed_config_file",
+            "deepspeed_multinode_launcher",
+            "zero3_init_flag",
+        }
+    else:
+        env = prepare_multi_gpu_env(args)
+        assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert (args.nproc_per_node, args.nnodes, args.node_rank) == ("8", "2", 1)
+    assert args.rdzv_endpoint == "10.0.0.1:6123"
+    if profile == "fsdp":
+        assert env["FSDP_VERSION"] == "2"
+        assert env["FSDP_ACTIVATION_CHECKPOINTING"] == "true"
+        assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
