@@ -30,7 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 recipes_app = typer.Typer(
-    help="List and show the shipped recipes.",
+    help="List, show and copy the shipped recipes.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -114,14 +114,28 @@ def recipes_list(
         from rich.console import Console
         from rich.table import Table
 
+        console = Console()
+        headers = ("name", "methods", "base model", "size", "GPUs", "launch")
+        rows = [(e.name, ", ".join(e.methods), e.base_model, e.size, _gpus_label(e), e.profile) for e in entries]
+        # The fixed columns never wrap; the description gets what is left, and is dropped (it is in --json)
+        # when the terminal would leave it a sliver that folds every few letters.
+        used = sum(max(len(str(c)) for c in column) + 3 for column in zip(headers, *rows, strict=True)) + 1
+        with_description = console.width - used >= 30
+        if console.width < used:
+            # Too narrow for the table: print it whole and let the terminal wrap, rather than cut ids short.
+            console = Console(width=used)
         table = Table(title="alignkit recipes", title_justify="left")
-        for column in ("name", "methods", "base model", "size", "GPUs", "launch"):
+        for column in headers:
             table.add_column(column, no_wrap=True)
-        table.add_column("description", overflow="fold")
-        for e in entries:
-            gpus = f"{e.nodes}x{e.gpus}" if e.nodes > 1 else str(e.gpus)
-            table.add_row(e.name, ", ".join(e.methods), e.base_model, e.size, gpus, e.profile, e.description)
-        Console().print(table)
+        if with_description:
+            table.add_column("description", overflow="fold")
+        for e, row in zip(entries, rows, strict=True):
+            table.add_row(*row, *((e.description,) if with_description else ()))
+        console.print(table)
+
+
+def _gpus_label(entry) -> str:
+    return f"{entry.nodes}x{entry.gpus}" if entry.nodes > 1 else str(entry.gpus)
 
 
 @recipes_app.command("show")
@@ -150,6 +164,25 @@ def recipes_show(
             _print_notices(resolved.notices)
             documents.append(f"# {resolved.name}: {m}\n" + dump_yaml(resolved.recipe.model_dump(mode="json")))
         typer.echo("---\n".join(documents), nl=False)
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: Annotated[str, typer.Argument(help="Recipe name (see `alignkit recipes list`), variants included.")],
+    dest: Annotated[str, typer.Argument(help="A .yaml file (one method) or a folder (one <method>.yaml each).")],
+    method: Annotated[str | None, typer.Option("--method", "-m", help="Copy only this method's stage.")] = None,
+) -> None:
+    """Copy a shipped recipe to edit it; never overwrites a file.
+
+    Examples: [cyan]alignkit recipes cp zephyr-7b-beta my-zephyr/[/cyan]
+    [cyan]alignkit recipes cp zephyr-7b-beta:qlora my_sft.yaml --method sft[/cyan]
+    """
+    from alignkit.library import copy_recipe
+
+    with _reported():
+        _check_method(method)
+        for copied in copy_recipe(name, dest, method):
+            typer.echo(f"copied {copied.source.name} to {copied.dest}; run it with: {copied.command}")
 
 
 def _check_method(method: str | None) -> None:
@@ -219,7 +252,7 @@ def _make_method_command(method: str):
             _print_notices(resolved.notices)
             from alignkit.launch.run import run
 
-            run(resolved, plan, options, overwrite=overwrite, argv=sys.argv)
+            run(resolved, plan, options, overwrite=overwrite, argv=["alignkit", *sys.argv[1:]])
 
     command.__doc__ = (
         f"{spec.summary}\n\nExamples:\n\n  [cyan]{spec.example}[/cyan]\n\n"
@@ -234,9 +267,12 @@ for _name in METHODS:
 
 
 def _print_dry_run(resolved, plan, as_json: bool) -> None:
+    from alignkit.launch.profiles import accelerate_config, deepspeed_config, describe
     from alignkit.recipe.yamlio import dump_yaml
 
     recipe = resolved.recipe.model_dump(mode="json")
+    launcher = accelerate_config(plan)
+    deepspeed = deepspeed_config(plan)
     if as_json:
         document = {
             "method": resolved.method,
@@ -244,6 +280,8 @@ def _print_dry_run(resolved, plan, as_json: bool) -> None:
             "source": str(resolved.source),
             "recipe": recipe,
             "launch": plan.as_dict(),
+            "accelerate_config": launcher,
+            "deepspeed_config": deepspeed,
             "notices": resolved.notices,
         }
         typer.echo(json.dumps(document, indent=2))
@@ -260,7 +298,7 @@ def _print_dry_run(resolved, plan, as_json: bool) -> None:
     table.add_column("key")
     table.add_column("value")
     rows = [
-        ("profile", plan.profile),
+        ("profile", f"{plan.profile}: {describe(plan.profile)}"),
         ("device", plan.device),
         ("machines x processes", f"{plan.num_machines} x {plan.processes_per_machine} = {plan.world_size}"),
         ("mixed precision", plan.mixed_precision),
@@ -272,9 +310,17 @@ def _print_dry_run(resolved, plan, as_json: bool) -> None:
         ("recipe tuned for", f"{plan.recipe_gpus} GPUs, effective batch {plan.recipe_effective_batch_size}"),
         ("output dir", str(resolved.recipe.training.output_dir)),
     ]
+    if plan.bnb_4bit_quant_storage:
+        rows.append(("4-bit storage", f"{plan.bnb_4bit_quant_storage} (the compute dtype, as sharding needs)"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    if launcher is not None:
+        console.print("[bold]accelerate config[/bold] (written to the output directory's launch/ folder)")
+        console.print(Syntax(dump_yaml(launcher), "yaml", background_color="default", word_wrap=True))
+    if deepspeed is not None:
+        console.print('[bold]DeepSpeed config[/bold] ("auto": filled in by the trainer from the recipe)')
+        console.print(Syntax(json.dumps(deepspeed, indent=2), "json", background_color="default", word_wrap=True))
     if plan.effective_batch_size != plan.recipe_effective_batch_size:
         console.print(
             f"[yellow]note:[/yellow] the effective batch ({plan.effective_batch_size}) differs from the recipe's"
@@ -293,6 +339,109 @@ def env() -> None:
 
     for key, value in collect().items():
         typer.echo(f"{key + ':':<16} {value}")
+
+
+@app.command("slurm")
+def slurm(
+    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name or recipe file.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes to allocate.")],
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (processes per node).")],
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="Time limit, e.g. 2-00:00:00.")] = None,
+    launch: Annotated[str | None, typer.Option("--launch", help="Launch profile (default: the recipe's).")] = None,
+    output: Annotated[str | None, typer.Option("--output", help="Script to write (default: <job>.sbatch).")] = None,
+    submit: Annotated[bool, typer.Option("--submit", help="Submit the script with sbatch.")] = False,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base + LoRA on all linear layers.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a field (repeatable), as for training.")
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Where the run writes.")] = None,
+) -> None:
+    """Write an sbatch script that runs a recipe on Slurm nodes (one alignkit per node, through srun).
+
+    Example: [cyan]alignkit slurm sft --recipe zephyr-7b-gemma --nodes 2 --gpus-per-node 8 --partition gpu[/cyan]
+    """
+    from pathlib import Path
+
+    from alignkit.launch.job import JobSpec, plan_job
+    from alignkit.launch.slurm import SlurmOptions, check_options, submit_script, write_script
+
+    with _reported():
+        _check_method(method)
+        options = SlurmOptions(partition=partition, time=time)
+        check_options(options)
+        spec = JobSpec(
+            method=method,
+            recipe=recipe,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            launch=launch,
+            qlora=qlora,
+            overrides=tuple(overrides or ()),
+            output_dir=output_dir,
+        )
+        job = plan_job(spec)
+        _print_notices(job.resolved.notices)
+        path = write_script(job, options, Path(output or f"{job.name}.sbatch"))
+        plan = job.plan
+        typer.echo(
+            f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPU(s), profile {plan.profile},"
+            f" effective batch {plan.effective_batch_size}"
+        )
+        if submit:
+            typer.echo(f"submitted job {submit_script(path)}")
+        else:
+            typer.echo(f"submit it with: sbatch {path}")
+
+
+@app.command("dstack")
+def dstack(
+    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name or recipe file.")],
+    gpu: Annotated[str, typer.Option("--gpu", help="dstack GPU spec per node, e.g. H100:8 or 24GB..:1.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes (a fleet file is written for more than one).")] = 1,
+    launch: Annotated[str | None, typer.Option("--launch", help="Launch profile (default: the recipe's).")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Task file to write (default: <job>.dstack.yml).")
+    ] = None,
+    do_apply: Annotated[bool, typer.Option("--apply", help="Run `dstack apply` on the written files.")] = False,
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base + LoRA on all linear layers.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a field (repeatable), as for training.")
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Where the run writes.")] = None,
+) -> None:
+    """Write a dstack task (and a fleet for several nodes) that installs alignkit and runs a recipe.
+
+    Example: [cyan]alignkit dstack sft --recipe zephyr-7b-gemma --gpu H100:8 --nodes 2 --apply[/cyan]
+    """
+    from pathlib import Path
+
+    from alignkit.launch.dstack import apply, plan_dstack, write_files
+
+    with _reported():
+        _check_method(method)
+        job = plan_dstack(
+            method,
+            recipe,
+            gpu=gpu,
+            nodes=nodes,
+            launch=launch,
+            qlora=qlora,
+            overrides=tuple(overrides or ()),
+            output_dir=output_dir,
+        )
+        _print_notices(job.resolved.notices)
+        files = write_files(job, gpu, Path(output) if output else None)
+        for path in (files.fleet, files.task):
+            if path is not None:
+                typer.echo(f"wrote {path}")
+        if do_apply:
+            apply(files)
+        else:
+            first = f"dstack apply -f {files.fleet} && " if files.fleet else ""
+            typer.echo(f"run it with: {first}dstack apply -f {files.task}")
 
 
 def main() -> None:

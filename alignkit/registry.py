@@ -86,4 +86,9 @@ def _entry(name: str, files: dict[str, Path]) -> RecipeEntry:
 
 def suggest(name: str, names: list[str]) -> list[str]:
     """Registry names closest to a mistyped one."""
-    return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    # A near-certain match (a letter or two off) is the answer; the library's many similar names
+    # (zephyr-7b-beta, zephyr-7b-beta:qlora, zephyr-7b-gemma) would only add noise after it.
+    if close and difflib.SequenceMatcher(None, name, close[0]).ratio() >= 0.9:
+        return close[:1]
+    return close

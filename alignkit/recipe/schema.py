@@ -211,6 +211,8 @@ class PeftSection(Section):
     use_dora: bool = False
     use_rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
+    save_merged: bool = False
+    """Also write the adapter merged into its (unquantized) base to output_dir/merged."""
 
     @field_validator("target_modules", mode="before")
     @classmethod

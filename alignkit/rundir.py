@@ -1,0 +1,95 @@
+"""The output directory contract shared by the launcher and every worker.
+
+A run directory holds the frozen recipe (`alignkit_recipe.yaml`, re-runnable as it is), the run's metadata
+(`alignkit_run.json`: method, name, launch plan, command, and `finished` once everything is saved),
+`checkpoint-N/` folders while training, and the final files. Light: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.recipe.schema import _RecipeBase
+
+RECIPE_FILE = "alignkit_recipe.yaml"
+RUN_FILE = "alignkit_run.json"
+LOG_FILE = "alignkit.log"
+_SECRET = re.compile(r"(hf_[A-Za-z0-9]{16,}|(?i:token|api_key|password)=\S+)")
+
+
+def redact(text: str) -> str:
+    """Hide anything that looks like a token before it is written to disk."""
+    return _SECRET.sub("<redacted>", text)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders, oldest first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+@dataclass
+class RunFiles:
+    """A run directory's frozen recipe and metadata."""
+
+    output_dir: Path
+    method: str
+    name: str
+    recipe: _RecipeBase
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.info.get("finished"))
+
+    def mark_finished(self, metrics: dict[str, Any]) -> None:
+        self.info.update(finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), metrics=metrics)
+        self.save_info()
+
+    def save_info(self) -> None:
+        atomic_write(self.output_dir / RUN_FILE, json.dumps(self.info, indent=2, default=str) + "\n")
+
+    @classmethod
+    def load(cls, output_dir: Path) -> RunFiles:
+        """Read a run directory written by `freeze` (validating the recipe again)."""
+        from alignkit.methods import METHODS
+        from alignkit.recipe.yamlio import read_yaml_mapping
+
+        info = json.loads((output_dir / RUN_FILE).read_text(encoding="utf-8"))
+        method = info["method"]
+        raw = read_yaml_mapping(output_dir / RECIPE_FILE)
+        recipe = METHODS[method].recipe.model_validate(raw)
+        return cls(
+            output_dir=output_dir, method=method, name=info.get("name", output_dir.name), recipe=recipe, info=info
+        )
+
+
+def read_info(output_dir: Path) -> dict[str, Any] | None:
+    """The run metadata in `output_dir`, or None when it holds no alignkit run."""
+    path = output_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,84 @@
+"""The one trainer factory: a validated recipe in, a ready TRL trainer out, the same way for every method.
+
+The order matters and is fixed: the TRL config first (its checks fail before anything heavy loads), then
+the tokenizer and its chat template, the model, the data, and finally the trainer:
+
+    cpt, sft -> SFTTrainer     dpo -> DPOTrainer     orpo -> ORPOTrainer (trl.experimental.orpo)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.recipe.schema import _RecipeBase
+from alignkit.train.hardware import Hardware
+from alignkit.train.modeling import LoadedModel, load_model, load_tokenizer
+from alignkit.train.trl_config import build_trl_config, check_extra
+
+
+@dataclass
+class BuiltTrainer:
+    """A trainer and what was made on the way to it."""
+
+    trainer: Any
+    tokenizer: Any
+    loaded: LoadedModel
+    data: Any
+    """The data layer's PreparedData (train/test datasets and their report)."""
+    notices: list[str] = field(default_factory=list)
+
+
+def build_trainer(
+    recipe: _RecipeBase,
+    method: str,
+    hardware: Hardware,
+    *,
+    output_dir: Path,
+    trainer_kwargs: dict[str, Any] | None = None,
+    callbacks: list | None = None,
+) -> BuiltTrainer:
+    """Build the TRL trainer for `method` from `recipe`."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from alignkit.data.prepare import prepare_data
+    from alignkit.data.templates import ensure_chat_template
+
+    check_extra(recipe, method)
+    config, notices = build_trl_config(
+        recipe,
+        method,
+        hardware,
+        output_dir=output_dir,
+        extra_kwargs=trainer_kwargs,
+    )
+    tokenizer = load_tokenizer(recipe)
+    new_tokens = ensure_chat_template(tokenizer, recipe) if method != "cpt" else False
+    loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
+    notices += loaded.notices
+    data = prepare_data(recipe, method, tokenizer)
+    common = {
+        "args": config,
+        "train_dataset": data.train,
+        "eval_dataset": data.test if recipe.training.eval_strategy != "no" else None,
+        "processing_class": tokenizer,
+        "peft_config": loaded.peft_config,
+        "callbacks": callbacks or [],
+    }
+    if method in ("cpt", "sft"):
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(model=loaded.model, **common)
+    elif method == "dpo":
+        from trl import DPOTrainer
+
+        trainer = DPOTrainer(model=loaded.model, **common)
+    else:
+        from trl.experimental.orpo import ORPOTrainer
+
+        trainer = ORPOTrainer(model=loaded.model, **common)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback reports instead
+    return BuiltTrainer(trainer=trainer, tokenizer=tokenizer, loaded=loaded, data=data, notices=notices)

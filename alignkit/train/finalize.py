@@ -1,0 +1,103 @@
+"""What a finished run leaves behind: weights (safetensors), tokenizer, state, metrics, card, curves.
+
+Saving the weights involves every rank (ZeRO-3 and FSDP gather shards); everything else is written by the
+main process only. The run is marked finished last, so an interrupted finalisation is redone on the next
+run rather than mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from alignkit.rundir import RunFiles
+from alignkit.train.card import render_card
+from alignkit.train.curves import plot_curves
+from alignkit.train.factory import BuiltTrainer
+from alignkit.train.hardware import detect
+from alignkit.train.modeling import resolve_dtype
+
+
+def save_weights(built: BuiltTrainer, output_dir: Path) -> None:
+    """Save the model or adapter (all ranks take part), with eos/pad and use_cache set for inference."""
+    model = built.trainer.model
+    tokenizer = built.tokenizer
+    unwrapped = getattr(model, "get_base_model", lambda: model)()
+    for config in (getattr(unwrapped, "config", None), getattr(unwrapped, "generation_config", None)):
+        if config is None:
+            continue
+        config.eos_token_id = tokenizer.eos_token_id
+        if tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+    if getattr(unwrapped, "config", None) is not None:
+        unwrapped.config.use_cache = True  # turned off for gradient checkpointing while training
+    built.trainer.save_model(str(output_dir))
+
+
+def finalize_main(
+    built: BuiltTrainer,
+    run: RunFiles,
+    *,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Main-process finalisation; returns the metrics written."""
+    trainer, recipe, output_dir = built.trainer, run.recipe, run.output_dir
+    built.tokenizer.save_pretrained(output_dir)
+    trainer.save_state()
+    clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    trainer.save_metrics("all", clean, combined=False)
+    if recipe.peft is not None and recipe.peft.save_merged:
+        _save_merged(built, run)
+    plot_curves(trainer.state.log_history, output_dir / "training_curves.png", f"{run.name}: {run.method}")
+    card = render_card(
+        recipe,
+        run.method,
+        name=run.recipe.hub.hub_model_id or run.output_dir.name,
+        base_model=built.loaded.base_model,
+        metrics=clean,
+        command=run.info.get("command", []),
+        world_size=int(run.info.get("plan", {}).get("world_size", 1)),
+    )
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if recipe.hub.push_to_hub:
+        _push(built, run)
+    run.mark_finished(clean)
+    return clean
+
+
+def _save_merged(built: BuiltTrainer, run: RunFiles) -> None:
+    """Merge the trained adapter into a fresh, unquantized copy of its base and save it under merged/."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    target = run.output_dir / "merged"
+    dtype, _ = resolve_dtype(run.recipe, detect())
+    base = AutoModelForCausalLM.from_pretrained(
+        built.loaded.base_model, dtype=dtype, trust_remote_code=run.recipe.model.trust_remote_code
+    )
+    if base.get_input_embeddings().weight.shape[0] != len(built.tokenizer):
+        base.resize_token_embeddings(len(built.tokenizer), pad_to_multiple_of=8)
+    merged = PeftModel.from_pretrained(base, run.output_dir).merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(target, safe_serialization=True)
+    built.tokenizer.save_pretrained(target)
+
+
+def _push(built: BuiltTrainer, run: RunFiles) -> None:
+    from huggingface_hub import HfApi
+
+    hub = run.recipe.hub
+    repo_id = hub.hub_model_id or run.output_dir.name
+    api = HfApi()
+    api.create_repo(repo_id, private=hub.private, exist_ok=True)
+    if hub.revision:
+        api.create_branch(repo_id, branch=hub.revision, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(run.output_dir),
+        revision=hub.revision,
+        commit_message=f"alignkit {run.method}: {run.name}",
+        ignore_patterns=["checkpoint-*", "runs/*", "*.log"],
+    )
+    run.info["pushed_to"] = repo_id

@@ -1,0 +1,44 @@
+"""What the machine can do, decided once per process: the device, bf16 support, flash-attention."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Facts about this process's accelerator that change defaults."""
+
+    device: str
+    """"cuda" or "cpu"."""
+    bf16: bool
+    """bf16 matrix maths is supported (Ampere+ GPU, or a CPU with AVX512-BF16/AMX)."""
+    fp16: bool
+    flash_attn: bool
+    """flash-attn is installed and usable (CUDA only)."""
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@cache
+def detect() -> Hardware:
+    """Probe the accelerator once."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Hardware(
+            device="cuda",
+            bf16=torch.cuda.is_bf16_supported(),
+            fp16=True,
+            flash_attn=importlib.util.find_spec("flash_attn") is not None,
+        )
+    return Hardware(device="cpu", bf16=_cpu_has_bf16(), fp16=False, flash_attn=False)

@@ -1,0 +1,208 @@
+"""Loading the tokenizer and the model the recipe names: dtype, attention kernel, quantisation, LoRA.
+
+A model path may also be a LoRA adapter (an SFT run's output): its base is loaded under it, and the adapter
+is either trained further or merged first (`model.merge_adapter`). With LoRA no second reference model is
+ever loaded: TRL uses the base with adapters disabled (or a frozen copy of a starting adapter) instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import Problem, UserError
+from alignkit.recipe.schema import _RecipeBase
+from alignkit.train.hardware import Hardware
+
+_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class LoadedModel:
+    """The model ready for the trainer, the LoRA config to apply (if any), and what was decided on the way."""
+
+    model: Any
+    peft_config: Any | None
+    base_model: str
+    """The base model's id or path (the adapter's base when starting from an adapter)."""
+    notices: list[str] = field(default_factory=list)
+
+
+def load_tokenizer(recipe: _RecipeBase):
+    """The recipe's tokenizer (its own, or the model's; the adapter's base's when the model is an adapter)."""
+    from transformers import AutoTokenizer
+
+    model = recipe.model
+    name = model.tokenizer_name_or_path or model.name_or_path
+    revision = model.revision if model.tokenizer_name_or_path is None else "main"
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        adapter = adapter_base(model.name_or_path, model.revision)
+        if adapter is not None and model.tokenizer_name_or_path is None:
+            return AutoTokenizer.from_pretrained(adapter, trust_remote_code=model.trust_remote_code)
+        raise UserError(
+            Problem(source="recipe", path="model.tokenizer_name_or_path", message=f"cannot load a tokenizer: {err}")
+        ) from None
+
+
+def adapter_base(name_or_path: str, revision: str = "main") -> str | None:
+    """The base model recorded by a LoRA adapter at `name_or_path`, or None when it is not an adapter."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        config = local / "adapter_config.json"
+        if not config.is_file():
+            return None
+        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if local.exists():
+        return None
+    try:
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(name_or_path, revision=revision).base_model_name_or_path
+    except Exception:
+        return None
+
+
+def resolve_dtype(recipe: _RecipeBase, hardware: Hardware) -> tuple[Any, list[str]]:
+    """The torch dtype to load weights in; half precision falls back to float32 on a CPU."""
+    import torch
+
+    wanted = recipe.model.dtype
+    if wanted == "auto":
+        if hardware.device == "cpu":
+            return torch.float32, []
+        return (torch.bfloat16 if hardware.bf16 else torch.float16), []
+    if hardware.device == "cpu" and wanted in ("bfloat16", "float16") and recipe.quantization is None:
+        return torch.float32, [f"model.dtype {wanted} falls back to float32 on a CPU (autocast still uses bf16)"]
+    return getattr(torch, wanted), []
+
+
+def resolve_attention(recipe: _RecipeBase, hardware: Hardware) -> tuple[str, list[str]]:
+    """flash-attention 2 on CUDA when installed, else SDPA; an explicit kernel the machine lacks falls back."""
+    wanted = recipe.model.attn_implementation
+    if wanted == "auto":
+        return ("flash_attention_2" if hardware.flash_attn else "sdpa"), []
+    if wanted.startswith("flash_attention") and not hardware.flash_attn:
+        return "sdpa", [f"model.attn_implementation {wanted} needs flash-attn on CUDA; using sdpa here"]
+    return wanted, []
+
+
+def quantization_config(recipe: _RecipeBase, compute_dtype: Any):
+    """A BitsAndBytesConfig for the recipe, or None."""
+    quant = recipe.quantization
+    if quant is None or not (quant.load_in_4bit or quant.load_in_8bit):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = getattr(torch, quant.bnb_4bit_compute_dtype) if quant.bnb_4bit_compute_dtype else compute_dtype
+    storage = getattr(torch, quant.bnb_4bit_quant_storage) if quant.bnb_4bit_quant_storage else compute
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def lora_config(recipe: _RecipeBase, *, new_tokens: bool):
+    """The LoRA config for the recipe's peft section, or None for full fine-tuning."""
+    section = recipe.peft
+    if section is None:
+        return None
+    from peft import LoraConfig
+
+    modules_to_save = list(section.modules_to_save) if section.modules_to_save else None
+    if new_tokens and modules_to_save is None:
+        # Rows added for new special tokens start random; they must be trained, or the template tokens mean nothing.
+        modules_to_save = ["embed_tokens", "lm_head"]
+    return LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
+        modules_to_save=modules_to_save,
+        use_dora=section.use_dora,
+        use_rslora=section.use_rslora,
+        bias=section.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(recipe: _RecipeBase, hardware: Hardware, tokenizer, *, new_tokens: bool) -> LoadedModel:
+    """Load the model (or adapter and its base) as the recipe says, ready to hand to a TRL trainer."""
+    from transformers import AutoModelForCausalLM
+
+    spec = recipe.model
+    notices: list[str] = []
+    dtype, more = resolve_dtype(recipe, hardware)
+    notices += more
+    attention, more = resolve_attention(recipe, hardware)
+    notices += more
+    quant = quantization_config(recipe, dtype)
+    base = adapter_base(spec.name_or_path, spec.revision)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attention,
+        "trust_remote_code": spec.trust_remote_code,
+        "use_cache": not recipe.training.gradient_checkpointing,
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = _kbit_device_map(hardware)
+    source = base or spec.name_or_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision="main" if base else spec.revision, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            Problem(source="recipe", path="model.name_or_path", message=f"cannot load {source!r}: {err}")
+        ) from None
+    if new_tokens or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        notices.append(f"resized the embeddings to {len(tokenizer)} tokens for the chat template's special tokens")
+    _align_special_tokens(model, tokenizer)
+    peft_config = lora_config(recipe, new_tokens=new_tokens)
+    if base is not None:
+        model, peft_config, more = _attach_adapter(model, spec, peft_config)
+        notices += more
+    return LoadedModel(model=model, peft_config=peft_config, base_model=source, notices=notices)
+
+
+def _attach_adapter(model, spec, peft_config):
+    from peft import PeftModel
+
+    if spec.merge_adapter:
+        merged = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision).merge_and_unload()
+        what = "a new LoRA adapter" if peft_config is not None else "all weights"
+        return merged, peft_config, [f"merged the adapter {spec.name_or_path} into its base; training {what}"]
+    adapted = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision, is_trainable=True)
+    notices = [f"continuing to train the LoRA adapter {spec.name_or_path}"]
+    if peft_config is not None:
+        notices.append("the recipe's peft section is ignored: the adapter keeps its own LoRA settings")
+    return adapted, None, notices
+
+
+def _kbit_device_map(hardware: Hardware) -> dict[str, Any]:
+    if hardware.device != "cuda":
+        return {"": "cpu"}
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def _align_special_tokens(model, tokenizer) -> None:
+    """Make the model's and the generation config's eos/pad/bos agree with the tokenizer."""
+    for config in (model.config, model.generation_config):
+        if config is None:
+            continue
+        config.eos_token_id = tokenizer.eos_token_id
+        if tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        if tokenizer.bos_token_id is not None:
+            config.bos_token_id = tokenizer.bos_token_id

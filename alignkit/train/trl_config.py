@@ -1,0 +1,228 @@
+"""The recipe mapped one-to-one onto TRL's config for its method (SFTConfig, DPOConfig, ORPOConfig).
+
+Built before anything is loaded, so TRL's and transformers' own checks refuse a bad combination before
+weights or data are read. Hardware-dependent defaults are decided here: bf16 autocast where the device has
+it (CPUs with AVX512-BF16 included), nothing where it does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import Problem, UserError
+from alignkit.recipe import vocab
+from alignkit.recipe.schema import _RecipeBase
+from alignkit.train.hardware import Hardware
+
+_CONFIG_FIELDS = {
+    "cpt": vocab.SFT_CONFIG_FIELDS,
+    "sft": vocab.SFT_CONFIG_FIELDS,
+    "dpo": vocab.DPO_CONFIG_FIELDS,
+    "orpo": vocab.ORPO_CONFIG_FIELDS,
+}
+
+# Fields alignkit sets from the recipe or the run; `training.extra` may not change them behind its back.
+_OWNED = {
+    "output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "optim",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+    "activation_checkpointing",
+    "activation_checkpointing_kwargs",
+    "eval_strategy",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "report_to",
+    "logging_steps",
+    "run_name",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_revision",
+    "hub_strategy",
+    "resume_from_checkpoint",
+    "max_length",
+    "beta",
+    "loss_type",
+    "model_init_kwargs",
+    "trust_remote_code",
+}
+
+
+def check_extra(recipe: _RecipeBase, method: str, source: str = "recipe") -> None:
+    """Refuse `training.extra` keys that TRL's config for `method` lacks, or that alignkit sets itself."""
+    problems = []
+    for key in recipe.training.extra:
+        if key not in _CONFIG_FIELDS[method]:
+            problems.append(
+                Problem(source=source, path=f"training.extra.{key}", message=f"not a field of TRL's {method} config")
+            )
+        elif key in _OWNED:
+            problems.append(
+                Problem(
+                    source=source,
+                    path=f"training.extra.{key}",
+                    message="alignkit sets this from the recipe; use the recipe's own field instead",
+                )
+            )
+    if problems:
+        raise UserError(problems)
+
+
+def precision_flags(recipe: _RecipeBase, hardware: Hardware) -> tuple[dict[str, Any], list[str]]:
+    """bf16/fp16/use_cpu for the requested mixed precision on this hardware, and notices for fallbacks."""
+    wanted = recipe.training.mixed_precision
+    flags: dict[str, Any] = {"bf16": False, "fp16": False, "use_cpu": hardware.device == "cpu"}
+    notices = []
+    if wanted == "bf16":
+        if hardware.bf16:
+            flags["bf16"] = True
+        else:
+            notices.append(f"mixed_precision bf16 is not supported on this {hardware.device}; training in float32")
+    elif wanted == "fp16":
+        if hardware.fp16:
+            flags["fp16"] = True
+        else:
+            notices.append(f"mixed_precision fp16 is not supported on this {hardware.device}; training in float32")
+    return flags, notices
+
+
+def build_trl_config(
+    recipe: _RecipeBase,
+    method: str,
+    hardware: Hardware,
+    *,
+    output_dir: Path,
+    extra_kwargs: dict[str, Any] | None = None,
+):
+    """The TRL config for `method`, and notices about hardware fallbacks.
+
+    Args:
+        recipe: the validated recipe.
+        method: cpt, sft, dpo or orpo.
+        hardware: the device facts.
+        output_dir: where checkpoints go.
+        extra_kwargs: launch-profile kwargs (DeepSpeed/FSDP), merged last.
+    """
+    training, logging, hub = recipe.training, recipe.logging, recipe.hub
+    precision, notices = precision_flags(recipe, hardware)
+    warmup: float = training.warmup_ratio if training.warmup_ratio else training.warmup_steps
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": training.num_train_epochs,
+        "max_steps": training.max_steps,
+        "per_device_train_batch_size": training.per_device_train_batch_size,
+        "per_device_eval_batch_size": training.per_device_eval_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "learning_rate": training.learning_rate,
+        "lr_scheduler_type": training.lr_scheduler_type,
+        "lr_scheduler_kwargs": dict(training.lr_scheduler_kwargs),
+        # transformers reads a warmup_steps below 1 as a fraction of the total steps.
+        "warmup_steps": warmup,
+        "optim": training.optim,
+        "weight_decay": training.weight_decay,
+        "max_grad_norm": training.max_grad_norm,
+        "seed": training.seed,
+        "data_seed": training.seed,
+        **precision,
+        "gradient_checkpointing": None,
+        "activation_checkpointing": training.gradient_checkpointing,
+        "activation_checkpointing_kwargs": dict(training.gradient_checkpointing_kwargs),
+        "train_sampling_strategy": training.train_sampling_strategy,
+        "eval_strategy": training.eval_strategy,
+        "eval_steps": training.eval_steps,
+        "save_strategy": training.save_strategy,
+        "save_steps": training.save_steps,
+        "save_total_limit": training.save_total_limit,
+        "use_liger_kernel": training.use_liger_kernel,
+        "ddp_timeout": training.ddp_timeout,
+        "report_to": [r for r in logging.report_to if r != "none"] or "none",
+        "logging_steps": logging.logging_steps,
+        "logging_first_step": True,
+        "run_name": logging.run_name,
+        "log_level": logging.log_level,
+        "disable_tqdm": True,  # alignkit draws its own progress display
+        "include_num_input_tokens_seen": True,
+        "push_to_hub": False,  # alignkit pushes once the run is finished and its card written
+        "hub_model_id": hub.hub_model_id,
+        "hub_private_repo": hub.private,
+        "hub_revision": hub.revision,
+        "dataset_num_proc": recipe.data.num_proc,
+    }
+    if method == "cpt":
+        section = recipe.cpt
+        kwargs |= {
+            "dataset_text_field": "text",
+            "max_length": section.max_length,
+            "packing": section.packing,
+            "packing_strategy": section.packing_strategy,
+            "completion_only_loss": False,
+        }
+    elif method == "sft":
+        section = recipe.sft
+        kwargs |= {
+            "max_length": section.max_length,
+            "packing": section.packing,
+            "packing_strategy": section.packing_strategy,
+            "padding_free": section.padding_free,
+            "eos_token": section.eos_token,
+        }
+    elif method == "dpo":
+        section = recipe.dpo
+        losses = section.loss_type if isinstance(section.loss_type, list) else [section.loss_type]
+        kwargs |= {
+            "beta": section.beta,
+            "loss_type": losses,
+            "loss_weights": section.loss_weights,
+            "label_smoothing": section.label_smoothing,
+            "max_length": section.max_length,
+            "precompute_ref_log_probs": section.precompute_ref_log_probs,
+            "padding_free": section.padding_free,
+        }
+    elif method == "orpo":
+        section = recipe.orpo
+        completion = section.max_length - (section.max_prompt_length or 0)
+        kwargs |= {
+            "beta": section.beta,
+            "max_length": section.max_length,
+            "max_completion_length": completion if section.max_prompt_length else None,
+        }
+    kwargs |= dict(recipe.training.extra)
+    kwargs |= extra_kwargs or {}
+    config_class = _config_class(method)
+    try:
+        return config_class(**kwargs), notices
+    except (ValueError, TypeError) as err:
+        raise UserError(Problem(source="recipe", message=f"TRL refused the {method} settings: {err}")) from None
+
+
+def _config_class(method: str):
+    if method in ("cpt", "sft"):
+        from trl import SFTConfig
+
+        return SFTConfig
+    if method == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
+    from trl.experimental.orpo import ORPOConfig
+
+    return ORPOConfig

@@ -1,0 +1,137 @@
+"""The per-process training entry point: `python -m alignkit.train.worker OUTPUT_DIR`.
+
+Every process (one in-process run, or each rank of a multi-process launch) reads the frozen recipe from the
+run directory, so the command line is parsed once, by the parent. It resumes from the newest checkpoint
+there, trains, saves, and on the main process writes the card, curves and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignkit.rundir import LOG_FILE, RunFiles, checkpoints
+
+log = logging.getLogger("alignkit")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for alignkit's own progress: library progress bars and chatter go to the log only."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns about optional CPU kernels at import
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns at import that it found no GPU
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def setup_logging(output_dir: Path) -> Path:
+    """Send alignkit's, transformers' and TRL's logs to the run's log file (one per rank beyond rank 0)."""
+    import transformers
+
+    quiet_libraries()
+
+    rank = _rank()
+    path = output_dir / (LOG_FILE if rank == 0 else f"alignkit.rank{rank}.log")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for name in ("alignkit", "trl", "peft", "accelerate", "datasets"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    transformers.utils.logging.set_verbosity_info()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.add_handler(handler)
+    return path
+
+
+def _trainer_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
+    """Launch-profile settings the Trainer needs (DeepSpeed/FSDP), when the launch module provides them."""
+    try:
+        from alignkit.launch.profiles import trainer_kwargs
+    except ImportError:
+        return {}
+    from alignkit.launch.plan import LaunchPlan
+
+    return trainer_kwargs(LaunchPlan(**plan))
+
+
+def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dict[str, Any]:
+    """Train the run frozen in `output_dir` to the end and finalise it; returns the final metrics."""
+    from transformers import set_seed
+
+    from alignkit.train.factory import build_trainer
+    from alignkit.train.finalize import finalize_main, save_weights
+    from alignkit.train.hardware import detect
+    from alignkit.train.progress import ProgressCallback
+
+    run = RunFiles.load(output_dir)
+    set_seed(run.recipe.training.seed)
+    hardware = detect()
+    main_process = _rank() == 0
+    built = build_trainer(
+        run.recipe,
+        run.method,
+        hardware,
+        output_dir=output_dir,
+        trainer_kwargs=_trainer_kwargs(run.info.get("plan", {})) if run.info.get("plan") else {},
+        callbacks=[ProgressCallback(), *(callbacks or [])],
+    )
+    trainer = built.trainer
+    if main_process:
+        for notice in built.notices:
+            echo(f"note: {notice}")
+        report = getattr(built.data, "report", None)
+        summary = getattr(report, "summary", None)
+        if callable(summary):
+            echo(summary())
+    existing = checkpoints(output_dir)
+    resume = existing[-1] if existing else None
+    if resume is not None and main_process:
+        echo(f"resuming from {resume.name} (step {resume.name.split('-')[-1]})")
+    log.info("training %s %s in %s (resume: %s)", run.method, run.name, output_dir, resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics: dict[str, Any] = {f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    save_weights(built, output_dir)
+    if main_process:
+        metrics = finalize_main(built, run, metrics=metrics)
+        echo(f"saved to {output_dir}")
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of each launched process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m alignkit.train.worker OUTPUT_DIR", file=sys.stderr)
+        return 2
+    output_dir = Path(args[0])
+    setup_logging(output_dir)
+    try:
+        train(output_dir)
+    except Exception:
+        log.exception("rank %d failed", _rank())
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

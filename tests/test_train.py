@@ -1,0 +1,250 @@
+"""End-to-end training on a tiny local Llama: every method, LoRA/QLoRA, adapter starts, resume, no clobbering,
+and loss parity with plain TRL. Each run takes seconds on a CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+CHAT = [
+    ("what is 2 + 3?", "5"),
+    ("what is 4 + 4?", "8"),
+    ("hello", "hello world"),
+    ("what is the sum of one and two?", "three"),
+    ("please add 10 and 20", "30"),
+    ("good day", "yes good day"),
+    ("what is 7 + 1?", "8"),
+    ("red or blue?", "blue"),
+]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    _jsonl(
+        folder / "sft.jsonl",
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in CHAT],
+    )
+    _jsonl(
+        folder / "dpo.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": "no bad wrong"}],
+            }
+            for q, a in CHAT
+        ],
+    )
+    _jsonl(folder / "cpt.jsonl", [{"text": f"{q} {a}. the sun and the rain."} for q, a in CHAT])
+    return folder
+
+
+def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Path, **sections) -> Path:
+    data_file = {"cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "orpo": "dpo.jsonl"}[method]
+    recipe = {
+        "description": f"tiny {method} test",
+        "model": {"name_or_path": str(model), "dtype": "float32"},
+        "data": {"datasets": [{"path": str(data / data_file)}]},
+        "training": {
+            "output_dir": str(output),
+            "learning_rate": 1e-2,
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "mixed_precision": "no",
+            "gradient_checkpointing": False,
+            "save_strategy": "no",
+            "seed": 0,
+        },
+        "logging": {"logging_steps": 1},
+        method: {"max_length": 48}
+        if method != "dpo" and method != "orpo"
+        else {"max_length": 48, "max_prompt_length": 24},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    path = folder / f"{method}-{output.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no safetensors in {folder}"
+    tensors = {}
+    for file in files:
+        tensors.update(load_file(file))
+    return tensors
+
+
+def _assert_finished_run(out: Path, method: str, *, adapter: bool = False):
+    expected = [
+        "alignkit_recipe.yaml",
+        "alignkit_run.json",
+        "trainer_state.json",
+        "all_results.json",
+        "README.md",
+        "training_curves.png",
+        "tokenizer_config.json",
+        "adapter_model.safetensors" if adapter else "model.safetensors",
+    ]
+    for name in expected:
+        assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
+    info = json.loads((out / "alignkit_run.json").read_text())
+    assert info["finished"] is True and info["method"] == method
+    card = (out / "README.md").read_text()
+    assert "## Reproduce" in card and f"alignkit {method} --recipe alignkit_recipe.yaml" in card
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+@pytest.mark.parametrize("method", ["cpt", "sft", "dpo", "orpo"])
+def test_every_method_trains_and_saves(cli, tiny_model_dir, data_dir, tmp_path, method):
+    out = tmp_path / f"{method}-run"
+    recipe = write_recipe(tmp_path, method, tiny_model_dir, data_dir, out)
+    result = cli(method, "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    _assert_finished_run(out, method)
+    before, after = _weights(tiny_model_dir), _weights(out)
+    changed = [name for name in before if not (before[name] == after[name]).all()]
+    assert len(changed) >= len(before) // 2, "training changed the weights"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.use_cache is True
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompt = tokenizer("what is 2 + 3?", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_lora_and_a_dpo_start_from_the_sft_adapter(cli, tiny_model_dir, data_dir, tmp_path):
+    sft_out = tmp_path / "sft-lora"
+    peft = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, sft_out, peft=peft)
+    result = cli("sft", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    _assert_finished_run(sft_out, "sft", adapter=True)
+    adapter_config = json.loads((sft_out / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
+
+    dpo_out = tmp_path / "dpo-from-adapter"
+    recipe = write_recipe(tmp_path, "dpo", sft_out, data_dir, dpo_out)
+    result = cli("dpo", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    assert "continuing to train the LoRA adapter" in result.output
+    _assert_finished_run(dpo_out, "dpo", adapter=True)
+    sft_lora, dpo_lora = _weights(sft_out), _weights(dpo_out)
+    assert set(sft_lora) == set(dpo_lora)
+    assert any(not (sft_lora[k] == dpo_lora[k]).all() for k in sft_lora), "DPO trained the adapter further"
+
+
+def test_qlora_trains_on_the_cpu(cli, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "qlora"
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
+    result = cli("sft", "--recipe", recipe, "--qlora", "--set", "training.max_steps=4", "--set", "model.dtype=float32")
+    assert result.exit_code == 0, result.output
+    _assert_finished_run(out, "sft", adapter=True)
+    frozen = yaml.safe_load((out / "alignkit_recipe.yaml").read_text())
+    assert frozen["quantization"]["load_in_4bit"] is True
+
+
+def _hash_tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_finished_run_is_never_clobbered(cli, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "done"
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
+    assert cli("sft", "--recipe", recipe).exit_code == 0
+    before = _hash_tree(out)
+    again = cli("sft", "--recipe", recipe)
+    assert again.exit_code == 2
+    assert f"error: {out}: holds a finished sft run" in again.stderr
+    assert "Pass --overwrite to replace it" in again.stderr
+    assert _hash_tree(out) == before
+    replaced = cli("sft", "--recipe", recipe, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+
+
+def test_a_foreign_folder_is_refused(cli, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
+    result = cli("sft", "--recipe", recipe)
+    assert result.exit_code == 2
+    assert "exists and holds no alignkit run" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(cli, tiny_model_dir, data_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from alignkit.launch.plan import LaunchOptions, plan_launch
+    from alignkit.launch.run import freeze
+    from alignkit.recipe.resolve import resolve_recipe
+    from alignkit.train.worker import train
+
+    save = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "save_total_limit": 3}
+    straight = tmp_path / "straight"
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, straight, training=save)
+    assert cli("sft", "--recipe", recipe).exit_code == 0
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise RuntimeError("simulated crash")
+
+    killed = tmp_path / "killed"
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, killed, training=save)
+    resolved = resolve_recipe("sft", str(recipe))
+    freeze(resolved, plan_launch(resolved.recipe, LaunchOptions(launch="none")), ["alignkit"], previous=None)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(killed, callbacks=[Crash()])
+    assert (killed / "checkpoint-3").is_dir()
+    assert not json.loads((killed / "alignkit_run.json").read_text())["finished"]
+
+    resumed = cli("sft", "--recipe", recipe)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from checkpoint-3" in resumed.output
+    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 6
+    a, b = _weights(straight), _weights(killed)
+    for name in a:
+        assert (a[name] == b[name]).all(), f"{name} differs after resuming"
+
+
+def test_changed_recipe_does_not_resume_silently(cli, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "half"
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
+    from alignkit.launch.plan import LaunchOptions, plan_launch
+    from alignkit.launch.run import freeze
+    from alignkit.recipe.resolve import resolve_recipe
+
+    resolved = resolve_recipe("sft", str(recipe))
+    freeze(resolved, plan_launch(resolved.recipe, LaunchOptions(launch="none")), ["alignkit"], previous=None)
+    result = cli("sft", "--recipe", recipe, "--set", "training.learning_rate=0.5")
+    assert result.exit_code == 2
+    assert "holds an unfinished run of a different recipe (changed: training.learning_rate)" in result.stderr
