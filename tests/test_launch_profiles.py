@@ -377,3 +377,13 @@ def test_multi_node_plan_reaches_torchrun_through_accelerates_own_argument_handl
         assert env["FSDP_VERSION"] == "2"
         assert env["FSDP_ACTIVATION_CHECKPOINTING"] == "true"
         assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
+
+
+def test_dry_run_text_names_the_profile_and_the_4bit_storage_dtype(cli):
+    result = cli(
+        "sft", "--recipe", "zephyr-7b-gemma", "--qlora", "--launch", "fsdp-qlora", "--num-processes", "2", "--dry-run"
+    )
+    assert result.exit_code == 0, result.output
+    assert "fsdp-qlora: PyTorch FSDP2 over a 4-bit QLoRA base" in " ".join(result.stdout.split())
+    assert "4-bit storage" in result.stdout
+    assert "bfloat16 (the compute dtype, as sharding needs)" in " ".join(result.stdout.split())
