@@ -1,0 +1,248 @@
+"""Dataset formats: recognising a source's format from its columns, and normalising its rows.
+
+Every accepted format becomes one of four shapes the rest of the data layer works with:
+
+    conversation       messages: [{role, content}, ...]         (messages, ShareGPT)
+    prompt-completion  prompt, completion: strings or messages  (prompt/completion, Alpaca)
+    text               text: a string                           (plain text, cpt)
+    preference         prompt, chosen, rejected: messages       (explicit prompt, or full conversations)
+
+A format is named in the logs and the report, so a user sees how each source was read. Row problems raise
+`RowError` (a plain ValueError, picklable across worker processes); the caller adds the source's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MESSAGES = "messages"
+SHAREGPT = "sharegpt"
+ALPACA = "alpaca"
+PROMPT_COMPLETION = "prompt-completion"
+TEXT = "text"
+PREFERENCE = "preference"
+PREFERENCE_IMPLICIT = "preference-conversations"
+
+# What each method accepts, in the order formats are tried when several fit.
+ACCEPTED = {
+    "cpt": (TEXT,),
+    "sft": (MESSAGES, SHAREGPT, PROMPT_COMPLETION, ALPACA, TEXT),
+    "dpo": (PREFERENCE, PREFERENCE_IMPLICIT),
+    "orpo": (PREFERENCE, PREFERENCE_IMPLICIT),
+}
+
+DESCRIPTIONS = {
+    MESSAGES: "messages (a list of {role, content})",
+    SHAREGPT: "conversations (ShareGPT: a list of {from, value}, from human/gpt/system)",
+    ALPACA: "instruction + output (+ input) (Alpaca)",
+    PROMPT_COMPLETION: "prompt + completion (strings or message lists)",
+    TEXT: "text",
+    PREFERENCE: "prompt + chosen + rejected (strings or message lists)",
+    PREFERENCE_IMPLICIT: "chosen + rejected full conversations (the shared beginning becomes the prompt)",
+}
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
+
+
+class RowError(ValueError):
+    """A row that does not have the shape its format needs."""
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A source's format and the columns it reads."""
+
+    format: str
+    columns: tuple[str, ...]
+
+    @property
+    def shape(self) -> str:
+        if self.format in (MESSAGES, SHAREGPT):
+            return "conversation"
+        if self.format in (PROMPT_COMPLETION, ALPACA):
+            return "prompt-completion"
+        if self.format in (PREFERENCE, PREFERENCE_IMPLICIT):
+            return "preference"
+        return "text"
+
+
+def detect(columns: list[str], first_row: dict[str, Any] | None, method: str, text_column: str = "text") -> Detected:
+    """The format of a source with these columns, for `method`.
+
+    Raises:
+        ValueError: naming the columns found and the formats `method` accepts.
+    """
+    found = set(columns)
+    candidates: list[Detected] = []
+    if method == "cpt":
+        if text_column in found:
+            candidates.append(Detected(TEXT, (text_column,)))
+    else:
+        if "messages" in found:
+            candidates.append(Detected(MESSAGES, ("messages",)))
+        if "conversations" in found:
+            sample = (first_row or {}).get("conversations")
+            is_sharegpt = not sample or (isinstance(sample[0], dict) and "from" in sample[0])
+            candidates.append(Detected(SHAREGPT if is_sharegpt else MESSAGES, ("conversations",)))
+        if {"prompt", "completion"} <= found:
+            candidates.append(Detected(PROMPT_COMPLETION, ("prompt", "completion")))
+        if {"instruction", "output"} <= found:
+            extra = tuple(c for c in ("input", "system") if c in found)
+            candidates.append(Detected(ALPACA, ("instruction", *extra, "output")))
+        if {"chosen", "rejected"} <= found:
+            if "prompt" in found:
+                candidates.append(Detected(PREFERENCE, ("prompt", "chosen", "rejected")))
+            else:
+                candidates.append(Detected(PREFERENCE_IMPLICIT, ("chosen", "rejected")))
+        if "text" in found:
+            candidates.append(Detected(TEXT, ("text",)))
+    for wanted in ACCEPTED[method]:
+        for candidate in candidates:
+            if candidate.format == wanted:
+                return candidate
+    accepted = "; ".join(DESCRIPTIONS[f] for f in ACCEPTED[method])
+    if method == "cpt":
+        accepted = f"a text column named {text_column!r} (cpt.text_column)"
+    shown = ", ".join(columns) if columns else "none"
+    hint = ""
+    if candidates and method in ("sft", "cpt") and candidates[0].shape == "preference":
+        hint = "; this is preference data: train it with dpo or orpo"
+    elif candidates and method in ("dpo", "orpo"):
+        hint = f"; this is {candidates[0].format} data: train it with sft, or give chosen and rejected columns"
+    raise ValueError(f"columns found: {shown}; {method} accepts {accepted}{hint}")
+
+
+def messages_of(value: Any, column: str) -> list[dict[str, str]]:
+    """A validated list of {role, content} messages (content parts of type text are joined)."""
+    if not isinstance(value, list):
+        raise RowError(f"{column} must be a list of messages, got {type(value).__name__}")
+    out = []
+    for position, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            keys = sorted(message) if isinstance(message, dict) else type(message).__name__
+            raise RowError(f"{column}[{position}] needs role and content (found {keys})")
+        role = message["role"]
+        if not isinstance(role, str) or not role:
+            raise RowError(f"{column}[{position}].role must be a non-empty string (found {role!r})")
+        out.append({"role": role, "content": _content(message["content"], f"{column}[{position}].content")})
+    return out
+
+
+def sharegpt_messages(value: Any, column: str = "conversations") -> list[dict[str, str]]:
+    """ShareGPT turns ({from, value}) as {role, content} messages."""
+    if not isinstance(value, list):
+        raise RowError(f"{column} must be a list of turns, got {type(value).__name__}")
+    out = []
+    for position, turn in enumerate(value):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            keys = sorted(turn) if isinstance(turn, dict) else type(turn).__name__
+            raise RowError(f"{column}[{position}] needs from and value (found {keys})")
+        tag = str(turn["from"]).strip().lower()
+        if tag not in SHAREGPT_ROLES:
+            raise RowError(
+                f"{column}[{position}].from is {turn['from']!r}; ShareGPT roles are {', '.join(SHAREGPT_ROLES)}"
+            )
+        out.append({"role": SHAREGPT_ROLES[tag], "content": _content(turn["value"], f"{column}[{position}].value")})
+    return out
+
+
+def _content(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text") or "") for p in value)
+    raise RowError(f"{where} must be a string (found {type(value).__name__})")
+
+
+def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """Prepend the recipe's system message when the conversation has none."""
+    if system_prompt is None or any(m["role"] == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def conversation(row: dict[str, Any], detected: Detected) -> list[dict[str, str]]:
+    """The messages of a conversation-shaped row."""
+    column = detected.columns[0]
+    if detected.format == SHAREGPT:
+        return sharegpt_messages(row[column], column)
+    return messages_of(row[column], column)
+
+
+def prompt_completion(row: dict[str, Any], detected: Detected) -> tuple[Any, Any]:
+    """(prompt, completion) of a prompt-completion-shaped row: both strings, or both message lists."""
+    if detected.format == ALPACA:
+        instruction = _text(row.get("instruction"), "instruction")
+        extra = _text(row.get("input"), "input") if "input" in detected.columns else ""
+        prompt = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction}]
+        system = row.get("system") if "system" in detected.columns else None
+        if system:
+            prompt = [{"role": "system", "content": _text(system, "system")}, *prompt]
+        return prompt, [{"role": "assistant", "content": _text(row.get("output"), "output")}]
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else messages_of(prompt, "prompt")
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": completion}]
+    else:
+        completion = messages_of(completion, "completion")
+    return prompt, completion
+
+
+def text_of(row: dict[str, Any], detected: Detected) -> str:
+    """The text of a text-shaped row."""
+    return _text(row[detected.columns[0]], detected.columns[0])
+
+
+def _text(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"{column} must be a string (found {type(value).__name__})")
+    return value
+
+
+def preference(row: dict[str, Any], detected: Detected) -> tuple[list, list, list]:
+    """(prompt, chosen, rejected) as message lists.
+
+    Full conversations in chosen/rejected (UltraFeedback style) share their beginning: that becomes the
+    prompt, and each response is what follows it. Otherwise the prompt column is the prompt. Strings become
+    a user message (prompt) or an assistant message (responses).
+    """
+    chosen = _turns(row["chosen"], "chosen", "assistant")
+    rejected = _turns(row["rejected"], "rejected", "assistant")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared:
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    elif detected.format == PREFERENCE:
+        prompt = _turns(row["prompt"], "prompt", "user")
+    else:
+        raise RowError("chosen and rejected share no beginning, so there is no prompt; add a prompt column")
+    if not prompt:
+        raise RowError("the prompt is empty")
+    return prompt, chosen, rejected
+
+
+def _turns(value: Any, column: str, role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return messages_of(value, column)

@@ -1,0 +1,514 @@
+"""`prepare_data`: a validated recipe and a tokenizer in, the datasets a TRL trainer consumes out.
+
+Per source: load, detect the format, remove benchmark rows (training rows only), pick the weighted rows,
+then normalise, render and tokenize the picked rows in one pass (`data.num_proc` workers). The sources are
+pooled and shuffled, and re-split when `test_split_size` asks for it. The result is cached by content
+fingerprint; on several processes the main process prepares it first and the others read the cache.
+
+Output columns (what TRL 1.16 takes without re-tokenizing):
+
+    cpt        text                                  SFTTrainer tokenizes and packs it
+    sft        input_ids, assistant_masks            SFTTrainer folds the mask into labels (any flags)
+    dpo, orpo  prompt, chosen, rejected (strings)    the trainer tokenizes; no BOS/EOS is doubled
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignkit.data import cache, formats, mixture, sources
+from alignkit.data.decontaminate import Benchmarks, load_benchmarks, row_text
+from alignkit.data.masking import (
+    LossPolicy,
+    render_conversation,
+    render_prompt_completion,
+    render_text,
+    tokenize_with_masks,
+)
+from alignkit.data.preference import TrainerTokens, render_pair
+from alignkit.data.report import DataReport, LengthStats, SourceReport
+from alignkit.data.templates import TemplateRowError, adds_bos_on_encode, ensure_chat_template
+from alignkit.errors import Problem, UserError
+
+KEEP, NO_LOSS, EMPTY = 0, 1, 2
+"""Row outcomes of preprocessing (the `_drop` column)."""
+_META = ["_length", "_drop", "_cut", "_source"]
+
+
+@dataclass
+class PreparedData:
+    """The datasets a trainer consumes, and the report of how they were made."""
+
+    train: Any
+    """datasets.Dataset with the method's columns (see the module docstring)."""
+    test: Any | None
+    report: DataReport
+    notices: list[str] = field(default_factory=list)
+
+
+class _RowFailure(ValueError):
+    """A row the preprocessor refused: (position in the processed slice, message). Picklable across workers."""
+
+
+def prepare_data(recipe, method: str, tokenizer) -> PreparedData:
+    """Load, normalise, mix, split and tokenize the recipe's data for `method` (cpt, sft, dpo or orpo).
+
+    Raises:
+        UserError: for any problem with the data (exit 2), naming the source and what to fix.
+    """
+    if method != "cpt" and ensure_chat_template(tokenizer, recipe):
+        raise RuntimeError("call ensure_chat_template(tokenizer, recipe) before loading the model: it adds tokens")
+    return _main_process_first(lambda: _prepare(recipe, method, tokenizer))
+
+
+def _main_process_first(work):
+    """Run `work` on the global main process first, then each node's main, then the rest (cache readers).
+
+    A failure on a main process still releases the others (they then fail the same way themselves), so a
+    data error never leaves ranks waiting at a barrier until the distributed timeout.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return work()
+    from accelerate import PartialState
+
+    state = PartialState()
+
+    def first(is_main: bool, inner):
+        if not is_main:
+            state.wait_for_everyone()
+        try:
+            return inner()
+        finally:
+            if is_main:
+                state.wait_for_everyone()
+
+    return first(state.is_main_process, lambda: first(state.is_local_main_process, work))
+
+
+def _section(recipe, method: str):
+    return getattr(recipe, method)
+
+
+def _policy(recipe, method: str, tokenizer) -> LossPolicy:
+    if method != "sft":
+        return LossPolicy()
+    sft = recipe.sft
+    return LossPolicy(
+        assistant_only=sft.assistant_only_loss,
+        completion_only=sft.completion_only_loss is not False,
+        eos_token=sft.eos_token or tokenizer.eos_token,
+    )
+
+
+def _template_origin(recipe, method: str, tokenizer) -> str:
+    if method == "cpt":
+        return "none (cpt trains on raw text)"
+    if recipe.data.chat_template:
+        name = recipe.data.chat_template.strip().lower()
+        return f"recipe: {name}" if name in ("chatml", "zephyr") else "recipe: inline Jinja"
+    return "tokenizer"
+
+
+def _prepare(recipe, method: str, tokenizer) -> PreparedData:
+    data = recipe.data
+    section = _section(recipe, method)
+    benchmarks = load_benchmarks(list(data.decontaminate)) if data.decontaminate else Benchmarks()
+    loaded: dict[int, Any] = {}
+    signatures = []
+    for index, source in enumerate(data.datasets):
+        signature = sources.signature(source)
+        if signature is None:  # a Hub dataset: its own fingerprint is its content signature
+            loaded[index] = sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
+            signature = {"hub": loaded[index]._fingerprint}
+        signatures.append(signature)
+    key = cache.fingerprint(
+        {
+            "method": method,
+            "data": data.model_dump(mode="json", exclude={"num_proc"}),
+            "section": section.model_dump(mode="json"),
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+            "sources": signatures,
+            "benchmarks": [sources.signature(type("B", (), {"path": p})) for p in data.decontaminate],
+        }
+    )
+    hit = cache.load(key)
+    if hit is not None:
+        train, test, report_dict = hit
+        report = DataReport.from_dict(report_dict)
+        report.cached = True
+        return PreparedData(train=train, test=test, report=report, notices=list(report.notices))
+
+    report = DataReport(
+        method=method,
+        max_length=getattr(section, "max_length", None),
+        chat_template=_template_origin(recipe, method, tokenizer),
+        fingerprint=key,
+    )
+    if benchmarks.skipped_short:
+        report.notices.append(
+            f"decontamination ignores {benchmarks.skipped_short} benchmark strings shorter than 3 words"
+        )
+    preprocessor = Preprocessor.for_recipe(recipe, method, tokenizer)
+    train_parts, test_parts = [], []
+    for index, source in enumerate(data.datasets):
+        dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
+        source_report, train_part, test_part = _process_source(
+            source, index, dataset, method, recipe, preprocessor, benchmarks, key
+        )
+        report.sources.append(source_report)
+        if train_part is not None:
+            train_parts.append(train_part)
+        if test_part is not None:
+            test_parts.append(test_part)
+    train, test = _pool(recipe, train_parts, test_parts, report)
+    _finish_report(report, train, test, method)
+    train = train.remove_columns([c for c in _META if c in train.column_names])
+    if test is not None:
+        test = test.remove_columns([c for c in _META if c in test.column_names])
+    report.notices[:0] = report.summary_lines()
+    train, test = cache.store(key, train, test, report.to_dict(), num_proc=data.num_proc)
+    return PreparedData(train=train, test=test, report=report, notices=list(report.notices))
+
+
+def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key):
+    import numpy as np
+
+    data = recipe.data
+    rows_in = len(dataset)
+    if rows_in == 0:
+        raise sources.problem(source, index, f"split {source.split!r} has no rows")
+    text_column = recipe.cpt.text_column if method == "cpt" else "text"
+    try:
+        detected = formats.detect(dataset.column_names, dataset[0], method, text_column)
+    except ValueError as err:
+        raise sources.problem(source, index, f"no {method} format fits: {err}") from None
+    report = SourceReport(
+        path=source.path,
+        name=source.name,
+        split=source.split,
+        role=source.role,
+        weight=source.weight,
+        format=detected.format,
+        rows_in=rows_in,
+    )
+    dataset = dataset.select_columns(list(detected.columns))
+    seed = mixture.source_seed(data.seed, index)
+    train_idx = test_idx = np.zeros(0, dtype=np.int64)
+    if source.role in ("train", "both"):
+        clean = np.arange(rows_in)
+        if benchmarks:
+            flags = dataset.map(
+                _Contaminated(benchmarks, detected.columns),
+                batched=True,
+                num_proc=_workers(data.num_proc, rows_in),
+                remove_columns=dataset.column_names,
+                new_fingerprint=f"{key}-decon-{index}",
+                desc=f"Decontaminating {source.path}",
+            )["_contaminated"]
+            clean = np.flatnonzero(~np.asarray(flags, dtype=bool))
+            report.decontaminated = rows_in - len(clean)
+        picked = mixture.weighted_indices(len(clean), source.weight, seed)
+        train_idx = clean[np.asarray(picked, dtype=np.int64)] if picked else train_idx
+    if source.role in ("test", "both"):
+        test_idx = np.asarray(mixture.weighted_indices(rows_in, source.weight, seed + 1), dtype=np.int64)
+    unique = np.unique(np.concatenate([train_idx, test_idx]))
+    if len(unique) == 0:
+        return report, None, None
+    subset = dataset.select(unique)
+    try:
+        processed = subset.map(
+            preprocessor.bound(index, detected),
+            batched=True,
+            batch_size=256,
+            with_indices=True,
+            num_proc=_workers(data.num_proc, len(unique)),
+            remove_columns=subset.column_names,
+            new_fingerprint=f"{key}-prep-{index}",
+            desc=f"Preparing {source.path} ({detected.format})",
+        )
+    except _RowFailure as err:
+        position, message = err.args
+        raise sources.problem(source, index, f"row {int(unique[position])}: {message}") from None
+    drops = _column(processed, "_drop")
+    report.loss = preprocessor.loss_description(detected)
+
+    def part(indices):
+        if len(indices) == 0:
+            return None, 0
+        positions = np.searchsorted(unique, indices)
+        kept = positions[drops[positions] == KEEP]
+        return processed.select(kept), len(positions) - len(kept)
+
+    train_part, train_dropped = part(train_idx)
+    test_part, test_dropped = part(test_idx)
+    report.dropped = train_dropped + test_dropped
+    report.train_rows = len(train_part) if train_part is not None else 0
+    report.test_rows = len(test_part) if test_part is not None else 0
+    report.rows_out = report.train_rows + report.test_rows
+    return report, train_part, test_part
+
+
+def _workers(num_proc: int | None, rows: int) -> int | None:
+    # Worker start-up costs more than it saves on small inputs.
+    if not num_proc or num_proc <= 1 or rows < 2 * num_proc * 256:
+        return None
+    return num_proc
+
+
+def _pool(recipe, train_parts, test_parts, report: DataReport):
+    from datasets import concatenate_datasets
+
+    data = recipe.data
+    if not train_parts:
+        raise _empty("train", report)
+    train = concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
+    train = train.shuffle(seed=data.seed)
+    test = None
+    if test_parts:
+        test = concatenate_datasets(test_parts) if len(test_parts) > 1 else test_parts[0]
+        if data.test_split_size:
+            report.notices.append("test_split_size is ignored: the sources with role test (or both) are the test set")
+    elif any(s.role in ("test", "both") for s in data.datasets):
+        raise _empty("test", report)
+    elif data.test_split_size:
+        n_test = mixture.test_rows(len(train), data.test_split_size)
+        if n_test >= len(train) or n_test == 0:
+            raise UserError(
+                Problem(
+                    source="recipe",
+                    path="data.test_split_size",
+                    message=f"{data.test_split_size:g} of {len(train)} pooled rows gives {n_test} test rows, leaving"
+                    f" {len(train) - n_test} to train on; use a smaller fraction or count",
+                )
+            )
+        split = train.train_test_split(test_size=n_test, seed=data.seed, shuffle=False)
+        train, test = split["train"], split["test"]
+        _recount_sources(report, train, test)
+    if len(train) == 0:
+        raise _empty("train", report)
+    return train, test
+
+
+def _recount_sources(report: DataReport, train, test) -> None:
+    import numpy as np
+
+    size = len(report.sources)
+    train_counts = np.bincount(_column(train, "_source").astype(np.int64), minlength=size)
+    test_counts = np.bincount(_column(test, "_source").astype(np.int64), minlength=size)
+    for position, source in enumerate(report.sources):
+        source.train_rows, source.test_rows = int(train_counts[position]), int(test_counts[position])
+
+
+def _empty(which: str, report: DataReport) -> UserError:
+    per_source = "; ".join(
+        f"{s.path} [{s.split}]: {s.rows_in} found, weight {s.weight:g}, {s.decontaminated} decontaminated,"
+        f" {s.dropped} dropped"
+        for s in report.sources
+    )
+    return UserError(
+        Problem(
+            source="recipe",
+            path="data.datasets",
+            message=f"no {which} rows left after weighting, decontamination and dropping ({per_source}); check the"
+            " weights, splits and roles",
+        )
+    )
+
+
+def _finish_report(report: DataReport, train, test, method: str) -> None:
+    import numpy as np
+
+    report.train_rows = len(train)
+    report.test_rows = len(test) if test is not None else 0
+    lengths = _column(train, "_length") if len(train) else np.zeros(0, dtype=np.int64)
+    report.train_lengths = LengthStats.of(lengths)
+    if report.max_length:
+        report.truncated = int((np.asarray(lengths) > report.max_length).sum())
+    if method in ("dpo", "orpo") and len(train):
+        report.prompt_truncated = int(_column(train, "_cut").astype(bool).sum())
+    if report.truncated:
+        what = "cut to it" if method == "sft" else "cut by the trainer"
+        report.notices.append(f"{report.truncated} of {report.train_rows} training rows exceed max_length ({what})")
+    if report.prompt_truncated:
+        report.notices.append(f"{report.prompt_truncated} prompts were cut from the left to max_prompt_length")
+    loss = sorted({s.loss for s in report.sources if s.loss})
+    report.loss = "; ".join(loss)
+
+
+def _column(dataset, name: str):
+    """One scalar column as a numpy array (through the indices mapping, without Python lists)."""
+    import numpy as np
+
+    return np.asarray(dataset.with_format("numpy", columns=[name])[name])
+
+
+class _Contaminated:
+    """Batched flagging of rows that contain benchmark text."""
+
+    def __init__(self, benchmarks: Benchmarks, columns: tuple[str, ...]):
+        self.benchmarks = benchmarks
+        self.columns = columns
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        size = len(next(iter(batch.values())))
+        rows = [{c: batch[c][i] for c in self.columns} for i in range(size)]
+        return {"_contaminated": [self.benchmarks.contains(row_text(row, self.columns)) for row in rows]}
+
+
+class Preprocessor:
+    """Normalise, render and tokenize a batch of one source's rows for one method (picklable for workers)."""
+
+    def __init__(self, method: str, tokenizer, policy: LossPolicy, system_prompt: str | None, section, text_column):
+        self.method = method
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.system_prompt = system_prompt
+        self.max_length = getattr(section, "max_length", None)
+        self.max_prompt_length = getattr(section, "max_prompt_length", None)
+        self.text_column = text_column
+        self.pair_tokens = None
+        if method in ("dpo", "orpo"):
+            self.pair_tokens = TrainerTokens(
+                method=method,
+                bos=tokenizer.bos_token,
+                eos=tokenizer.eos_token,
+                encode_adds_bos=adds_bos_on_encode(tokenizer),
+            )
+
+    @classmethod
+    def for_recipe(cls, recipe, method: str, tokenizer) -> Preprocessor:
+        return cls(
+            method,
+            tokenizer,
+            _policy(recipe, method, tokenizer),
+            recipe.data.system_prompt,
+            _section(recipe, method),
+            recipe.cpt.text_column if method == "cpt" else "text",
+        )
+
+    def bound(self, source_index: int, detected: formats.Detected) -> _Bound:
+        return _Bound(self, source_index, detected)
+
+    def loss_description(self, detected: formats.Detected) -> str:
+        shape = detected.shape
+        if self.method == "cpt":
+            return "text: every token"
+        if self.method in ("dpo", "orpo"):
+            return "preference: chosen and rejected responses"
+        if shape == "prompt-completion":
+            if self.policy.completion_only:
+                return "prompt-completion: the completion only"
+            return (
+                "prompt-completion: assistant turns only"
+                if self.policy.assistant_only
+                else "prompt-completion: every token"
+            )
+        if shape == "conversation":
+            return "conversations: assistant turns only" if self.policy.assistant_only else "conversations: every token"
+        return "text: every token"
+
+
+class _Bound:
+    """The preprocessor for one source (its index goes into the `_source` column)."""
+
+    def __init__(self, pre: Preprocessor, source_index: int, detected: formats.Detected):
+        self.pre = pre
+        self.source_index = source_index
+        self.detected = detected
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        pre = self.pre
+        columns = list(batch)
+        size = len(indices)
+        rows = [{c: batch[c][i] for c in columns} for i in range(size)]
+        detected = self.detected
+        if pre.method == "cpt":
+            out = self._cpt(rows, detected)
+        elif pre.method == "sft":
+            out = self._sft(rows, detected, indices)
+        else:
+            out = self._pairs(rows, detected, indices)
+        out["_source"] = [self.source_index] * size
+        return out
+
+    def _cpt(self, rows, detected) -> dict[str, list]:
+        texts = [formats.text_of(row, detected) for row in rows]
+        encoded = self.pre.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return {
+            "text": texts,
+            # The trainer appends an end-of-sequence token to each text.
+            "_length": [len(ids) + 1 for ids in encoded],
+            "_drop": [EMPTY if not t.strip() else KEEP for t in texts],
+            "_cut": [False] * len(texts),
+        }
+
+    def _sft(self, rows, detected, indices) -> dict[str, list]:
+        pre = self.pre
+        rendered = []
+        empty = []
+        for position, row in enumerate(rows):
+            try:
+                if detected.shape == "conversation":
+                    messages = formats.with_system(formats.conversation(row, detected), pre.system_prompt)
+                    empty.append(not messages)
+                    rendered.append(render_conversation(pre.tokenizer, messages, pre.policy) if messages else None)
+                elif detected.shape == "prompt-completion":
+                    prompt, completion = formats.prompt_completion(row, detected)
+                    is_string = isinstance(prompt, str)
+                    if not is_string:
+                        prompt = formats.with_system(prompt, pre.system_prompt)
+                    empty.append(False)
+                    rendered.append(render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string))
+                else:
+                    text = formats.text_of(row, detected)
+                    empty.append(not text.strip())
+                    rendered.append(render_text(text, pre.policy))
+            except (formats.RowError, TemplateRowError) as err:
+                raise _RowFailure(indices[position], str(err)) from None
+        present = [r for r in rendered if r is not None]
+        ids, masks = tokenize_with_masks(pre.tokenizer, present) if present else ([], [])
+        out: dict[str, list] = {"input_ids": [], "assistant_masks": [], "_length": [], "_drop": [], "_cut": []}
+        cursor = 0
+        for item, is_empty in zip(rendered, empty, strict=True):
+            if item is None:
+                row_ids, row_mask = [], []
+            else:
+                row_ids, row_mask = ids[cursor], masks[cursor]
+                cursor += 1
+            length = len(row_ids)
+            if pre.max_length is not None and length > pre.max_length:
+                row_ids, row_mask = row_ids[: pre.max_length], row_mask[: pre.max_length]
+            out["input_ids"].append(row_ids)
+            out["assistant_masks"].append(row_mask)
+            out["_length"].append(length)
+            out["_drop"].append(EMPTY if is_empty else (KEEP if any(row_mask) else NO_LOSS))
+            out["_cut"].append(length > len(row_ids))
+        return out
+
+    def _pairs(self, rows, detected, indices) -> dict[str, list]:
+        pre = self.pre
+        out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "_length": [], "_drop": [], "_cut": []}
+        for position, row in enumerate(rows):
+            try:
+                prompt, chosen, rejected = formats.preference(row, detected)
+                prompt = formats.with_system(prompt, pre.system_prompt)
+                if not chosen or not rejected:
+                    out["prompt"].append("")
+                    out["chosen"].append("")
+                    out["rejected"].append("")
+                    out["_length"].append(0)
+                    out["_drop"].append(EMPTY)
+                    out["_cut"].append(False)
+                    continue
+                pair = render_pair(pre.tokenizer, prompt, chosen, rejected, pre.pair_tokens, pre.max_prompt_length)
+            except (formats.RowError, TemplateRowError) as err:
+                raise _RowFailure(indices[position], str(err)) from None
+            out["prompt"].append(pair.prompt)
+            out["chosen"].append(pair.chosen)
+            out["rejected"].append(pair.rejected)
+            out["_length"].append(pair.prompt_tokens + max(pair.chosen_tokens, pair.rejected_tokens))
+            out["_drop"].append(KEEP)
+            out["_cut"].append(pair.prompt_cut)
+        return out

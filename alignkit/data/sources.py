@@ -1,0 +1,288 @@
+"""Loading one mixture source: a Hub dataset, a local data file or folder, or a `save_to_disk` folder.
+
+Local paths are tried first; anything else is a Hub id loaded through `datasets.load_dataset` (the same
+code path a user with Hub access takes). The handbook's fallback layout, a `save_to_disk` Dataset in
+`<path>/<split>`, is understood too. A malformed file is refused naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import Problem, UserError
+
+BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+_SPLIT_RE = re.compile(r"^([^\[\]]+)(\[.*\])?$")
+
+
+def split_name(split: str) -> str:
+    """The split's name without its slice (`train[:10%]` -> `train`)."""
+    match = _SPLIT_RE.match(split.strip())
+    return match.group(1).strip() if match else split
+
+
+def problem(source, index: int, message: str) -> UserError:
+    """A UserError naming the source by its path and its place in the recipe."""
+    return UserError(Problem(source=source.path, path=f"data.datasets.{index}", message=message))
+
+
+def data_file_builder(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in _COMPRESSED:
+        suffix = Path(path.stem).suffix.lower()
+    return BUILDERS.get(suffix)
+
+
+def local_kind(path: Path) -> str | None:
+    """file, dict (save_to_disk DatasetDict), dataset (save_to_disk Dataset), split-folders, folder, or None."""
+    if path.is_file():
+        return "file"
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file():
+        return "dict"
+    if (path / "state.json").is_file():
+        return "dataset"
+    if any((child / "state.json").is_file() for child in path.iterdir() if child.is_dir()):
+        return "split-folders"
+    return "folder"
+
+
+def looks_local(path: str) -> bool:
+    """Whether a missing path was meant as a local one (so the message says file-not-found, not Hub)."""
+    return path.startswith(("/", "./", "../", "~")) or data_file_builder(Path(path)) is not None
+
+
+def signature(source) -> dict[str, Any] | None:
+    """A cheap content signature of a local source (paths, sizes, modification times); None for Hub ids."""
+    path = Path(source.path).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        "path": str(path.resolve()),
+        "files": [
+            [str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files
+        ],
+    }
+
+
+def load_source(source, index: int, *, cache_dir: str | None = None):
+    """The rows of one source (split and slice applied, `columns` selected) as a `datasets.Dataset`.
+
+    Raises:
+        UserError: for a missing path, unknown split, malformed file, or missing columns.
+    """
+    path = Path(source.path).expanduser()
+    kind = local_kind(path)
+    if kind is None:
+        if looks_local(source.path):
+            raise problem(source, index, f"file or folder not found: {path}")
+        dataset = _load_hub(source, index, cache_dir)
+    elif kind == "file":
+        dataset = _load_file(source, index, path, cache_dir)
+    elif kind in ("dict", "dataset", "split-folders"):
+        dataset = _load_saved(source, index, path, kind)
+    else:
+        dataset = _load_folder(source, index, path, cache_dir)
+    if source.columns:
+        missing = [c for c in source.columns if c not in dataset.column_names]
+        if missing:
+            raise problem(
+                source,
+                index,
+                f"columns {', '.join(missing)} not found; the source has {', '.join(dataset.column_names)}"
+                " (fix data.datasets[].columns)",
+            )
+        dataset = dataset.select_columns(list(source.columns))
+    return dataset
+
+
+def _load_hub(source, index: int, cache_dir: str | None):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(source.path, source.name, split=source.split, cache_dir=cache_dir)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise problem(source, index, f"split {source.split!r}: {_last_line(err)}") from None
+        raise problem(source, index, f"could not load it from the Hugging Face Hub: {_last_line(err)}") from None
+    except Exception as err:  # offline, not found, gated: the datasets library raises many kinds
+        raise problem(
+            source,
+            index,
+            f"not a local file or folder, and loading it from the Hugging Face Hub failed: {_last_line(err)}",
+        ) from None
+
+
+def _load_file(source, index: int, path: Path, cache_dir: str | None):
+    from datasets import load_dataset
+
+    builder = data_file_builder(path)
+    if builder is None:
+        raise problem(
+            source, index, f"unsupported data file {path.name}; use one of {', '.join(sorted(BUILDERS))} files"
+        )
+    if split_name(source.split) != "train":
+        raise problem(
+            source,
+            index,
+            f"a single data file has one split, 'train' (given {source.split!r}); use split: train (slices such as"
+            " train[:10%] work) and role: test to evaluate on it",
+        )
+    kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        return load_dataset(builder, data_files={"train": str(path)}, split=source.split, cache_dir=cache_dir, **kwargs)
+    except Exception as err:
+        raise _malformed(source, index, path, builder, err) from None
+
+
+def _load_folder(source, index: int, path: Path, cache_dir: str | None):
+    from datasets import load_dataset
+
+    files = [p for p in path.rglob("*") if p.is_file() and data_file_builder(p)]
+    if not files:
+        raise problem(
+            source,
+            index,
+            f"folder {path} holds no data files ({', '.join(sorted(BUILDERS))}) and is not a save_to_disk folder",
+        )
+    try:
+        return load_dataset(str(path), split=source.split, cache_dir=cache_dir)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise problem(source, index, f"split {source.split!r} not found: {_last_line(err)}") from None
+        raise _folder_error(source, index, files, err) from None
+    except Exception as err:
+        raise _folder_error(source, index, files, err) from None
+
+
+def _folder_error(source, index: int, files: list[Path], err: Exception) -> UserError:
+    for file in sorted(files):
+        located = _find_bad_line(file, data_file_builder(file))
+        if located:
+            return problem(source, index, located)
+    return problem(source, index, f"could not read the folder's data files: {_last_line(err)}")
+
+
+def _load_saved(source, index: int, path: Path, kind: str):
+    from datasets import load_from_disk
+
+    name = split_name(source.split)
+    if kind == "dict":
+        saved = load_from_disk(str(path))
+        if name not in saved:
+            raise problem(
+                source, index, f"split {name!r} not found; the folder has splits {', '.join(saved)} (fix split)"
+            )
+        dataset = saved[name]
+    elif kind == "split-folders":
+        splits = sorted(child.name for child in path.iterdir() if (child / "state.json").is_file())
+        if name not in splits:
+            raise problem(source, index, f"split {name!r} not found; the folder has splits {', '.join(splits)}")
+        dataset = load_from_disk(str(path / name))
+    else:
+        dataset = load_from_disk(str(path))  # one saved Dataset: the split name is not recorded, only the slice
+    return _apply_slice(source, index, dataset, name)
+
+
+def _apply_slice(source, index: int, dataset, name: str):
+    spec = source.split.strip()
+    if "[" not in spec:
+        return dataset
+    from datasets import ReadInstruction
+
+    try:
+        instruction = ReadInstruction.from_spec(spec)
+        parts = instruction.to_absolute({name: len(dataset)})
+    except (ValueError, AssertionError, KeyError) as err:
+        raise problem(source, index, f"split {spec!r} is not a valid slice: {_last_line(err)}") from None
+    indices: list[int] = []
+    for part in parts:
+        indices += range(part.from_, part.to)
+    return dataset.select(indices)
+
+
+def _malformed(source, index: int, path: Path, builder: str, err: Exception) -> UserError:
+    located = _find_bad_line(path, builder)
+    if located:
+        return problem(source, index, located)
+    return problem(source, index, f"could not read {path}: {_last_line(err)}")
+
+
+def _find_bad_line(path: Path, builder: str | None) -> str | None:
+    """The first line that breaks the file's format, as 'FILE:LINE: what is wrong', or None."""
+    if path.suffix.lower() in _COMPRESSED:
+        return None
+    try:
+        if builder == "json" and path.suffix.lower() == ".jsonl":
+            return _bad_jsonl_line(path)
+        if builder == "json":
+            text = path.read_text(encoding="utf-8")
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as err:
+                if err.msg.startswith("Extra data"):
+                    return _bad_jsonl_line(path)  # JSON Lines in a .json file
+                return f"{path}:{err.lineno}: not valid JSON ({err.msg})"
+            return None
+        if builder == "csv":
+            return _bad_csv_line(path)
+    except UnicodeDecodeError as err:
+        return f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"
+    return None
+
+
+def _bad_jsonl_line(path: Path) -> str | None:
+    keys: set[str] | None = None
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(row, dict):
+                return f"{path}:{number}: each line must be a JSON object, found {type(row).__name__}"
+            if keys is None:
+                keys = set(row)
+    return None
+
+
+def _bad_csv_line(path: Path) -> str | None:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            return f"{path}:1: empty file, no header row"
+        for row in reader:
+            if row and len(row) != len(header):
+                return f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}"
+    return None
+
+
+def _last_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def hf_cache_dir() -> str | None:
+    """Where `load_dataset` caches: under ALIGNKIT_DATA_CACHE when set, else datasets' default."""
+    root = os.environ.get("ALIGNKIT_DATA_CACHE")
+    return str(Path(root) / "hf") if root and root not in ("0", "off") else None
