@@ -1,0 +1,246 @@
+"""Real multi-process training on the CPU: `alignkit sft --launch ddp|zero3 --num-processes 2` on the tiny model.
+
+Each run goes through the command line and the real engine. The workers are the real worker wrapped by a
+probe module (`ALIGNKIT_WORKER_MODULE`) that records, per rank, what the trainer really wrapped the model in
+and how many optimizer steps it took; the probe changes nothing else. A one-process run of the same recipe
+gives the step count the two-rank runs must halve (each rank sees half of the data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROWS = 32
+BATCH = 2
+
+PROBE = textwrap.dedent(
+    """
+    # Wraps the real worker: after Trainer.train, record the wrapper and the steps of this rank.
+    import json, os, sys
+    from pathlib import Path
+
+    import transformers
+
+    original = transformers.Trainer.train
+
+    def train(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        record = {
+            "wrapped": type(self.model_wrapped).__name__,
+            "distributed_type": str(self.accelerator.distributed_type),
+            "num_processes": self.accelerator.num_processes,
+            "global_step": self.state.global_step,
+            "train_rows_seen": len(self.get_train_dataloader()) * self.args.per_device_train_batch_size,
+        }
+        rank = os.environ.get("RANK", "0")
+        Path(os.environ["PROBE_DIR"], f"rank{rank}.json").write_text(json.dumps(record))
+        return result
+
+    transformers.Trainer.train = train
+
+    from alignkit.train.worker import main
+
+    sys.exit(main())
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_sft_recipe(tmp_path_factory, tiny_model_dir) -> Path:
+    """A tiny SFT recipe: 32 conversations, batch 2, one epoch, float32, nothing saved before the end."""
+    folder = tmp_path_factory.mktemp("tiny-sft")
+    rows = [
+        {"messages": [{"role": "user", "content": f"what is {a} + {b}?"}, {"role": "assistant", "content": f"{a + b}"}]}
+        for a, b in ((i % 10, (3 * i) % 10) for i in range(ROWS))
+    ]
+    data = folder / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = {
+        "description": "tiny launch test",
+        "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32"},
+        "data": {"datasets": [{"path": str(data)}]},
+        "training": {
+            "learning_rate": 1e-2,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": BATCH,
+            "gradient_accumulation_steps": 1,
+            "mixed_precision": "no",
+            "gradient_checkpointing": False,
+            "save_strategy": "no",
+            "seed": 0,
+        },
+        "logging": {"logging_steps": 1},
+        "sft": {"max_length": 48},
+    }
+    path = folder / "tiny-sft.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch):
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "probe_worker.py").write_text(PROBE, encoding="utf-8")
+    records = tmp_path / "probe"
+    records.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(modules), os.environ.get("PYTHONPATH", "")]),
+        "ALIGNKIT_WORKER_MODULE": "probe_worker",
+        "PROBE_DIR": str(records),
+    }
+    return env, records
+
+
+def _alignkit(env, *args, timeout=900) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "alignkit", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # turns a hang into a failure; runs take well under a minute
+        check=False,
+    )
+    return result, time.perf_counter() - started
+
+
+def _steps(output_dir: Path) -> int:
+    return json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+
+
+@pytest.fixture(scope="module")
+def one_process_steps(tiny_sft_recipe, tmp_path_factory) -> int:
+    out = tmp_path_factory.mktemp("one") / "run"
+    result, seconds = _alignkit(os.environ, "sft", "--recipe", tiny_sft_recipe, "--output-dir", out, "--launch", "none")
+    print(f"one process, in-process: {seconds:.1f} s")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return _steps(out)
+
+
+def _loads_whole(output_dir: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(output_dir, output_loading_info=True)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = dict(model.named_parameters())
+    shapes = {name: p.shape for name, p in reference.named_parameters()}
+    # Every tensor whole, none a ZeRO-3 shard (a partitioned weight has shape (0,) on each rank).
+    assert {name: p.shape for name, p in trained.items()} == shapes, "saved tensors differ from the base model's"
+    changed = [name for name, p in reference.named_parameters() if not p.detach().equal(trained[name].detach())]
+    assert changed, "the saved weights are the initial ones"
+
+
+@pytest.mark.parametrize(("profile", "wrapper"), [("ddp", "DistributedDataParallel"), ("zero3", "DeepSpeedEngine")])
+def test_two_process_run_splits_the_data_wraps_the_model_and_saves_it_whole(
+    tiny_sft_recipe, tiny_model_dir, one_process_steps, probe, tmp_path, profile, wrapper
+):
+    env, records = probe
+    out = tmp_path / "run"
+    result, seconds = _alignkit(
+        env, "sft", "--recipe", tiny_sft_recipe, "--output-dir", out,
+        "--launch", profile, "--num-processes", "2", "--main-process-port", _free_port(),
+    )  # fmt: skip
+    print(f"{profile}, 2 CPU processes: {seconds:.1f} s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for record in ranks:
+        assert record["wrapped"] == wrapper
+        assert record["num_processes"] == 2
+        # Each rank sees half of the rows, so one epoch takes half the optimizer steps of one process.
+        assert record["global_step"] * 2 == one_process_steps
+    assert one_process_steps == ROWS // BATCH
+    assert _steps(out) * 2 == one_process_steps
+    run = json.loads((out / "alignkit_run.json").read_text())
+    assert run["plan"]["profile"] == profile and run["plan"]["world_size"] == 2
+    assert "[rank0]" in result.stdout + result.stderr and "[rank1]" in result.stdout + result.stderr
+    _loads_whole(out, tiny_model_dir)
+    if profile == "zero3":
+        assert (
+            json.loads((out / "launch" / "node0" / "deepspeed_config.json").read_text())["zero_optimization"]["stage"]
+            == 3
+        )
+
+
+def test_a_worker_that_fails_ends_the_launch_with_its_error(tiny_sft_recipe, tmp_path):
+    # Every rank reads the frozen recipe; a data file gone after validation fails them all at load time.
+    recipe = yaml.safe_load(tiny_sft_recipe.read_text())
+    data = tmp_path / "vanishing.jsonl"
+    data.write_text(Path(recipe["data"]["datasets"][0]["path"]).read_text(), encoding="utf-8")
+    recipe["data"]["datasets"][0]["path"] = str(data)
+    path = tmp_path / "vanishing.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (tmp_path / "vanish_worker.py").write_text(
+        f"import os, sys\nos.remove({str(data)!r}) if os.environ['RANK'] == '1' else None\n"
+        "from alignkit.train.worker import main\nsys.exit(main())\n",
+        encoding="utf-8",
+    )
+    env["ALIGNKIT_WORKER_MODULE"] = "vanish_worker"
+    result, seconds = _alignkit(
+        env, "sft", "--recipe", path, "--output-dir", tmp_path / "run",
+        "--launch", "ddp", "--num-processes", "2", "--main-process-port", _free_port(), timeout=300,
+    )  # fmt: skip
+    print(f"failing ddp launch, 2 CPU processes: {seconds:.1f} s")
+    # The worker rejected the input (exit 2), so the launch is a user error, reported once, with no traceback.
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    expected = rf"error: rank [01]: {re.escape(str(data))}: data.datasets.0: file or folder not found: .*"
+    assert re.fullmatch(expected, last), last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written is left behind
+
+
+def test_slurm_script_trains_on_one_node_with_two_cpu_processes(tiny_sft_recipe, tiny_model_dir, tmp_path):
+    from test_launch_slurm import STAND_INS
+
+    from alignkit.launch.job import JobSpec, plan_job
+    from alignkit.launch.slurm import SlurmOptions, write_script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in STAND_INS.items():
+        (bin_dir / name).write_text(text, encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "run"
+    spec = JobSpec(method="sft", recipe=str(tiny_sft_recipe), nodes=1, gpus_per_node=2, output_dir=str(out))
+    script = write_script(plan_job(spec), SlurmOptions(main_process_port=_free_port()), tmp_path / "job.sbatch")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "STANDIN_LOG": str(tmp_path / "standin.log"),
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_ID": "7",
+    }
+    started = time.perf_counter()
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900, check=False)
+    print(f"slurm script, 1 node x 2 CPU processes: {time.perf_counter() - started:.1f} s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "srun --ntasks-per-node=1" in (tmp_path / "standin.log").read_text()
+    run = json.loads((out / "alignkit_run.json").read_text())
+    assert run["plan"]["world_size"] == 2 and run["plan"]["machine_rank"] == 0
+    assert run["plan"]["main_process_ip"] == "node-a"  # the stand-in scontrol names the allocation node-a, node-b
+    _loads_whole(out, tiny_model_dir)
