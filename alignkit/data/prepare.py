@@ -35,6 +35,12 @@ from alignkit.errors import Problem, UserError
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes of preprocessing (the `_drop` column)."""
 _META = ["_length", "_drop", "_cut", "_source"]
+OUTPUT_COLUMNS = {
+    "cpt": ["text"],
+    "sft": ["input_ids", "assistant_masks"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "orpo": ["prompt", "chosen", "rejected"],
+}
 
 
 @dataclass
@@ -138,7 +144,7 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         train, test, report_dict = hit
         report = DataReport.from_dict(report_dict)
         report.cached = True
-        return PreparedData(train=train, test=test, report=report, notices=list(report.notices))
+        return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
 
     report = DataReport(
         method=method,
@@ -164,12 +170,13 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
             test_parts.append(test_part)
     train, test = _pool(recipe, train_parts, test_parts, report)
     _finish_report(report, train, test, method)
-    train = train.remove_columns([c for c in _META if c in train.column_names])
+    # The method's columns only, always in the same order (datasets keeps updated columns where they were).
+    columns = OUTPUT_COLUMNS[method]
+    train = train.select_columns(columns)
     if test is not None:
-        test = test.remove_columns([c for c in _META if c in test.column_names])
-    report.notices[:0] = report.summary_lines()
+        test = test.select_columns(columns)
     train, test = cache.store(key, train, test, report.to_dict(), num_proc=data.num_proc)
-    return PreparedData(train=train, test=test, report=report, notices=list(report.notices))
+    return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
 
 
 def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key):

@@ -31,6 +31,8 @@ class SourceReport:
     test_rows: int = 0
     dropped: int = 0
     """Rows dropped: no token left to train on (after truncation), or an empty/identical response."""
+    loss: str = ""
+    """Which tokens of this source's rows carry the loss."""
 
 
 @dataclass

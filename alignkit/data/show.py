@@ -1,0 +1,168 @@
+"""`alignkit data`: prepare a recipe's data with the tokenizer only and show what will be trained on.
+
+No model weights are loaded and nothing is written to the run's output directory (prepared data goes to
+the data cache, where the training run then finds it). The text view highlights the spans that carry the
+loss; `--json` prints one document for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from alignkit.errors import Problem, UserError
+
+
+def load_tokenizer_only(recipe):
+    """The recipe's tokenizer (its own, or model.tokenizer_name_or_path); remote code only if the recipe allows it."""
+    from transformers import AutoTokenizer
+
+    name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
+    field = "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+        )
+    except Exception as err:  # not found, offline, gated, or a folder without tokenizer files
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise UserError(
+            Problem(
+                source=name,
+                path=field,
+                message=f"could not load the tokenizer: {lines[-1] if lines else type(err).__name__}",
+            )
+        ) from None
+
+
+def segments(prepared, tokenizer, count: int) -> list[list[tuple[str, str]]]:
+    """The first `count` training rows as (text, style) pieces: 'trained', 'context', 'chosen' or 'rejected'."""
+    dataset = prepared.train
+    out = []
+    for row in dataset.select(range(min(count, len(dataset)))):
+        if "input_ids" in row:
+            pieces: list[tuple[str, str]] = []
+            ids, mask = row["input_ids"], row["assistant_masks"]
+            start = 0
+            for position in range(1, len(ids) + 1):
+                if position == len(ids) or mask[position] != mask[start]:
+                    text = tokenizer.decode(ids[start:position], skip_special_tokens=False)
+                    pieces.append((text, "trained" if mask[start] else "context"))
+                    start = position
+            out.append(pieces)
+        elif "chosen" in row:
+            out.append(
+                [
+                    (row["prompt"], "context"),
+                    (row["chosen"], "chosen"),
+                    ("\n--- rejected ---\n", "label"),
+                    (row["rejected"], "rejected"),
+                ]
+            )
+        else:
+            out.append([(row["text"], "trained")])
+    return out
+
+
+def document(resolved, prepared, tokenizer, show: int) -> dict[str, Any]:
+    from alignkit.data.report import examples
+
+    report = prepared.report.to_dict()
+    return {
+        "method": resolved.method,
+        "recipe_name": resolved.name,
+        "source": str(resolved.source),
+        **report,
+        "examples": examples(prepared, tokenizer, show),
+    }
+
+
+def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
+    """Resolve the recipe, prepare its data for `method`, and print the report (text or JSON)."""
+    from alignkit.recipe.resolve import resolve_recipe
+
+    resolved = resolve_recipe(method, recipe_ref, overrides=overrides)
+    recipe = resolved.recipe
+    tokenizer = load_tokenizer_only(recipe)
+    if method != "cpt":
+        from alignkit.data.templates import ensure_chat_template
+
+        ensure_chat_template(tokenizer, recipe)
+    from alignkit.data.prepare import prepare_data
+
+    prepared = prepare_data(recipe, method, tokenizer)
+    if as_json:
+        print(json.dumps(document(resolved, prepared, tokenizer, show), indent=2, ensure_ascii=False))
+        return
+    _print_text(resolved, prepared, tokenizer, show)
+
+
+def _print_text(resolved, prepared, tokenizer, show: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    report = prepared.report
+    console = Console()
+    for notice in resolved.notices:
+        console.print(Text(f"note: {notice}", style="yellow"))
+    state = "from the cache" if report.cached else "prepared and cached"
+    console.print(
+        Text.assemble(
+            (f"{resolved.method}", "bold"),
+            " data of recipe ",
+            (resolved.name, "bold"),
+            f" ({resolved.source}), {state}",
+        )
+    )
+    table = Table(title="sources", title_justify="left")
+    for column in ("path", "split", "role", "format", "found", "decontaminated", "weight", "train", "test", "dropped"):
+        justify = "right" if column in ("found", "decontaminated", "weight", "train", "test", "dropped") else "left"
+        table.add_column(column, justify=justify)
+    for s in report.sources:
+        table.add_row(
+            s.path,
+            s.split,
+            s.role,
+            s.format,
+            str(s.rows_in),
+            str(s.decontaminated),
+            f"{s.weight:g}",
+            str(s.train_rows),
+            str(s.test_rows),
+            str(s.dropped),
+        )
+    console.print(table)
+    lengths = report.train_lengths
+    facts = Table(show_header=False, title="data", title_justify="left")
+    facts.add_column("key")
+    facts.add_column("value")
+    facts.add_row("train / test rows", f"{report.train_rows} / {report.test_rows}")
+    facts.add_row(
+        "tokens per train row",
+        f"min {lengths.min}, mean {lengths.mean:g}, median {lengths.median:g}, p95 {lengths.p95:g}, max {lengths.max}"
+        f" ({lengths.total} in all)",
+    )
+    if report.max_length:
+        facts.add_row(
+            "rows over max_length", f"{report.truncated} of {report.train_rows} (max_length {report.max_length})"
+        )
+    if resolved.method in ("dpo", "orpo"):
+        facts.add_row("prompts cut from the left", str(report.prompt_truncated))
+    facts.add_row("loss on", report.loss)
+    facts.add_row("chat template", report.chat_template)
+    console.print(facts)
+    for notice in report.notices:
+        console.print(Text(f"note: {notice}", style="yellow"))
+    styles = {
+        "trained": "bold green",
+        "context": "dim",
+        "chosen": "bold green",
+        "rejected": "bold red",
+        "label": "italic",
+    }
+    for number, pieces in enumerate(segments(prepared, tokenizer, show), start=1):
+        console.rule(f"example {number} (green: trained on)")
+        text = Text()
+        for piece, kind in pieces:
+            text.append(piece, style=styles[kind])
+        console.print(text)

@@ -1,0 +1,237 @@
+"""Each accepted format on a small fixture: what it becomes for its method, and refusals naming the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkit.data.prepare import prepare_data
+from alignkit.data.templates import ensure_chat_template
+from alignkit.demo.tiny import build_tokenizer
+from alignkit.errors import UserError
+from alignkit.methods import METHODS
+
+Q = [{"role": "user", "content": "what is 2 plus 3?"}]
+HEAD = "<|im_start|>user\nwhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
+
+
+def write_rows(tmp_path, rows, name="rows.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return path
+
+
+def prepare(tmp_path, rows, method="sft", section=None, **data):
+    path = write_rows(tmp_path, rows)
+    recipe = METHODS[method].recipe.model_validate(
+        {"model": {"name_or_path": "tiny"}, "data": {"datasets": [{"path": str(path)}], **data}, method: section or {}}
+    )
+    tokenizer = build_tokenizer()
+    if method != "cpt":
+        ensure_chat_template(tokenizer, recipe)
+    return prepare_data(recipe, method, tokenizer), tokenizer
+
+
+def decoded(tokenizer, prepared):
+    return [tokenizer.decode(r["input_ids"]) for r in prepared.train]
+
+
+def trained(tokenizer, row):
+    tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
+    return "".join(t for t, m in zip(tokens, row["assistant_masks"], strict=True) if m)
+
+
+def test_sharegpt_roles_become_messages(tmp_path):
+    rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "you are a tiny model"},
+                {"from": "human", "value": "hello"},
+                {"from": "gpt", "value": "hello world"},
+            ],
+            "id": "x1",
+        }
+    ]
+    prepared, tokenizer = prepare(tmp_path, rows, section={"assistant_only_loss": True})
+    assert prepared.report.sources[0].format == "sharegpt"
+    assert prepared.train.column_names == ["input_ids", "assistant_masks"]
+    assert decoded(tokenizer, prepared) == [
+        "<|im_start|>system\nyou are a tiny model<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+        "<|im_start|>assistant\nhello world<|im_end|>\n"
+    ]
+    assert trained(tokenizer, prepared.train[0]) == "hello world<|im_end|>"
+
+
+def test_sharegpt_unknown_role_is_refused_with_the_roles_accepted(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes"}]}] * 2
+    rows = [*rows, {"conversations": [{"from": "narrator", "value": "hi"}]}]
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, rows)
+    assert str(err.value) == (
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 2: conversations[0].from is 'narrator'; ShareGPT roles are"
+        " human, user, gpt, assistant, chatgpt, bard, bing, model, system, tool, function, observation"
+    )
+
+
+def test_alpaca_becomes_a_user_turn_and_a_trained_reply(tmp_path):
+    rows = [
+        {"instruction": "add the numbers", "input": "2 and 3", "output": "5"},
+        {"instruction": "please answer", "input": "", "output": "yes"},
+    ]
+    prepared, tokenizer = prepare(tmp_path, rows, seed=1)
+    assert prepared.report.sources[0].format == "alpaca"
+    texts = sorted(decoded(tokenizer, prepared))
+    assert texts == [
+        "<|im_start|>user\nadd the numbers\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
+        "<|im_start|>user\nplease answer<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n",
+    ]
+    assert sorted(trained(tokenizer, r) for r in prepared.train) == ["5<|im_end|>", "yes<|im_end|>"]
+
+
+def test_plain_text_for_sft_trains_every_token_and_ends_with_eos(tmp_path):
+    prepared, tokenizer = prepare(tmp_path, [{"text": "hello world", "meta": 1}])
+    assert prepared.report.sources[0].format == "text"
+    assert decoded(tokenizer, prepared) == ["hello world<|im_end|>"]
+    assert prepared.train[0]["assistant_masks"] == [1, 1, 1, 1]
+
+
+def test_cpt_renames_its_text_column_and_drops_the_rest(tmp_path):
+    rows = [{"content": "cats and dogs", "url": "x"}, {"content": "sun and rain", "url": "y"}]
+    prepared, _ = prepare(tmp_path, rows, method="cpt", section={"text_column": "content"}, seed=3)
+    assert prepared.train.column_names == ["text"]
+    assert sorted(prepared.train["text"]) == ["cats and dogs", "sun and rain"]
+    assert prepared.report.chat_template == "none (cpt trains on raw text)"
+
+
+def test_cpt_without_its_text_column_names_the_setting(tmp_path):
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, [{"body": "cats"}], method="cpt")
+    assert str(err.value) == (
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: no cpt format fits: columns found: body; cpt accepts a text"
+        " column named 'text' (cpt.text_column)"
+    )
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": "what is 2 plus 3?", "chosen": "5", "rejected": "6"},
+        {
+            "prompt": Q,
+            "chosen": [{"role": "assistant", "content": "5"}],
+            "rejected": [{"role": "assistant", "content": "6"}],
+        },
+        # UltraFeedback: a prompt string and full conversations, the prompt repeated in each
+        {
+            "prompt": "what is 2 plus 3?",
+            "chosen": [*Q, {"role": "assistant", "content": "5"}],
+            "rejected": [*Q, {"role": "assistant", "content": "6"}],
+            "score_chosen": 9.0,
+        },
+        {
+            "chosen": [*Q, {"role": "assistant", "content": "5"}],
+            "rejected": [*Q, {"role": "assistant", "content": "6"}],
+        },
+    ],
+    ids=["strings", "message-lists", "ultrafeedback", "implicit-prompt"],
+)
+def test_preference_forms_render_the_same_pair(tmp_path, method, row):
+    prepared, _ = prepare(tmp_path, [row], method=method)
+    assert prepared.train.column_names == ["prompt", "chosen", "rejected"]
+    assert prepared.train[0] == {"prompt": HEAD, "chosen": "5<|im_end|>", "rejected": "6<|im_end|>"}
+
+
+def test_implicit_prompt_is_the_shared_beginning_of_a_multi_turn_pair(tmp_path):
+    shared = [*Q, {"role": "assistant", "content": "5"}, {"role": "user", "content": "and 4?"}]
+    row = {
+        "chosen": [*shared, {"role": "assistant", "content": "9"}],
+        "rejected": [*shared, {"role": "assistant", "content": "8"}],
+    }
+    prepared, _ = prepare(tmp_path, [row], method="dpo")
+    assert prepared.report.sources[0].format == "preference-conversations"
+    assert prepared.train[0] == {
+        "prompt": "<|im_start|>user\nwhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n"
+        "<|im_start|>user\nand 4?<|im_end|>\n<|im_start|>assistant\n",
+        "chosen": "9<|im_end|>",
+        "rejected": "8<|im_end|>",
+    }
+
+
+def test_system_prompt_goes_into_the_preference_prompt(tmp_path):
+    row = {"prompt": "hello", "chosen": "yes", "rejected": "no"}
+    prepared, _ = prepare(tmp_path, [row], method="dpo", system_prompt="you are a helpful model")
+    assert prepared.train[0]["prompt"] == (
+        "<|im_start|>system\nyou are a helpful model<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_identical_responses_are_dropped_and_counted(tmp_path):
+    rows = [
+        {"prompt": "hello", "chosen": "yes", "rejected": "yes"},
+        {"prompt": "hello", "chosen": "yes", "rejected": "no"},
+    ]
+    prepared, _ = prepare(tmp_path, rows, method="dpo")
+    assert len(prepared.train) == 1
+    assert prepared.report.sources[0].dropped == 1
+
+
+def test_prompt_is_cut_from_the_left_to_max_prompt_length(tmp_path):
+    row = {"prompt": "one two three four five six", "chosen": "yes", "rejected": "no"}
+    prepared, tokenizer = prepare(tmp_path, [row], method="dpo", section={"max_prompt_length": 8, "max_length": 64})
+    prompt = prepared.train[0]["prompt"]
+    # the end survives: the generation prompt the responses follow
+    assert prompt == "five six<|im_end|>\n<|im_start|>assistant\n"
+    assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) == 8
+    assert prepared.report.prompt_truncated == 1
+
+
+def test_orpo_prompt_budget_counts_the_bos_the_trainer_adds(tmp_path):
+    row = {"prompt": "one two three four five six", "chosen": "yes", "rejected": "no"}
+    prepared, tokenizer = prepare(tmp_path, [row], method="orpo", section={"max_prompt_length": 8, "max_length": 64})
+    # ORPOTrainer prepends <s> to a prompt that does not start with it: 7 tokens here + 1 = 8
+    assert prepared.train[0]["prompt"] == " six<|im_end|>\n<|im_start|>assistant\n"
+    assert len(tokenizer(prepared.train[0]["prompt"], add_special_tokens=False)["input_ids"]) == 7
+
+
+def test_sft_refuses_preference_only_data_and_says_which_method_fits(tmp_path):
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, [{"prompt": "a", "chosen": "b", "rejected": "c"}], method="sft")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'rows.jsonl'}: data.datasets.0: no sft format fits: columns found:")
+    assert "columns found: prompt, chosen, rejected; sft accepts messages (a list of {role, content});" in message
+    assert message.endswith("text; this is preference data: train it with dpo or orpo")
+
+
+def test_dpo_refuses_conversations_naming_columns_and_formats(tmp_path):
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, [{"messages": Q, "id": 1}], method="dpo")
+    assert str(err.value) == (
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: no dpo format fits: columns found: messages, id; dpo accepts"
+        " prompt + chosen + rejected (strings or message lists); chosen + rejected full conversations (the shared"
+        " beginning becomes the prompt); this is messages data: train it with sft, or give chosen and rejected"
+        " columns"
+    )
+
+
+def test_sft_prefers_messages_when_preference_columns_are_also_present(tmp_path):
+    row = {"messages": [*Q, {"role": "assistant", "content": "5"}], "chosen": "5", "rejected": "6", "prompt": "x"}
+    prepared, _ = prepare(tmp_path, [row])
+    assert prepared.report.sources[0].format == "messages"
+
+
+def test_a_message_without_content_names_the_row_and_field(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hi"}]}, {"messages": [{"role": "user", "text": "hi"}]}]
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, rows)
+    assert str(err.value) == (
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 1: messages[0] needs role and content"
+        " (found ['role', 'text'])"
+    )
