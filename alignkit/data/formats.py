@@ -195,7 +195,7 @@ def prompt_completion(row: dict[str, Any], detected: Detected) -> tuple[Any, Any
         if system:
             prompt = [{"role": "system", "content": _text(system, "system")}, *prompt]
         return prompt, [{"role": "assistant", "content": _text(row.get("output"), "output")}]
-    prompt, completion = row["prompt"], row["completion"]
+    prompt, completion = _scalar(row["prompt"]), _scalar(row["completion"])
     if isinstance(prompt, str) and isinstance(completion, str):
         return prompt, completion
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else messages_of(prompt, "prompt")
@@ -206,6 +206,13 @@ def prompt_completion(row: dict[str, Any], detected: Detected) -> tuple[Any, Any
     return prompt, completion
 
 
+def _scalar(value: Any) -> Any:
+    # CSV and some JSON files type "4" as a number; a prompt or completion is text.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return "" if value is None else value
+
+
 def text_of(row: dict[str, Any], detected: Detected) -> str:
     """The text of a text-shaped row."""
     return _text(row[detected.columns[0]], detected.columns[0])
@@ -214,6 +221,8 @@ def text_of(row: dict[str, Any], detected: Detected) -> str:
 def _text(value: Any, column: str) -> str:
     if value is None:
         return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
     if not isinstance(value, str):
         raise RowError(f"{column} must be a string (found {type(value).__name__})")
     return value

@@ -144,10 +144,14 @@ def _load_file(source, index: int, path: Path, cache_dir: str | None):
             f"a single data file has one split, 'train' (given {source.split!r}); use split: train (slices such as"
             " train[:10%] work) and role: test to evaluate on it",
         )
+    if path.stat().st_size == 0:
+        raise problem(source, index, f"{path} is empty: no rows")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         return load_dataset(builder, data_files={"train": str(path)}, split=source.split, cache_dir=cache_dir, **kwargs)
     except Exception as err:
+        if "corresponds to no data" in str(err):
+            raise problem(source, index, f"split {source.split!r} has no rows") from None
         raise _malformed(source, index, path, builder, err) from None
 
 
@@ -164,6 +168,8 @@ def _load_folder(source, index: int, path: Path, cache_dir: str | None):
     try:
         return load_dataset(str(path), split=source.split, cache_dir=cache_dir)
     except ValueError as err:
+        if "corresponds to no data" in str(err):
+            raise problem(source, index, f"split {source.split!r} has no rows") from None
         if "split" in str(err).lower():
             raise problem(source, index, f"split {source.split!r} not found: {_last_line(err)}") from None
         raise _folder_error(source, index, files, err) from None
@@ -180,9 +186,18 @@ def _folder_error(source, index: int, files: list[Path], err: Exception) -> User
 
 
 def _load_saved(source, index: int, path: Path, kind: str):
+    name = split_name(source.split)
+    try:
+        return _apply_slice(source, index, _open_saved(source, index, path, kind, name), name)
+    except UserError:
+        raise
+    except Exception as err:  # a damaged folder, or an empty Dataset (datasets cannot re-open those)
+        raise problem(source, index, f"could not open the save_to_disk folder {path}: {_last_line(err)}") from None
+
+
+def _open_saved(source, index: int, path: Path, kind: str, name: str):
     from datasets import load_from_disk
 
-    name = split_name(source.split)
     if kind == "dict":
         saved = load_from_disk(str(path))
         if name not in saved:
@@ -197,7 +212,7 @@ def _load_saved(source, index: int, path: Path, kind: str):
         dataset = load_from_disk(str(path / name))
     else:
         dataset = load_from_disk(str(path))  # one saved Dataset: the split name is not recorded, only the slice
-    return _apply_slice(source, index, dataset, name)
+    return dataset
 
 
 def _apply_slice(source, index: int, dataset, name: str):
@@ -254,7 +269,7 @@ def _bad_jsonl_line(path: Path) -> str | None:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 return f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
             if not isinstance(row, dict):
