@@ -244,3 +244,49 @@ def test_slurm_script_trains_on_one_node_with_two_cpu_processes(tiny_sft_recipe,
     assert run["plan"]["world_size"] == 2 and run["plan"]["machine_rank"] == 0
     assert run["plan"]["main_process_ip"] == "node-a"  # the stand-in scontrol names the allocation node-a, node-b
     _loads_whole(out, tiny_model_dir)
+
+
+CRASH = textwrap.dedent(
+    """
+    # The real worker, except that rank 1 dies after CRASH_AFTER optimizer steps (a lost node, an OOM kill).
+    import os, sys
+
+    import transformers
+
+    original = transformers.Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if os.environ.get("RANK") == "1" and self.state.global_step >= int(os.environ["CRASH_AFTER"]):
+            raise RuntimeError(f"simulated crash at step {self.state.global_step}")
+        return original(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = training_step
+
+    from alignkit.train.worker import main
+
+    sys.exit(main())
+    """
+)
+
+
+@pytest.mark.parametrize("profile", ["ddp", "zero3"])
+def test_a_rank_crashing_mid_run_fails_the_launch_and_the_rerun_resumes(tiny_sft_recipe, tmp_path, profile):
+    (tmp_path / "crash_worker.py").write_text(CRASH, encoding="utf-8")
+    out = tmp_path / "run"
+    args = (
+        "sft", "--recipe", tiny_sft_recipe, "--output-dir", out, "--launch", profile, "--num-processes", "2",
+        "--set", "training.save_strategy=steps", "--set", "training.save_steps=2",
+    )  # fmt: skip
+    crashing = {**os.environ, "PYTHONPATH": str(tmp_path), "ALIGNKIT_WORKER_MODULE": "crash_worker", "CRASH_AFTER": "5"}
+    first, first_seconds = _alignkit(crashing, *args, "--main-process-port", _free_port(), timeout=300)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    lines = first.stderr.strip().splitlines()
+    assert lines[-2].startswith("error: worker rank 1 of 2 failed (exit code 1); full log: ")
+    assert lines[-1] == "error: RuntimeError: simulated crash at step 5"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    second, second_seconds = _alignkit(os.environ, *args, "--main-process-port", _free_port())
+    print(f"{profile}, crash at step 5 then resume, 2 CPU processes: {first_seconds:.1f} s + {second_seconds:.1f} s")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from checkpoint-4 (step 4)" in second.stdout + second.stderr
+    assert _steps(out) == ROWS // BATCH // 2

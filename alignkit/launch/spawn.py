@@ -23,6 +23,7 @@ from alignkit.launch.profiles import write_launch_files
 
 WORKER_MODULE = "alignkit.train.worker"
 _PREFIX_TEMPLATE = "[rank${rank}] "
+_TORCH_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Failure)\b.*")
 
 
@@ -142,7 +143,8 @@ def _error_lines(failure, log: Path | None) -> list[str]:
         text = log.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    # torch prefixes what a worker's uncaught exception logs with "[rankN]:"; the launcher names the rank itself.
+    lines = [_TORCH_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines() if line.strip()]
     if not lines:
         return []
     errors = [line for line in lines if line.startswith("error: ")]
