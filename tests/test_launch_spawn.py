@@ -76,12 +76,14 @@ def _plan(profile: str, port: int):
 
 @pytest.mark.parametrize("profile", ["ddp", "zero3", "fsdp"])
 def test_two_ranks_start_with_the_profiles_environment_and_rank_prefixed_output(tmp_path, fake_worker, capfd, profile):
+    from alignkit.launch.profiles import launcher_precision
     from alignkit.launch.spawn import launch_workers
 
     out = tmp_path / "run"
     out.mkdir()
     port = _free_port()
-    launch_workers(out, _plan(profile, port), module="fake_worker")
+    plan = _plan(profile, port)
+    launch_workers(out, plan, module="fake_worker")
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [env["RANK"] for env in ranks] == ["0", "1"]
@@ -103,7 +105,7 @@ def test_two_ranks_start_with_the_profiles_environment_and_rank_prefixed_output(
         assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
         assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
         assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
-        assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # the tiny recipe trains in float32
+        assert env["ACCELERATE_MIXED_PRECISION"] == launcher_precision(plan)
     else:
         assert "ACCELERATE_USE_DEEPSPEED" not in env
         assert "ACCELERATE_USE_FSDP" not in env
