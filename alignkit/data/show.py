@@ -81,6 +81,10 @@ def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_
     from alignkit.recipe.resolve import resolve_recipe
 
     resolved = resolve_recipe(method, recipe_ref, overrides=overrides)
+    if as_json:
+        import datasets
+
+        datasets.disable_progress_bars()  # one JSON document and nothing else, even on stderr
     recipe = resolved.recipe
     tokenizer = load_tokenizer_only(recipe)
     if method != "cpt":

@@ -7,8 +7,10 @@ code path a user with Hub access takes). The handbook's fallback layout, a `save
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -87,6 +89,34 @@ def load_source(source, index: int, *, cache_dir: str | None = None):
     Raises:
         UserError: for a missing path, unknown split, malformed file, or missing columns.
     """
+    with _quiet_loader():
+        dataset = _load(source, index, cache_dir)
+    if source.columns:
+        missing = [c for c in source.columns if c not in dataset.column_names]
+        if missing:
+            raise problem(
+                source,
+                index,
+                f"columns {', '.join(missing)} not found; the source has {', '.join(dataset.column_names)}"
+                " (fix data.datasets[].columns)",
+            )
+        dataset = dataset.select_columns(list(source.columns))
+    return dataset
+
+
+@contextlib.contextmanager
+def _quiet_loader():
+    """Silence datasets' own error logs while loading: alignkit reports the problem itself, with the line."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load(source, index: int, cache_dir: str | None):
     path = Path(source.path).expanduser()
     kind = local_kind(path)
     if kind is None:
@@ -99,16 +129,6 @@ def load_source(source, index: int, *, cache_dir: str | None = None):
         dataset = _load_saved(source, index, path, kind)
     else:
         dataset = _load_folder(source, index, path, cache_dir)
-    if source.columns:
-        missing = [c for c in source.columns if c not in dataset.column_names]
-        if missing:
-            raise problem(
-                source,
-                index,
-                f"columns {', '.join(missing)} not found; the source has {', '.join(dataset.column_names)}"
-                " (fix data.datasets[].columns)",
-            )
-        dataset = dataset.select_columns(list(source.columns))
     return dataset
 
 

@@ -1,0 +1,110 @@
+"""Preprocessing runs once: a second run of the same recipe reads the cache, anything that matters misses it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkit.data import prepare as prepare_module
+from alignkit.data.prepare import prepare_data
+from alignkit.data.templates import ensure_chat_template
+from alignkit.demo.tiny import build_tokenizer
+from alignkit.methods import METHODS
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
+
+
+def chats(count: int) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"what is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{2 * i}"},
+            ]
+        }
+        for i in range(count)
+    ]
+
+
+def write(tmp_path, rows, name="rows.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return path
+
+
+def run(path, chat_template=None, **data):
+    recipe = METHODS["sft"].recipe.model_validate(
+        {
+            "model": {"name_or_path": "tiny"},
+            "data": {
+                "datasets": [{"path": str(path), **data.pop("source", {})}],
+                "chat_template": chat_template,
+                **data,
+            },
+            "sft": {"assistant_only_loss": True},
+        }
+    )
+    tokenizer = build_tokenizer()
+    ensure_chat_template(tokenizer, recipe)
+    return prepare_data(recipe, "sft", tokenizer)
+
+
+def test_second_run_reads_the_cache(tmp_path, monkeypatch):
+    path = write(tmp_path, chats(20))
+    first = run(path, source={"weight": 0.5})
+    assert first.report.cached is False
+    assert len(list((tmp_path / "cache").glob("*/report.json"))) == 1
+
+    def refuse(*args, **kwargs):  # any preprocessing now fails: a passing run came from the cache
+        raise AssertionError("preprocessing ran")
+
+    monkeypatch.setattr(prepare_module.Preprocessor, "for_recipe", refuse)
+    second = run(path, source={"weight": 0.5}, num_proc=4)  # workers change speed, not rows: same entry
+    assert second.report.cached is True
+    assert second.train["input_ids"] == first.train["input_ids"]
+    assert second.train["assistant_masks"] == first.train["assistant_masks"]
+    assert second.report.sources == first.report.sources
+    assert second.report.fingerprint == first.report.fingerprint
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["file", "weight", "template", "seed"],
+)
+def test_what_changes_the_rows_misses_the_cache(tmp_path, change):
+    path = write(tmp_path, chats(10))
+    first = run(path)
+    kwargs: dict = {}
+    if change == "file":
+        write(tmp_path, chats(11))
+    elif change == "weight":
+        kwargs["source"] = {"weight": 0.5}
+    elif change == "template":
+        kwargs["chat_template"] = "zephyr"
+    else:
+        kwargs["seed"] = 1
+    second = run(path, **kwargs)
+    assert second.report.cached is False
+    assert second.report.fingerprint != first.report.fingerprint
+
+
+def test_caching_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", "off")
+    path = write(tmp_path, chats(4))
+    assert run(path).report.cached is False
+    assert run(path).report.cached is False
+    assert not (tmp_path / "cache").exists()
+
+
+def test_two_workers_give_the_same_rows_as_one(tmp_path, monkeypatch):
+    path = write(tmp_path, chats(1100))
+    one = run(path)
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache-2"))
+    two = run(path, num_proc=2)
+    assert two.report.cached is False
+    assert two.train["input_ids"] == one.train["input_ids"]
+    assert two.train["assistant_masks"] == one.train["assistant_masks"]

@@ -1,0 +1,108 @@
+"""`alignkit data`: tokenizer only, nothing written to the output directory, exit 2 on bad data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignkit.demo.tiny import build_tokenizer
+
+CHAT = [
+    {"role": "user", "content": "what is 2 plus 3?"},
+    {"role": "assistant", "content": "5"},
+    {"role": "user", "content": "and 4?"},
+    {"role": "assistant", "content": "7"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    """A folder with only a tokenizer: `alignkit data` must not need weights."""
+    folder = tmp_path / "tokenizer-only"
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def recipe(tmp_path, tokenizer_dir, write_recipe):
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": CHAT, "id": i}) for i in range(10)), encoding="utf-8")
+    return write_recipe(
+        f"""\
+model:
+  name_or_path: {tokenizer_dir}
+data:
+  datasets:
+    - path: {data}
+      weight: 0.5
+  test_split_size: 1
+sft:
+  assistant_only_loss: true
+  max_length: 20
+training:
+  output_dir: {tmp_path / "out"}
+"""
+    )
+
+
+def test_json_report(cli, recipe, tmp_path):
+    result = cli("data", "sft", "--recipe", recipe, "--show", "1", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["train_rows"], document["test_rows"]) == (4, 1)
+    assert [(s["path"], s["split"], s["rows_in"], s["rows_out"], s["weight"]) for s in document["sources"]] == [
+        (str(tmp_path / "chat.jsonl"), "train", 10, 5, 0.5)
+    ]
+    assert document["sources"][0]["format"] == "messages"
+    assert document["truncated"] == 4  # every chat is 27 tokens, max_length 20
+    example = document["examples"][0]
+    assert example["text"] == "<|im_start|>user\nwhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>"
+    assert example["trained"] == ["5<|im_end|>"]  # cut at 20 tokens: the second turn is gone
+    assert document["loss"] == "conversations: assistant turns only"
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_report_highlights_and_counts(cli, recipe, tmp_path):
+    result = cli("data", "sft", "--recipe", recipe, "--show", "2", "--set", "sft.max_length=64")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "prepared and cached" in out
+    assert "4 / 1" in out
+    assert "0 of 4 (max_length 64)" in out
+    assert "example 2 (green: trained on)" in out
+    again = cli("data", "sft", "--recipe", recipe, "--show", "0", "--set", "sft.max_length=64")
+    assert "from the cache" in again.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_exits_2_with_the_message(cli, recipe, tmp_path):
+    (tmp_path / "chat.jsonl").write_text('{"messages": []}\n{"messages": \n', encoding="utf-8")
+    result = cli("data", "sft", "--recipe", recipe, "--json")
+    assert result.exit_code == 2
+    path = tmp_path / "chat.jsonl"
+    assert result.stderr == f"error: {path}: data.datasets.0: {path}:2: not valid JSON (Expecting value at column 14)\n"
+    assert "Traceback" not in result.output
+
+
+def test_format_that_fits_no_method_exits_2(cli, recipe):
+    result = cli("data", "dpo", "--recipe", recipe)
+    assert result.exit_code == 2
+    assert "this is a sft recipe" in result.stderr  # the recipe has an sft section
+
+
+def test_missing_tokenizer_exits_2(cli, recipe, tmp_path):
+    result = cli("data", "sft", "--recipe", recipe, "--set", f"model.name_or_path={tmp_path / 'nothing'}")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'nothing'}: model.name_or_path: could not load the tokenizer:")
+
+
+def test_unknown_method_exits_2(cli, recipe):
+    result = cli("data", "ppo", "--recipe", recipe)
+    assert result.exit_code == 2
+    assert "unknown method 'ppo'" in result.stderr
