@@ -152,7 +152,16 @@ def _loads_whole(output_dir: Path, tiny_model_dir: Path) -> None:
     assert changed, "the saved weights are the initial ones"
 
 
-@pytest.mark.parametrize(("profile", "wrapper"), [("ddp", "DistributedDataParallel"), ("zero3", "DeepSpeedEngine")])
+@pytest.mark.parametrize(
+    ("profile", "wrapper"),
+    [
+        ("ddp", "DistributedDataParallel"),
+        ("zero3", "DeepSpeedEngine"),
+        # accelerate runs an FSDP config as DDP on a CPU; the run must still succeed with the FSDP profile's
+        # launcher environment and trainer settings (real sharding is checked on GPUs).
+        ("fsdp", "DistributedDataParallel"),
+    ],
+)
 def test_two_process_run_splits_the_data_wraps_the_model_and_saves_it_whole(
     tiny_sft_recipe, tiny_model_dir, one_process_steps, probe, tmp_path, profile, wrapper
 ):
