@@ -299,3 +299,31 @@ def test_a_rank_crashing_mid_run_fails_the_launch_and_the_rerun_resumes(tiny_sft
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming from checkpoint-4 (step 4)" in second.stdout + second.stderr
     assert _steps(out) == ROWS // BATCH // 2
+
+
+def test_qlora_under_zero3_shards_a_4bit_base_stored_in_the_compute_dtype(tiny_sft_recipe, probe, tmp_path):
+    from safetensors.torch import load_file
+
+    env, records = probe
+    out = tmp_path / "run"
+    result, seconds = _alignkit(
+        env, "sft", "--recipe", tiny_sft_recipe, "--output-dir", out, "--qlora",
+        "--set", "model.dtype=bfloat16", "--set", "quantization.bnb_4bit_compute_dtype=bfloat16",
+        "--set", "quantization.bnb_4bit_quant_storage=bfloat16",
+        "--set", f"training.per_device_train_batch_size={BATCH}", "--set", "training.gradient_accumulation_steps=1",
+        "--launch", "zero3", "--num-processes", "2", "--main-process-port", _free_port(),
+    )  # fmt: skip
+    print(f"qlora + zero3, 2 CPU processes: {seconds:.1f} s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run = json.loads((out / "alignkit_run.json").read_text())
+    assert run["plan"]["bnb_4bit_quant_storage"] == "bfloat16"
+    assert yaml.safe_load((out / "alignkit_recipe.yaml").read_text())["quantization"]["bnb_4bit_quant_storage"] == (
+        "bfloat16"
+    )
+    for rank in (0, 1):
+        record = json.loads((records / f"rank{rank}.json").read_text())
+        assert record["wrapped"] == "DeepSpeedEngine"
+        assert record["global_step"] * 2 == ROWS // BATCH
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 for t in adapter.values())  # gathered, not ZeRO-3 shards
+    assert {str(t.dtype) for t in adapter.values()} == {"torch.bfloat16"}  # the adapters share the storage dtype
