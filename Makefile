@@ -33,10 +33,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 demo: install
-	$(BIN)/alignkit sft --recipe tiny-demo --dry-run
+	$(BIN)/python -m alignkit.demo
 
 bench: install
 	$(BIN)/python benchmarks/cli_latency.py
+	$(BIN)/python benchmarks/engine_overhead.py
 
 clean:
 	rm -rf $(VENV) outputs alignkit-demo .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignkit.launch.profiles import use_full_state_dict
 from alignkit.rundir import RunFiles
 from alignkit.train.card import render_card
 from alignkit.train.curves import plot_curves
@@ -32,6 +33,8 @@ def save_weights(built: BuiltTrainer, output_dir: Path) -> None:
             config.pad_token_id = tokenizer.pad_token_id
     if getattr(unwrapped, "config", None) is not None:
         unwrapped.config.use_cache = True  # turned off for gradient checkpointing while training
+    # Under FSDP the final save gathers one full state dict, so the result loads with from_pretrained.
+    use_full_state_dict(built.trainer)
     built.trainer.save_model(str(output_dir))
 
 

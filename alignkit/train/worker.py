@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import UserError
 from alignkit.rundir import LOG_FILE, RunFiles, checkpoints
 
 log = logging.getLogger("alignkit")
@@ -50,7 +51,7 @@ def setup_logging(output_dir: Path) -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    for name in ("alignkit", "trl", "peft", "accelerate", "datasets"):
+    for name in ("alignkit", "trl", "peft", "accelerate"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -127,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(output_dir)
     try:
         train(output_dir)
+    except UserError as err:
+        log.error("rank %d: %s", _rank(), err)
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return err.exit_code
     except Exception:
         log.exception("rank %d failed", _rank())
         raise

@@ -1,0 +1,116 @@
+"""Parity: alignkit's SFT and DPO losses equal those of a plain TRL trainer given the same model, data, seed
+and settings, so the wrapper adds no hidden divergence.
+
+Each step's batch is the whole (small) dataset, which makes the loss independent of row order: the data
+layer may shuffle the mixture, TRL's sampler does its own, and the comparison still holds exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_train import CHAT, _jsonl, write_recipe
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3
+
+
+def _alignkit_losses(cli, recipe, out) -> list[float]:
+    result = cli(*recipe)
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [row["loss"] for row in history if "loss" in row]
+
+
+def _trl_kwargs(out) -> dict:
+    return {
+        "output_dir": str(out),
+        "learning_rate": 1e-2,
+        "max_steps": STEPS,
+        "per_device_train_batch_size": len(CHAT),
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "seed": 0,
+        "data_seed": 0,
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "max_length": 48,
+        "disable_tqdm": True,
+    }
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _jsonl(
+        folder / "sft.jsonl",
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in CHAT],
+    )
+    _jsonl(
+        folder / "dpo.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": "no bad wrong"}],
+            }
+            for q, a in CHAT
+        ],
+    )
+    return folder
+
+
+def test_sft_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    out = tmp_path / "alignkit-sft"
+    training = {"max_steps": STEPS, "per_device_train_batch_size": len(CHAT)}
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data, out, training=training)
+    ours = _alignkit_losses(cli, ("sft", "--recipe", recipe), out)
+
+    set_seed(0)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=SFTConfig(**_trl_kwargs(tmp_path / "trl-sft")),
+        train_dataset=load_dataset("json", data_files=str(data / "sft.jsonl"), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert ours[-1] < ours[0]
+
+
+def test_dpo_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    out = tmp_path / "alignkit-dpo"
+    training = {"max_steps": STEPS, "per_device_train_batch_size": len(CHAT)}
+    recipe = write_recipe(
+        tmp_path, "dpo", tiny_model_dir, data, out, training=training, dpo={"max_prompt_length": None}
+    )
+    ours = _alignkit_losses(cli, ("dpo", "--recipe", recipe), out)
+
+    set_seed(0)
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=DPOConfig(**_trl_kwargs(tmp_path / "trl-dpo"), beta=0.1),
+        train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
