@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from alignkit.launch import profiles
 from alignkit.launch.plan import PROFILES, LaunchOptions, plan_launch
@@ -387,3 +388,31 @@ def test_dry_run_text_names_the_profile_and_the_4bit_storage_dtype(cli):
     assert "fsdp-qlora: PyTorch FSDP2 over a 4-bit QLoRA base" in " ".join(result.stdout.split())
     assert "4-bit storage" in result.stdout
     assert "bfloat16 (the compute dtype, as sharding needs)" in " ".join(result.stdout.split())
+
+
+def _readme_scaling_commands() -> list[list[str]]:
+    """Every `$ alignkit ...` command of the README's "Scaling out" section, continuation lines joined."""
+    import re
+    import shlex
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    joined = re.sub(r"\\\n\s*", "", section)
+    commands = []
+    for line in joined.splitlines():
+        if line.startswith("$ alignkit "):
+            commands.append(shlex.split(line[2:].split("  #", 1)[0]))
+    return commands
+
+
+def test_readme_scaling_out_commands_are_valid(cli, gpus, tmp_path):
+    commands = _readme_scaling_commands()
+    assert {c[1] for c in commands} >= {"sft", "slurm", "dstack"}
+    for command in commands:
+        args = [a for a in command[1:] if a not in ("--submit", "--apply")]
+        if args[0] in ("slurm", "dstack"):
+            args += ["--output", str(tmp_path / f"{len(list(tmp_path.iterdir()))}.out")]
+        else:
+            args.append("--dry-run")
+        result = cli(*args)
+        assert result.exit_code == 0, f"{' '.join(command)}\n{result.output}"
