@@ -173,13 +173,16 @@ def plan_pipeline(
     qlora: bool = False,
     overrides: list[str] | tuple[str, ...] = (),
     output_root: str | Path | None = None,
+    mirrors: dict[str, str] | None = None,
 ) -> list[PlannedStage]:
     """Resolve every stage of `name`'s pipeline, wire each `from` to the earlier stage's output, mark finished.
 
     With `output_root`, stage S writes to `output_root/S`; otherwise each stage keeps its recipe's own
     output_dir (by default outputs/<recipe>-<method>, the folder a stand-alone run of that stage uses, so
     stages run by hand count as finished), except a base-recipe stage run under a variant name, which writes
-    to outputs/<variant name>-<method> so it never mistakes the base pipeline's run for its own.
+    to outputs/<variant name>-<method> so it never mistakes the base pipeline's run for its own. `mirrors`
+    (Hub id -> local path) reaches every stage's own file, before the `from` wiring; None reads
+    ALIGNKIT_MIRRORS.
 
     Raises:
         UserError: a bad pipeline, an override for an unknown stage, or any stage's recipe problems.
@@ -201,7 +204,7 @@ def plan_pipeline(
             sets.append(f"training.output_dir=outputs/{name.replace(':', '-')}-{stage.method}")
         # Stage overrides last, so an explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins.
         sets += stage_sets.get(stage.name, [])
-        resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets)
+        resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets, mirrors=mirrors)
         planned[stage.name] = PlannedStage(
             name=stage.name,
             method=stage.method,

@@ -1,8 +1,10 @@
 """From `--recipe NAME|PATH` plus flags to one validated recipe.
 
 The order is fixed and documented: read the file (native, or a flat handbook/TRL config converted with a
-notice per changed key), apply `--qlora`, then every `--set` (so an explicit override beats the QLoRA
-defaults), then `--output-dir`, then validate once. Nothing here touches the disk beyond reading.
+notice per changed key), replace mirrored Hub ids by their local stand-ins (`--mirror`, or the file
+ALIGNKIT_MIRRORS names; see alignkit.recipe.mirrors), apply `--qlora`, then every `--set` (so an explicit
+override beats the mirrors and the QLoRA defaults), then `--output-dir`, then validate once. Nothing here
+touches the disk beyond reading.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from alignkit import registry
 from alignkit.errors import Problem, UserError
 from alignkit.methods import METHODS
 from alignkit.recipe import handbook
+from alignkit.recipe.mirrors import apply_mirrors, mirrors_from_env
 from alignkit.recipe.overrides import apply_overrides, parse_overrides
 from alignkit.recipe.problems import METHOD_SECTIONS, problems_from_validation
 from alignkit.recipe.qlora import apply_qlora
@@ -34,6 +37,8 @@ class ResolvedRecipe:
     source: Path
     recipe: _RecipeBase
     notices: list[str] = field(default_factory=list)
+    mirrored: frozenset[str] = frozenset()
+    """The mirror entries that matched a field of the file (callers report the unused ones)."""
 
     @property
     def output_dir(self) -> Path:
@@ -76,8 +81,12 @@ def resolve_recipe(
     qlora: bool = False,
     overrides: list[str] | tuple[str, ...] = (),
     output_dir: str | None = None,
+    mirrors: dict[str, str] | None = None,
 ) -> ResolvedRecipe:
     """Resolve and validate a recipe for `method`.
+
+    `mirrors` maps Hub ids to local paths (alignkit.recipe.mirrors); None reads ALIGNKIT_MIRRORS, {} applies
+    none.
 
     Raises:
         UserError: listing every problem found in the file, the flags and the overrides.
@@ -94,6 +103,10 @@ def resolve_recipe(
         notices += [f"  {line}" for line in converted.notices]
     else:
         _refuse_other_method(raw, method, source)
+    if mirrors is None:
+        mirrors = mirrors_from_env() or {}
+    raw, applied = apply_mirrors(raw, mirrors)
+    notices += [a.notice for a in applied]
     if qlora:
         raw, qlora_notices = apply_qlora(raw, method)
         notices += qlora_notices
@@ -112,7 +125,14 @@ def resolve_recipe(
             err, recipe_model, source=source, method=method, overrides=set_by, origins=origins
         )
         raise UserError(problems) from None
-    return ResolvedRecipe(method=method, name=name, source=path, recipe=recipe, notices=notices)
+    return ResolvedRecipe(
+        method=method,
+        name=name,
+        source=path,
+        recipe=recipe,
+        notices=notices,
+        mirrored=frozenset(a.key for a in applied),
+    )
 
 
 def _refuse_other_method(raw: dict[str, Any], method: str, source: str) -> None:
