@@ -133,7 +133,8 @@ def tokenize_with_masks(tokenizer, rendered: list[Rendered]) -> tuple[list[list[
     """Token ids of each rendered example and, per token, 1 when it carries the loss.
 
     A token carries the loss when it starts inside a span; special tokens the tokenizer adds itself (a BOS)
-    have empty offsets at 0 and never do.
+    cover no characters and never do. Spans are mapped through the tokenizer's character-to-token index,
+    a few lookups per span rather than a pass over every token's offsets.
     """
     ids_out: list[list[int]] = [[] for _ in rendered]
     masks_out: list[list[int]] = [[] for _ in rendered]
@@ -142,32 +143,53 @@ def tokenize_with_masks(tokenizer, rendered: list[Rendered]) -> tuple[list[list[
         if not positions:
             continue
         texts = [rendered[i].text for i in positions]
-        if getattr(tokenizer, "is_fast", False):
-            encoded = tokenizer(texts, add_special_tokens=add_special, return_offsets_mapping=True)
-            for i, ids, offsets in zip(positions, encoded["input_ids"], encoded["offset_mapping"], strict=True):
-                ids_out[i] = list(ids)
-                masks_out[i] = _mask_from_offsets(offsets, rendered[i].spans)
-        else:
+        encodings = _encodings(tokenizer, texts, add_special)
+        if encodings is None:
             for i in positions:
                 ids_out[i], masks_out[i] = _piecewise(tokenizer, rendered[i], add_special)
+            continue
+        for i, encoding in zip(positions, encodings, strict=True):
+            ids_out[i] = encoding.ids
+            masks_out[i] = _mask_from_encoding(encoding, rendered[i].spans, len(rendered[i].text))
     return ids_out, masks_out
 
 
-def _mask_from_offsets(offsets, spans: list[Span]) -> list[int]:
-    mask = [0] * len(offsets)
-    if not spans:
-        return mask
-    span_index = 0
-    for position, (start, end) in enumerate(offsets):
-        if end == start == 0 and position == 0:
-            continue  # a special token the tokenizer added in front
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index == len(spans):
-            break
-        if spans[span_index][0] <= start:
-            mask[position] = 1
+def _encodings(tokenizer, texts: list[str], add_special: bool):
+    """`tokenizers` Encodings of the texts, or None for a slow (Python) tokenizer."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # The Rust tokenizer directly skips transformers' per-row conversion to Python lists, which costs as
+    # much as the encoding itself; only when no truncation or padding is configured on it.
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return backend.encode_batch(texts, add_special_tokens=add_special)
+    return tokenizer(texts, add_special_tokens=add_special).encodings
+
+
+def _mask_from_encoding(encoding, spans: list[Span], text_length: int) -> list[int]:
+    count = len(encoding.ids)
+    mask = [0] * count
+    for start, end in spans:
+        first = _first_token_from(encoding, start, end, count)
+        if first is None:
+            continue
+        after = _first_token_from(encoding, end, text_length, count)
+        after = count if after is None else after
+        if after > first:
+            mask[first:after] = [1] * (after - first)
     return mask
+
+
+def _first_token_from(encoding, char: int, limit: int, count: int) -> int | None:
+    """Index of the first token that starts at or after `char` (looking no further than `limit`)."""
+    for position in range(char, limit):
+        token = encoding.char_to_token(position)
+        if token is None:
+            continue  # a character no token covers (stripped whitespace)
+        if encoding.token_to_chars(token)[0] >= char:
+            return token
+        return token + 1 if token + 1 < count else None  # the token straddles `char`: the next one starts after
+    return None
 
 
 def _piecewise(tokenizer, rendered: Rendered, add_special: bool) -> tuple[list[int], list[int]]:

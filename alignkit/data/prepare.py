@@ -157,19 +157,17 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
             f"decontamination ignores {benchmarks.skipped_short} benchmark strings shorter than 3 words"
         )
     preprocessor = Preprocessor.for_recipe(recipe, method, tokenizer)
-    train_parts, test_parts = [], []
+    parts: list[tuple[int, _Processed]] = []
     for index, source in enumerate(data.datasets):
         dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
-        source_report, train_part, test_part = _process_source(
+        source_report, processed = _process_source(
             source, index, dataset, method, recipe, preprocessor, benchmarks, key
         )
+        if processed is not None:
+            parts.append((len(report.sources), processed))
         report.sources.append(source_report)
-        if train_part is not None:
-            train_parts.append(train_part)
-        if test_part is not None:
-            test_parts.append(test_part)
-    train, test = _pool(recipe, train_parts, test_parts, report)
-    _finish_report(report, train, test, method)
+    train, test, meta = _pool(recipe, parts, report)
+    _finish_report(report, train, test, method, meta)
     # The method's columns only, always in the same order (datasets keeps updated columns where they were).
     columns = OUTPUT_COLUMNS[method]
     train = train.select_columns(columns)
@@ -177,6 +175,19 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         test = test.select_columns(columns)
     train, test = cache.store(key, train, test, report.to_dict(), num_proc=data.num_proc)
     return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
+
+
+@dataclass
+class _Processed:
+    """One source after preprocessing: its rows, their outcomes, and which positions feed train and test."""
+
+    dataset: Any
+    """The preprocessing output (no indices mapping), method columns only."""
+    meta: dict[str, Any]
+    """numpy arrays per processed row: _length, _cut, and _source (the source's position in the report)."""
+    train: Any
+    """Positions into `dataset` for the training set (repeated for oversampled rows), dropped rows left out."""
+    test: Any
 
 
 def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key):
@@ -206,55 +217,71 @@ def _process_source(source, index, dataset, method, recipe, preprocessor, benchm
     if source.role in ("train", "both"):
         clean = np.arange(rows_in)
         if benchmarks:
-            flags = dataset.map(
+            flagged = dataset.map(
                 _Contaminated(benchmarks, detected.columns),
                 batched=True,
                 num_proc=_workers(data.num_proc, rows_in),
                 remove_columns=dataset.column_names,
                 new_fingerprint=f"{key}-decon-{index}",
                 desc=f"Decontaminating {source.path}",
-            )["_contaminated"]
-            clean = np.flatnonzero(~np.asarray(flags, dtype=bool))
+            )
+            clean = np.flatnonzero(~_flat_column(flagged, "_contaminated").astype(bool))
             report.decontaminated = rows_in - len(clean)
         picked = mixture.weighted_indices(len(clean), source.weight, seed)
         train_idx = clean[np.asarray(picked, dtype=np.int64)] if picked else train_idx
     if source.role in ("test", "both"):
         test_idx = np.asarray(mixture.weighted_indices(rows_in, source.weight, seed + 1), dtype=np.int64)
     unique = np.unique(np.concatenate([train_idx, test_idx]))
+    report.loss = preprocessor.loss_description(detected)
     if len(unique) == 0:
-        return report, None, None
-    subset = dataset.select(unique)
+        return report, None
+    # Each picked row is processed once, however many copies oversampling takes of it.
+    subset = dataset.select(unique) if len(unique) < rows_in else dataset
     try:
         processed = subset.map(
-            preprocessor.bound(index, detected),
+            preprocessor.bound(detected),
             batched=True,
             batch_size=256,
             with_indices=True,
             num_proc=_workers(data.num_proc, len(unique)),
             remove_columns=subset.column_names,
+            features=_features(method),
             new_fingerprint=f"{key}-prep-{index}",
             desc=f"Preparing {source.path} ({detected.format})",
         )
     except _RowFailure as err:
         position, message = err.args
         raise sources.problem(source, index, f"row {int(unique[position])}: {message}") from None
-    drops = _column(processed, "_drop")
-    report.loss = preprocessor.loss_description(detected)
+    meta = {name: _flat_column(processed, name) for name in ("_length", "_drop", "_cut")}
+    drops = meta.pop("_drop")
 
-    def part(indices):
-        if len(indices) == 0:
-            return None, 0
+    def kept(indices):
         positions = np.searchsorted(unique, indices)
-        kept = positions[drops[positions] == KEEP]
-        return processed.select(kept), len(positions) - len(kept)
+        return positions[drops[positions] == KEEP], len(positions)
 
-    train_part, train_dropped = part(train_idx)
-    test_part, test_dropped = part(test_idx)
-    report.dropped = train_dropped + test_dropped
-    report.train_rows = len(train_part) if train_part is not None else 0
-    report.test_rows = len(test_part) if test_part is not None else 0
+    train_positions, train_picked = kept(train_idx)
+    test_positions, test_picked = kept(test_idx)
+    report.dropped = train_picked - len(train_positions) + test_picked - len(test_positions)
+    report.train_rows, report.test_rows = len(train_positions), len(test_positions)
     report.rows_out = report.train_rows + report.test_rows
-    return report, train_part, test_part
+    return report, _Processed(
+        dataset=processed.remove_columns([c for c in _META if c in processed.column_names]),
+        meta=meta,
+        train=train_positions,
+        test=test_positions,
+    )
+
+
+def _features(method: str):
+    """Compact column types: token ids fit int32 and masks int8 (half and an eighth of the default int64)."""
+    from datasets import Features, List, Value
+
+    meta = {"_length": Value("int32"), "_drop": Value("int8"), "_cut": Value("bool")}
+    if method == "sft":
+        columns = {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int8"))}
+    else:
+        columns = {name: Value("string") for name in OUTPUT_COLUMNS[method]}
+    return Features({**columns, **meta})
 
 
 def _workers(num_proc: int | None, rows: int) -> int | None:
@@ -264,48 +291,47 @@ def _workers(num_proc: int | None, rows: int) -> int | None:
     return num_proc
 
 
-def _pool(recipe, train_parts, test_parts, report: DataReport):
+def _pool(recipe, parts: list[tuple[int, _Processed]], report: DataReport):
+    """Pool the sources, shuffle, split; returns (train, test, per-train-row meta arrays)."""
+    import numpy as np
     from datasets import concatenate_datasets
 
     data = recipe.data
-    if not train_parts:
+    if not parts or not any(len(p.train) for _, p in parts):
         raise _empty("train", report)
-    train = concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
-    train = train.shuffle(seed=data.seed)
-    test = None
-    if test_parts:
-        test = concatenate_datasets(test_parts) if len(test_parts) > 1 else test_parts[0]
+    offsets = np.cumsum([0] + [len(p.dataset) for _, p in parts])
+    pooled = concatenate_datasets([p.dataset for _, p in parts]) if len(parts) > 1 else parts[0][1].dataset
+    meta = {name: np.concatenate([p.meta[name] for _, p in parts]) for name in ("_length", "_cut")}
+    meta["_source"] = np.concatenate([np.full(len(p.dataset), position) for position, p in parts])
+    train_idx = np.concatenate([p.train + offset for (_, p), offset in zip(parts, offsets, strict=False)])
+    test_idx = np.concatenate([p.test + offset for (_, p), offset in zip(parts, offsets, strict=False)])
+    train_idx = train_idx[np.random.default_rng(data.seed).permutation(len(train_idx))]
+    if len(test_idx):
         if data.test_split_size:
             report.notices.append("test_split_size is ignored: the sources with role test (or both) are the test set")
     elif any(s.role in ("test", "both") for s in data.datasets):
         raise _empty("test", report)
     elif data.test_split_size:
-        n_test = mixture.test_rows(len(train), data.test_split_size)
-        if n_test >= len(train) or n_test == 0:
+        n_test = mixture.test_rows(len(train_idx), data.test_split_size)
+        if n_test >= len(train_idx) or n_test == 0:
             raise UserError(
                 Problem(
                     source="recipe",
                     path="data.test_split_size",
-                    message=f"{data.test_split_size:g} of {len(train)} pooled rows gives {n_test} test rows, leaving"
-                    f" {len(train) - n_test} to train on; use a smaller fraction or count",
+                    message=f"{data.test_split_size:g} of {len(train_idx)} pooled rows gives {n_test} test rows,"
+                    f" leaving {len(train_idx) - n_test} to train on; use a smaller fraction or count",
                 )
             )
-        split = train.train_test_split(test_size=n_test, seed=data.seed, shuffle=False)
-        train, test = split["train"], split["test"]
-        _recount_sources(report, train, test)
-    if len(train) == 0:
-        raise _empty("train", report)
-    return train, test
-
-
-def _recount_sources(report: DataReport, train, test) -> None:
-    import numpy as np
-
-    size = len(report.sources)
-    train_counts = np.bincount(_column(train, "_source").astype(np.int64), minlength=size)
-    test_counts = np.bincount(_column(test, "_source").astype(np.int64), minlength=size)
-    for position, source in enumerate(report.sources):
-        source.train_rows, source.test_rows = int(train_counts[position]), int(test_counts[position])
+        # The shuffled pool's last rows become the test set.
+        train_idx, test_idx = train_idx[: len(train_idx) - n_test], train_idx[len(train_idx) - n_test :]
+        size = len(report.sources)
+        train_counts = np.bincount(meta["_source"][train_idx], minlength=size)
+        test_counts = np.bincount(meta["_source"][test_idx], minlength=size)
+        for position, source in enumerate(report.sources):
+            source.train_rows, source.test_rows = int(train_counts[position]), int(test_counts[position])
+    train = pooled.select(train_idx)
+    test = pooled.select(test_idx) if len(test_idx) else None
+    return train, test, {name: values[train_idx] for name, values in meta.items()}
 
 
 def _empty(which: str, report: DataReport) -> UserError:
@@ -324,17 +350,15 @@ def _empty(which: str, report: DataReport) -> UserError:
     )
 
 
-def _finish_report(report: DataReport, train, test, method: str) -> None:
-    import numpy as np
-
+def _finish_report(report: DataReport, train, test, method: str, meta: dict[str, Any]) -> None:
     report.train_rows = len(train)
     report.test_rows = len(test) if test is not None else 0
-    lengths = _column(train, "_length") if len(train) else np.zeros(0, dtype=np.int64)
+    lengths = meta["_length"]
     report.train_lengths = LengthStats.of(lengths)
     if report.max_length:
-        report.truncated = int((np.asarray(lengths) > report.max_length).sum())
-    if method in ("dpo", "orpo") and len(train):
-        report.prompt_truncated = int(_column(train, "_cut").astype(bool).sum())
+        report.truncated = int((lengths > report.max_length).sum())
+    if method in ("dpo", "orpo"):
+        report.prompt_truncated = int(meta["_cut"].astype(bool).sum())
     if report.truncated:
         what = "cut to it" if method == "sft" else "cut by the trainer"
         report.notices.append(f"{report.truncated} of {report.train_rows} training rows exceed max_length ({what})")
@@ -344,11 +368,9 @@ def _finish_report(report: DataReport, train, test, method: str) -> None:
     report.loss = "; ".join(loss)
 
 
-def _column(dataset, name: str):
-    """One scalar column as a numpy array (through the indices mapping, without Python lists)."""
-    import numpy as np
-
-    return np.asarray(dataset.with_format("numpy", columns=[name])[name])
+def _flat_column(dataset, name: str):
+    """One scalar column of a dataset without an indices mapping, as a numpy array (no Python lists)."""
+    return dataset.data.column(name).to_numpy()
 
 
 class _Contaminated:
@@ -395,8 +417,8 @@ class Preprocessor:
             recipe.cpt.text_column if method == "cpt" else "text",
         )
 
-    def bound(self, source_index: int, detected: formats.Detected) -> _Bound:
-        return _Bound(self, source_index, detected)
+    def bound(self, detected: formats.Detected) -> _Bound:
+        return _Bound(self, detected)
 
     def loss_description(self, detected: formats.Detected) -> str:
         shape = detected.shape
@@ -418,11 +440,10 @@ class Preprocessor:
 
 
 class _Bound:
-    """The preprocessor for one source (its index goes into the `_source` column)."""
+    """The preprocessor for one source, whose format is known."""
 
-    def __init__(self, pre: Preprocessor, source_index: int, detected: formats.Detected):
+    def __init__(self, pre: Preprocessor, detected: formats.Detected):
         self.pre = pre
-        self.source_index = source_index
         self.detected = detected
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -437,7 +458,6 @@ class _Bound:
             out = self._sft(rows, detected, indices)
         else:
             out = self._pairs(rows, detected, indices)
-        out["_source"] = [self.source_index] * size
         return out
 
     def _cpt(self, rows, detected) -> dict[str, list]:
