@@ -36,7 +36,7 @@ def write(tmp_path, rows, name="rows.jsonl"):
     return path
 
 
-def run(path, chat_template=None, **data):
+def run(path, chat_template=None, sft=None, **data):
     recipe = METHODS["sft"].recipe.model_validate(
         {
             "model": {"name_or_path": "tiny"},
@@ -45,7 +45,7 @@ def run(path, chat_template=None, **data):
                 "chat_template": chat_template,
                 **data,
             },
-            "sft": {"assistant_only_loss": True},
+            "sft": {"assistant_only_loss": True, **(sft or {})},
         }
     )
     tokenizer = build_tokenizer()
@@ -71,10 +71,15 @@ def test_second_run_reads_the_cache(tmp_path, monkeypatch):
     assert second.report.fingerprint == first.report.fingerprint
 
 
-@pytest.mark.parametrize(
-    "change",
-    ["file", "weight", "template", "seed"],
-)
+def test_settings_that_do_not_change_rows_keep_the_cache(tmp_path):
+    path = write(tmp_path, chats(6))
+    first = run(path)
+    second = run(path, num_proc=2, sft={"packing": True, "padding_free": True})
+    assert second.report.cached is True
+    assert second.report.fingerprint == first.report.fingerprint
+
+
+@pytest.mark.parametrize("change", ["file", "weight", "template", "seed", "max_length", "assistant_only"])
 def test_what_changes_the_rows_misses_the_cache(tmp_path, change):
     path = write(tmp_path, chats(10))
     first = run(path)
@@ -85,8 +90,12 @@ def test_what_changes_the_rows_misses_the_cache(tmp_path, change):
         kwargs["source"] = {"weight": 0.5}
     elif change == "template":
         kwargs["chat_template"] = "zephyr"
-    else:
+    elif change == "seed":
         kwargs["seed"] = 1
+    elif change == "max_length":
+        kwargs["sft"] = {"max_length": 20}
+    else:
+        kwargs["sft"] = {"assistant_only_loss": False}
     second = run(path, **kwargs)
     assert second.report.cached is False
     assert second.report.fingerprint != first.report.fingerprint
@@ -108,3 +117,14 @@ def test_two_workers_give_the_same_rows_as_one(tmp_path, monkeypatch):
     assert two.report.cached is False
     assert two.train["input_ids"] == one.train["input_ids"]
     assert two.train["assistant_masks"] == one.train["assistant_masks"]
+
+
+def test_a_bad_row_is_named_by_its_place_in_the_source_with_workers(tmp_path):
+    from alignkit.errors import UserError
+
+    rows = chats(1100)
+    rows[1050] = {"messages": [{"role": "user"}]}
+    path = write(tmp_path, rows)
+    with pytest.raises(UserError) as err:
+        run(path, num_proc=2)
+    assert str(err.value) == f"{path}: data.datasets.0: row 1050: messages[0] needs role and content (found ['role'])"

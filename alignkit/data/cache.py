@@ -73,7 +73,7 @@ def load(key: str):
     return train, test, report
 
 
-def store(key: str, train, test, report: dict[str, Any], num_proc: int | None = None):
+def store(key: str, train, test, report: dict[str, Any]):
     """Write an entry and return it re-opened from disk (memory-mapped), or the inputs when caching is off."""
     folder = entry(key)
     if folder is None:
@@ -81,7 +81,8 @@ def store(key: str, train, test, report: dict[str, Any], num_proc: int | None = 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        train.save_to_disk(str(staging / "train"), num_proc=num_proc if num_proc and num_proc > 1 else None)
+        # One writer: datasets' parallel save spawns fresh interpreters, which costs more than it saves here.
+        train.save_to_disk(str(staging / "train"))
         if test is not None:
             test.save_to_disk(str(staging / "test"))
         (staging / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -35,6 +35,15 @@ from alignkit.errors import Problem, UserError
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes of preprocessing (the `_drop` column)."""
 _META = ["_length", "_drop", "_cut", "_source"]
+# The method-section fields that change the prepared rows (beta or loss_type do not: no cache miss for them).
+_DATA_FIELDS = (
+    "text_column",
+    "max_length",
+    "max_prompt_length",
+    "assistant_only_loss",
+    "completion_only_loss",
+    "eos_token",
+)
 OUTPUT_COLUMNS = {
     "cpt": ["text"],
     "sft": ["input_ids", "assistant_masks"],
@@ -133,10 +142,10 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         {
             "method": method,
             "data": data.model_dump(mode="json", exclude={"num_proc"}),
-            "section": section.model_dump(mode="json"),
+            "section": {name: getattr(section, name) for name in _DATA_FIELDS if hasattr(section, name)},
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "sources": signatures,
-            "benchmarks": [sources.signature(type("B", (), {"path": p})) for p in data.decontaminate],
+            "benchmarks": [sources.path_signature(p) for p in data.decontaminate],
         }
     )
     hit = cache.load(key)
@@ -173,7 +182,7 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
     train = train.select_columns(columns)
     if test is not None:
         test = test.select_columns(columns)
-    train, test = cache.store(key, train, test, report.to_dict(), num_proc=data.num_proc)
+    train, test = cache.store(key, train, test, report.to_dict())
     return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
 
 

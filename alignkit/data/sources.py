@@ -71,7 +71,12 @@ def looks_local(path: str) -> bool:
 
 def signature(source) -> dict[str, Any] | None:
     """A cheap content signature of a local source (paths, sizes, modification times); None for Hub ids."""
-    path = Path(source.path).expanduser()
+    return path_signature(source.path)
+
+
+def path_signature(name: str) -> dict[str, Any] | None:
+    """Path, size and modification time of a local file, or of every file under a folder; None if missing."""
+    path = Path(name).expanduser()
     if not path.exists():
         return None
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
