@@ -128,3 +128,48 @@ def test_a_bad_row_is_named_by_its_place_in_the_source_with_workers(tmp_path):
     with pytest.raises(UserError) as err:
         run(path, num_proc=2)
     assert str(err.value) == f"{path}: data.datasets.0: row 1050: messages[0] needs role and content (found ['role'])"
+
+
+class _FakeState:
+    """Stands in for accelerate's PartialState on one rank, recording the order of work and barriers."""
+
+    def __init__(self, rank: int, local_rank: int, log: list[str]):
+        self.is_main_process = rank == 0
+        self.is_local_main_process = local_rank == 0
+        self.log = log
+
+    def wait_for_everyone(self):
+        self.log.append("barrier")
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "expected"),
+    [
+        (0, 0, ["work", "barrier", "barrier"]),  # the global main prepares first, then releases the rest
+        (1, 0, ["barrier", "work", "barrier"]),  # another node's main: after the global main, before its node
+        (3, 1, ["barrier", "barrier", "work"]),  # everyone else reads the cache last
+    ],
+)
+def test_main_process_prepares_first(monkeypatch, rank, local_rank, expected):
+    import accelerate
+
+    log: list[str] = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(rank, local_rank, log))
+    assert prepare_module._main_process_first(lambda: log.append("work") or "done") == "done"
+    assert log == expected
+
+
+def test_a_failing_main_process_still_releases_the_others(monkeypatch):
+    import accelerate
+
+    log: list[str] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(0, 0, log))
+
+    def fail():
+        raise ValueError("bad data")
+
+    with pytest.raises(ValueError, match="bad data"):
+        prepare_module._main_process_first(fail)
+    assert log == ["barrier", "barrier"]

@@ -14,6 +14,7 @@ Output columns (what TRL 1.16 takes without re-tokenizing):
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from alignkit.data.preference import TrainerTokens, render_pair
 from alignkit.data.report import DataReport, LengthStats, SourceReport
 from alignkit.data.templates import TemplateRowError, adds_bos_on_encode, ensure_chat_template
 from alignkit.errors import Problem, UserError
+
+logger = logging.getLogger("alignkit.data")
 
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes of preprocessing (the `_drop` column)."""
@@ -75,7 +78,12 @@ def prepare_data(recipe, method: str, tokenizer) -> PreparedData:
     """
     if method != "cpt" and ensure_chat_template(tokenizer, recipe):
         raise RuntimeError("call ensure_chat_template(tokenizer, recipe) before loading the model: it adds tokens")
-    return _main_process_first(lambda: _prepare(recipe, method, tokenizer))
+    prepared = _main_process_first(lambda: _prepare(recipe, method, tokenizer))
+    origin = "from the cache" if prepared.report.cached else "prepared"
+    logger.info("%s data %s (fingerprint %s)", method, origin, prepared.report.fingerprint)
+    for line in prepared.notices:
+        logger.info(line)
+    return prepared
 
 
 def _main_process_first(work):

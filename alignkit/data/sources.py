@@ -191,7 +191,7 @@ def _load_folder(source, index: int, path: Path, cache_dir: str | None):
             f"folder {path} holds no data files ({', '.join(sorted(BUILDERS))}) and is not a save_to_disk folder",
         )
     try:
-        return load_dataset(str(path), split=source.split, cache_dir=cache_dir)
+        return load_dataset(str(path), source.name, split=source.split, cache_dir=cache_dir)
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise problem(source, index, f"split {source.split!r} has no rows") from None
