@@ -195,6 +195,9 @@ def _print_notices(notices: list[str]) -> None:
         typer.echo(f"note: {notice}", err=True)
 
 
+_MIRROR_HELP = "YAML file mapping Hub ids to local paths (models, tokenizers, datasets); default: $ALIGNKIT_MIRRORS."
+
+
 def _make_method_command(method: str):
     spec = METHODS[method]
 
@@ -208,6 +211,7 @@ def _make_method_command(method: str):
             list[str] | None,
             typer.Option("--set", "-s", help="Override a field: --set training.learning_rate=3e-7 (repeatable)."),
         ] = None,
+        mirror: Annotated[str | None, typer.Option("--mirror", help=_MIRROR_HELP)] = None,
         output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Where the run writes.")] = None,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Validate and print the recipe and launch plan; load nothing.")
@@ -231,12 +235,17 @@ def _make_method_command(method: str):
         main_process_port: Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")] = 29500,
     ) -> None:
         from alignkit.launch.plan import LaunchOptions, plan_launch
+        from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
         from alignkit.recipe.resolve import resolve_recipe
 
         with _reported():
             if as_json and not dry_run:
                 raise UserError("--json needs --dry-run", source="--json")
-            resolved = resolve_recipe(method, recipe, qlora=qlora, overrides=overrides or (), output_dir=output_dir)
+            mirrors = selected_mirrors(mirror)
+            resolved = resolve_recipe(
+                method, recipe, qlora=qlora, overrides=overrides or (), output_dir=output_dir, mirrors=mirrors or {}
+            )
+            resolved = with_unused_notices(resolved, mirrors)
             options = LaunchOptions(
                 launch=launch,
                 num_processes=num_processes,
@@ -264,6 +273,83 @@ def _make_method_command(method: str):
 
 for _name in METHODS:
     app.command(_name)(_make_method_command(_name))
+
+
+@app.command("run")
+def run_pipeline(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="A recipe family with stages (pipeline.yaml).")],
+    qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base + LoRA in every stage.")] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a field in every stage, or one: --set dpo:dpo.beta=0.1."),
+    ] = None,
+    mirror: Annotated[str | None, typer.Option("--mirror", help=_MIRROR_HELP)] = None,
+    output_dir: Annotated[
+        str | None, typer.Option("--output-dir", "-o", help="Root folder: stage S writes to DIR/S.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate every stage and print the stage table; load nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print one JSON document.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Retrain every stage, replacing finished runs.")
+    ] = False,
+    launch: Annotated[
+        str | None, typer.Option("--launch", help="Launch profile for every stage (default: each recipe's).")
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option("--num-processes", help="Processes per machine (default: visible GPUs).")
+    ] = None,
+    num_machines: Annotated[int | None, typer.Option("--num-machines", help="Machines (nodes).")] = None,
+    machine_rank: Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0-based.")] = 0,
+    main_process_ip: Annotated[
+        str | None, typer.Option("--main-process-ip", help="Address of machine 0 (multi-node).")
+    ] = None,
+    main_process_port: Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")] = 29500,
+) -> None:
+    """Run a recipe family's stages in order (e.g. sft then dpo from the sft output), skipping finished ones.
+
+    A rerun resumes at the first unfinished stage.
+
+    Examples:
+
+      [cyan]alignkit run --recipe zephyr-7b-beta --dry-run[/cyan]
+
+      [cyan]alignkit run --recipe zephyr-7b-beta:qlora --set dpo:dpo.beta=0.05 --output-dir runs/zephyr[/cyan]
+    """
+    from alignkit.launch.plan import LaunchOptions
+    from alignkit.pipeline_run import execute, plan_run, print_plan
+    from alignkit.recipe.mirrors import selected_mirrors
+
+    with _reported():
+        if as_json and not dry_run:
+            raise UserError("--json needs --dry-run", source="--json")
+        options = LaunchOptions(
+            launch=launch,
+            num_processes=num_processes,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            main_process_ip=main_process_ip,
+            main_process_port=main_process_port,
+        )
+        mirrors = selected_mirrors(mirror)
+        planned = plan_run(
+            recipe,
+            options,
+            qlora=qlora,
+            overrides=overrides or (),
+            output_root=output_dir,
+            mirrors=mirrors or {},
+            overwrite=overwrite,
+        )
+        if dry_run and as_json:
+            print_plan(planned, as_json=True, echo=typer.echo)
+            return
+        _print_notices(planned.notices)
+        if dry_run:
+            print_plan(planned, as_json=False, echo=typer.echo)
+            return
+        execute(planned, options, overwrite=overwrite, argv=["alignkit", *sys.argv[1:]], echo=typer.echo)
 
 
 def _print_dry_run(resolved, plan, as_json: bool) -> None:
@@ -442,6 +528,33 @@ def dstack(
         else:
             first = f"dstack apply -f {files.fleet} && " if files.fleet else ""
             typer.echo(f"run it with: {first}dstack apply -f {files.task}")
+
+
+@app.command("data")
+def data(
+    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name, recipe file, or handbook/TRL config.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a field (repeatable), as for training.")
+    ] = None,
+    show: Annotated[int, typer.Option("--show", help="Rendered examples to print, trained-on spans highlighted.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Load, mix, split and tokenize a recipe's data with its tokenizer only, and show what will be trained on.
+
+    Prints rows per source (found, kept, weight), train/test sizes, token lengths, rows over max_length and
+    examples with the tokens that carry the loss highlighted. Loads no weights; writes nothing to the output
+    directory (the prepared data is cached for the training run).
+
+    Example: [cyan]alignkit data sft --recipe my_sft.yaml --show 2[/cyan]
+    """
+    with _reported():
+        _check_method(method)
+        if show < 0:
+            raise UserError("--show takes a number of examples, 0 or more", source="--show")
+        from alignkit.data.show import run as show_data
+
+        show_data(method, recipe, tuple(overrides or ()), show, as_json)
 
 
 def main() -> None:

@@ -3,6 +3,10 @@ and settings, so the wrapper adds no hidden divergence.
 
 Each step's batch is the whole (small) dataset, which makes the loss independent of row order: the data
 layer may shuffle the mixture, TRL's sampler does its own, and the comparison still holds exactly.
+
+DPO is compared on plain-text pairs. For conversational pairs alignkit deliberately differs from TRL: it ends
+each rendered response at the end-of-turn token, where TRL's conversational path also trains on the
+newline the template writes after it (and TRL's plain-text path would then append a second end token).
 """
 
 from __future__ import annotations
@@ -55,14 +59,7 @@ def data(tmp_path):
     )
     _jsonl(
         folder / "dpo.jsonl",
-        [
-            {
-                "prompt": [{"role": "user", "content": q}],
-                "chosen": [{"role": "assistant", "content": a}],
-                "rejected": [{"role": "assistant", "content": "no bad wrong"}],
-            }
-            for q, a in CHAT
-        ],
+        [{"prompt": f"question: {q} answer:", "chosen": f" {a}", "rejected": " no bad wrong"} for q, a in CHAT],
     )
     return folder
 

@@ -8,6 +8,7 @@ ever loaded: TRL uses the base with adapters disabled (or a frozen copy of a sta
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,9 @@ def load_model(recipe: _RecipeBase, hardware: Hardware, tokenizer, *, new_tokens
     }
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = _kbit_device_map(hardware)
+        device_map = _kbit_device_map(hardware)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
     source = base or spec.name_or_path
     try:
         model = AutoModelForCausalLM.from_pretrained(source, revision="main" if base else spec.revision, **kwargs)
@@ -188,7 +191,14 @@ def _attach_adapter(model, spec, peft_config):
     return adapted, None, notices
 
 
-def _kbit_device_map(hardware: Hardware) -> dict[str, Any]:
+def _kbit_device_map(hardware: Hardware) -> dict[str, Any] | None:
+    """Where each process puts its quantized copy; None when a sharding engine places the weights itself."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    # The TRL config, built first, has registered the launcher's DeepSpeed config by now.
+    sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or is_deepspeed_zero3_enabled()
+    if sharded:
+        return None  # ZeRO-3 and FSDP shard the (4-bit) weights across ranks; a device map would pin them whole
     if hardware.device != "cuda":
         return {"": "cpu"}
     from accelerate import PartialState
