@@ -140,12 +140,13 @@ def apply_mirrors(raw: dict[str, Any], mirrors: dict[str, str]) -> tuple[dict[st
 
 
 def unused_notices(mirrors: dict[str, str], used: set[str] | frozenset[str]) -> list[str]:
-    """One notice per mirror entry that matched nothing in the recipes resolved (a typo, or another recipe's)."""
-    return [
-        f"mirror: {key} matches no model, tokenizer or dataset of this recipe; entry unused"
-        for key in mirrors
-        if key not in used
-    ]
+    """A notice naming the mirror entries that matched nothing in the recipes resolved (typos, or other recipes')."""
+    unused = [key for key in mirrors if key not in used]
+    if not unused:
+        return []
+    entries = "entry" if len(unused) == 1 else "entries"
+    what = "no model, tokenizer or dataset this run loads"
+    return [f"mirror: {len(unused)} {entries} unused ({what}): {', '.join(unused)}"]
 
 
 def selected_mirrors(flag: str | None) -> dict[str, str] | None:

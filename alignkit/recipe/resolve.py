@@ -106,11 +106,13 @@ def resolve_recipe(
     if mirrors is None:
         mirrors = mirrors_from_env() or {}
     raw, applied = apply_mirrors(raw, mirrors)
-    notices += [a.notice for a in applied]
     if qlora:
         raw, qlora_notices = apply_qlora(raw, method)
         notices += qlora_notices
     parsed = parse_overrides(list(overrides))
+    # A field that --set replaces anyway (a pipeline's `from` wiring) did not use its mirror.
+    applied = [a for a in applied if not any(a.field == o.path or a.field.startswith(f"{o.path}.") for o in parsed)]
+    notices += [a.notice for a in applied]
     raw = apply_overrides(raw, parsed)
     set_by = {o.path: o.text for o in parsed}
     if output_dir is not None:
