@@ -92,6 +92,7 @@ def main() -> None:
         sample = [m["content"] for row in synthetic_chats(5000, seed=1) for m in row["messages"]]
         tokenizer = bpe_tokenizer(sample)
         results = []
+        load_before = f"{os.getloadavg()[0]:.2f}"
         for label, num_proc, assistant_only, cache in (
             ("assistant-only masks, 1 worker", 1, True, root / "cache-1"),
             ("assistant-only masks, 2 workers", 2, True, root / "cache-2"),
@@ -106,11 +107,13 @@ def main() -> None:
         first = results[0][1]
         lengths = results[0][2].train_lengths
         print(f"rows: {args.rows}, tokens per row: mean {lengths.mean}, max {lengths.max}, total {lengths.total}")
+        print(f"load average before/after: {load_before} / {os.getloadavg()[0]:.2f}")
         print("| run | wall time | rows/s |")
         print("|---|---|---|")
         for label, seconds, _ in results:
             print(f"| {label} | {seconds:.1f} s | {args.rows / seconds:,.0f} |")
-        print(f"| second run, cached (assistant-only, 1 worker) | {cached:.2f} s | {cached / first:.1%} of the first |")
+        share = f"{cached / first:.2%} of the first"
+        print(f"| second run, cached (assistant-only, 1 worker) | {cached * 1000:.0f} ms | {share} |")
 
 
 if __name__ == "__main__":
