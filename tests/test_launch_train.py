@@ -329,3 +329,36 @@ def test_qlora_under_zero3_shards_a_4bit_base_stored_in_the_compute_dtype(tiny_s
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all(t.numel() > 0 for t in adapter.values())  # gathered, not ZeRO-3 shards
     assert {str(t.dtype) for t in adapter.values()} == {"torch.bfloat16"}  # the adapters share the storage dtype
+
+
+def test_two_machines_on_one_host_rendezvous_through_the_multi_node_flags(
+    tiny_sft_recipe, tiny_model_dir, one_process_steps, tmp_path
+):
+    # Two `alignkit` commands, one per "machine", as a user runs them on two nodes without a shared disk.
+    port = str(_free_port())
+    common = ("sft", "--recipe", str(tiny_sft_recipe), "--launch", "ddp", "--num-machines", "2", "--num-processes", "1")
+    flags = ("--main-process-ip", "127.0.0.1", "--main-process-port", port)
+    started = time.perf_counter()
+
+    def start_machine(rank: int) -> subprocess.Popen:
+        argv = [*common, "--machine-rank", str(rank), "--output-dir", str(tmp_path / f"node{rank}"), *flags]
+        return subprocess.Popen(
+            [sys.executable, "-m", "alignkit", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    machines = [start_machine(0), start_machine(1)]
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    print(f"ddp, 2 machines x 1 CPU process on one host: {time.perf_counter() - started:.1f} s")
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    assert _steps(node0) * 2 == one_process_steps  # one world of two ranks, not two runs of one
+    _loads_whole(node0, tiny_model_dir)
+    assert not (node1 / "model.safetensors").exists()  # only the main process writes the final files
+    plans = [json.loads((n / "alignkit_run.json").read_text())["plan"] for n in (node0, node1)]
+    assert [(p["machine_rank"], p["num_machines"], p["world_size"]) for p in plans] == [(0, 2, 2), (1, 2, 2)]
+    config = yaml.safe_load((node1 / "launch" / "node1" / "accelerate_config.yaml").read_text())
+    assert (config["machine_rank"], config["main_process_ip"], config["main_process_port"]) == (
+        1,
+        "127.0.0.1",
+        int(port),
+    )
