@@ -180,3 +180,29 @@ def test_a_conversation_without_assistant_turn_is_dropped_under_assistant_only(t
     prepared, _ = prepare(tmp_path, rows, section={"assistant_only_loss": True})
     assert len(prepared.train) == 1
     assert prepared.report.sources[0].dropped == 1
+
+
+# Earlier assistant turns show only their last word (as Qwen3 drops earlier reasoning); the final one is whole.
+SHORTENS_HISTORY = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and not loop.last %}{{ m['content'].split(' ')[-1] }}"
+    "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_assistant_only_when_the_template_renders_history_differently(tmp_path):
+    chat = [
+        {"role": "user", "content": "what is 2 plus 3?"},
+        {"role": "assistant", "content": "good answer 5"},
+        {"role": "user", "content": "and 4?"},
+        {"role": "assistant", "content": "the answer is 7"},
+    ]
+    prepared, tokenizer = prepare(
+        tmp_path, [{"messages": chat}], section={"assistant_only_loss": True}, chat_template=SHORTENS_HISTORY
+    )
+    pairs = labelled(tokenizer, prepared.train[0])
+    tokens = [t for t, _ in pairs]
+    assert "".join(tokens).count("good") == 0  # the first turn is rendered as its last word only
+    assert [m for _, m in pairs] == expected_chatml_assistant_mask(tokens)
+    assert "".join(t for t, m in pairs if m) == "5<|im_end|>the answer is 7<|im_end|>"

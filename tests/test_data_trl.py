@@ -31,13 +31,18 @@ def model_and_tokenizer(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def prepared(tmp_path, tokenizer, method, rows, section=None):
+def prepared(tmp_path, tokenizer, method, rows, section=None, **data):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     recipe = METHODS[method].recipe.model_validate(
-        {"model": {"name_or_path": "tiny"}, "data": {"datasets": [{"path": str(path)}]}, method: section or {}}
+        {
+            "model": {"name_or_path": "tiny"},
+            "data": {"datasets": [{"path": str(path)}], **data},
+            method: section or {},
+        }
     )
-    assert ensure_chat_template(tokenizer, recipe) is False  # the tiny tokenizer has ChatML already
+    assert ensure_chat_template(tokenizer, recipe) is False  # the tiny tokenizer has ChatML's tokens already
     return prepare_data(recipe, method, tokenizer)
 
 
@@ -97,3 +102,39 @@ def test_orpo_trainer_sees_one_bos_and_one_eos(tmp_path, model_and_tokenizer):
     assert chosen[:3] == ["<s>", "<|im_start|>", "user"]
     assert chosen[-3:] == ["\n", "5", "<|im_end|>"]
     assert chosen.count("<|im_end|>") == 2  # the user turn's and the response's: none appended twice
+
+
+def test_a_tokenizer_that_adds_bos_itself_gets_exactly_one(tmp_path, tiny_model_dir, model_and_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from alignkit.chat_templates import CHATML
+
+    model, _ = model_and_tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # Like Llama: plain encoding prepends <s>, and the template writes {{ bos_token }} too.
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    template = "{{ bos_token }}" + CHATML
+    data = prepared(tmp_path, tokenizer, "dpo", [PAIR], {"max_prompt_length": 8}, chat_template=template)
+    # the template's <s> is dropped (the trainer adds one) and the prompt keeps its last 8 - 1 tokens
+    assert data.train[0]["prompt"] == "3?<|im_end|>\n<|im_start|>assistant\n"
+    trainer = DPOTrainer(
+        model=model,
+        args=DPOConfig(max_length=64, **common(tmp_path)),
+        train_dataset=data.train,
+        processing_class=tokenizer,
+    )
+    prompt_ids = tokenizer.convert_ids_to_tokens(trainer.train_dataset[0]["prompt_ids"])
+    assert prompt_ids.count("<s>") == 1 and prompt_ids[0] == "<s>"
+    assert len(prompt_ids) == 8  # max_prompt_length counts the BOS the trainer adds
+
+    sft = prepared(tmp_path / "sft", tokenizer, "sft", [{"messages": CHAT}], chat_template=template)
+    tokens = tokenizer.convert_ids_to_tokens(sft.train[0]["input_ids"])
+    assert tokens.count("<s>") == 1 and tokens[0] == "<s>"
+    text = prepared(tmp_path / "text", tokenizer, "sft", [{"text": "hello world"}], chat_template=template)
+    row = text.train[0]
+    assert tokenizer.convert_ids_to_tokens(row["input_ids"]) == ["<s>", "hello", " ", "world", "<|im_end|>"]
+    assert row["assistant_masks"] == [0, 1, 1, 1, 1]

@@ -74,17 +74,16 @@ def _turn_end(tokenizer, messages, index: int, full: str, start: int) -> int:
     through = render(tokenizer, messages[: index + 1])
     if full.startswith(through) and len(through) > start:
         return len(through)
-    # The template renders a final turn differently from the same turn followed by more (Qwen3 drops
-    # reasoning from earlier turns): take the content itself plus the end-of-turn token right after it.
-    content = messages[index]["content"]
-    found = full.find(content, start) if content else start
-    if found < 0:
-        return start
-    end = found + len(content)
+    # The template renders a turn differently when it is the last one (Qwen3 drops the reasoning of earlier
+    # turns): the turn is its content, if it is there as given, else everything up to the end-of-turn token.
     eos = tokenizer.eos_token
-    if eos and full.startswith(eos, end):
-        end += len(eos)
-    return end
+    content = messages[index]["content"]
+    found = full.find(content, start) if content else -1
+    if found >= 0 and not full[start:found].strip():
+        end = found + len(content)
+        return end + len(eos) if eos and full.startswith(eos, end) else end
+    closing = full.find(eos, start) if eos else -1
+    return closing + len(eos) if closing >= 0 else start
 
 
 def render_conversation(tokenizer, messages: list[dict[str, str]], policy: LossPolicy) -> Rendered:
