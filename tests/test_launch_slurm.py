@@ -21,16 +21,23 @@ from alignkit.recipe.resolve import resolve_recipe
 
 STAND_INS = {
     "scontrol": """#!/bin/bash
-if [ "$1 $2" = "show hostnames" ]; then printf 'node-a\\nnode-b\\n'; exit 0; fi
+if [ "$1 $2" = "show hostnames" ]; then printf '%s\\n' ${STANDIN_HOSTS:-node-a node-b}; exit 0; fi
 if [ "$1" = "requeue" ]; then echo "requeue $2" >> "$STANDIN_LOG"; exit 0; fi
 exit 1
 """,
-    # Drop srun's own options, then run the command as the first (and only) node's single task.
+    # Drop srun's own options, then run the command once per node of the allocation (all on this host), as
+    # --ntasks-per-node=1 does; fail when any task fails, as --kill-on-bad-exit does.
     "srun": """#!/bin/bash
 echo "srun $*" >> "$STANDIN_LOG"
 while [ $# -gt 0 ] && [ "${1#--}" != "$1" ]; do shift; done
-export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
-exec "$@"
+pids=()
+for ((node = 0; node < ${SLURM_NNODES:-1}; node++)); do
+  SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
 """,
     "sbatch": """#!/bin/bash
 if [ -n "$SBATCH_REJECT" ]; then echo "sbatch: error: invalid partition specified: nope" >&2; exit 1; fi
