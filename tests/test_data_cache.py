@@ -7,6 +7,7 @@ import json
 import pytest
 
 from alignkit.data import prepare as prepare_module
+from alignkit.data import rows as rows_module
 from alignkit.data.prepare import prepare_data
 from alignkit.data.templates import ensure_chat_template
 from alignkit.demo.tiny import build_tokenizer
@@ -62,7 +63,7 @@ def test_second_run_reads_the_cache(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):  # any preprocessing now fails: a passing run came from the cache
         raise AssertionError("preprocessing ran")
 
-    monkeypatch.setattr(prepare_module.Preprocessor, "for_recipe", refuse)
+    monkeypatch.setattr(rows_module.Preprocessor, "for_recipe", refuse)
     second = run(path, source={"weight": 0.5}, num_proc=4)  # workers change speed, not rows: same entry
     assert second.report.cached is True
     assert second.train["input_ids"] == first.train["input_ids"]

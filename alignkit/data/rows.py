@@ -1,0 +1,227 @@
+"""Per-batch row work for one source: normalise, render and tokenize, as `datasets.map` calls it.
+
+Runs inside `data.num_proc` worker processes, so everything here pickles: the tokenizer, the loss policy,
+the detected format. A refused row raises `RowFailure(position, message)`; `prepare` adds the source's name.
+Besides the method's columns each batch returns `_length` (tokens before truncation), `_drop` (KEEP, or why
+the row is dropped) and `_cut` (truncated), which `prepare` reads for the report and then removes.
+"""
+
+from __future__ import annotations
+
+from alignkit.data import formats
+from alignkit.data.decontaminate import Benchmarks, row_text
+from alignkit.data.masking import (
+    LossPolicy,
+    render_conversation,
+    render_prompt_completion,
+    render_text,
+    tokenize_with_masks,
+)
+from alignkit.data.preference import TrainerTokens, render_pair
+from alignkit.data.templates import TemplateRowError, adds_bos_on_encode
+
+KEEP, NO_LOSS, EMPTY = 0, 1, 2
+"""Row outcomes (the `_drop` column): kept, no token left to train on, empty or identical responses."""
+
+OUTPUT_COLUMNS = {
+    "cpt": ["text"],
+    "sft": ["input_ids", "assistant_masks"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "orpo": ["prompt", "chosen", "rejected"],
+}
+
+
+class RowFailure(ValueError):
+    """A row the preprocessor refused: (position in the processed slice, message). Picklable across workers."""
+
+
+def features(method: str):
+    """Compact column types: token ids fit int32 and masks int8 (half and an eighth of the default int64)."""
+    from datasets import Features, List, Value
+
+    meta = {"_length": Value("int32"), "_drop": Value("int8"), "_cut": Value("bool")}
+    if method == "sft":
+        columns = {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int8"))}
+    else:
+        columns = {name: Value("string") for name in OUTPUT_COLUMNS[method]}
+    return Features({**columns, **meta})
+
+
+def policy(recipe, method: str, tokenizer) -> LossPolicy:
+    """Which SFT tokens carry the loss, from the recipe (other methods: the trainer decides)."""
+    if method != "sft":
+        return LossPolicy()
+    sft = recipe.sft
+    return LossPolicy(
+        assistant_only=sft.assistant_only_loss,
+        completion_only=sft.completion_only_loss is not False,
+        eos_token=sft.eos_token or tokenizer.eos_token,
+    )
+
+
+class Contaminated:
+    """Batched flagging of rows that contain benchmark text."""
+
+    def __init__(self, benchmarks: Benchmarks, columns: tuple[str, ...]):
+        self.benchmarks = benchmarks
+        self.columns = columns
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        size = len(next(iter(batch.values())))
+        rows = [{c: batch[c][i] for c in self.columns} for i in range(size)]
+        return {"_contaminated": [self.benchmarks.contains(row_text(row, self.columns)) for row in rows]}
+
+
+class Preprocessor:
+    """Normalise, render and tokenize a batch of one source's rows for one method (picklable for workers)."""
+
+    def __init__(self, method: str, tokenizer, policy: LossPolicy, system_prompt: str | None, section, text_column):
+        self.method = method
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.system_prompt = system_prompt
+        self.max_length = getattr(section, "max_length", None)
+        self.max_prompt_length = getattr(section, "max_prompt_length", None)
+        self.text_column = text_column
+        self.pair_tokens = None
+        if method in ("dpo", "orpo"):
+            self.pair_tokens = TrainerTokens(
+                method=method,
+                bos=tokenizer.bos_token,
+                eos=tokenizer.eos_token,
+                encode_adds_bos=adds_bos_on_encode(tokenizer),
+            )
+
+    @classmethod
+    def for_recipe(cls, recipe, method: str, tokenizer) -> Preprocessor:
+        return cls(
+            method,
+            tokenizer,
+            policy(recipe, method, tokenizer),
+            recipe.data.system_prompt,
+            getattr(recipe, method),
+            recipe.cpt.text_column if method == "cpt" else "text",
+        )
+
+    def bound(self, detected: formats.Detected) -> _Bound:
+        return _Bound(self, detected)
+
+    def loss_description(self, detected: formats.Detected) -> str:
+        shape = detected.shape
+        if self.method == "cpt":
+            return "text: every token"
+        if self.method in ("dpo", "orpo"):
+            return "preference: chosen and rejected responses"
+        if shape == "prompt-completion":
+            if self.policy.completion_only:
+                return "prompt-completion: the completion only"
+            return (
+                "prompt-completion: assistant turns only"
+                if self.policy.assistant_only
+                else "prompt-completion: every token"
+            )
+        if shape == "conversation":
+            return "conversations: assistant turns only" if self.policy.assistant_only else "conversations: every token"
+        return "text: every token"
+
+
+class _Bound:
+    """The preprocessor for one source, whose format is known."""
+
+    def __init__(self, pre: Preprocessor, detected: formats.Detected):
+        self.pre = pre
+        self.detected = detected
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        pre = self.pre
+        columns = list(batch)
+        size = len(indices)
+        rows = [{c: batch[c][i] for c in columns} for i in range(size)]
+        detected = self.detected
+        if pre.method == "cpt":
+            out = self._cpt(rows, detected)
+        elif pre.method == "sft":
+            out = self._sft(rows, detected, indices)
+        else:
+            out = self._pairs(rows, detected, indices)
+        return out
+
+    def _cpt(self, rows, detected) -> dict[str, list]:
+        texts = [formats.text_of(row, detected) for row in rows]
+        encoded = self.pre.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return {
+            "text": texts,
+            # The trainer appends an end-of-sequence token to each text.
+            "_length": [len(ids) + 1 for ids in encoded],
+            "_drop": [EMPTY if not t.strip() else KEEP for t in texts],
+            "_cut": [False] * len(texts),
+        }
+
+    def _sft(self, rows, detected, indices) -> dict[str, list]:
+        pre = self.pre
+        rendered = []
+        empty = []
+        for position, row in enumerate(rows):
+            try:
+                if detected.shape == "conversation":
+                    messages = formats.with_system(formats.conversation(row, detected), pre.system_prompt)
+                    empty.append(not messages)
+                    rendered.append(render_conversation(pre.tokenizer, messages, pre.policy) if messages else None)
+                elif detected.shape == "prompt-completion":
+                    prompt, completion = formats.prompt_completion(row, detected)
+                    is_string = isinstance(prompt, str)
+                    if not is_string:
+                        prompt = formats.with_system(prompt, pre.system_prompt)
+                    empty.append(False)
+                    rendered.append(render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string))
+                else:
+                    text = formats.text_of(row, detected)
+                    empty.append(not text.strip())
+                    rendered.append(render_text(text, pre.policy))
+            except (formats.RowError, TemplateRowError) as err:
+                raise RowFailure(indices[position], str(err)) from None
+        present = [r for r in rendered if r is not None]
+        ids, masks = tokenize_with_masks(pre.tokenizer, present) if present else ([], [])
+        out: dict[str, list] = {"input_ids": [], "assistant_masks": [], "_length": [], "_drop": [], "_cut": []}
+        cursor = 0
+        for item, is_empty in zip(rendered, empty, strict=True):
+            if item is None:
+                row_ids, row_mask = [], []
+            else:
+                row_ids, row_mask = ids[cursor], masks[cursor]
+                cursor += 1
+            length = len(row_ids)
+            if pre.max_length is not None and length > pre.max_length:
+                row_ids, row_mask = row_ids[: pre.max_length], row_mask[: pre.max_length]
+            out["input_ids"].append(row_ids)
+            out["assistant_masks"].append(row_mask)
+            out["_length"].append(length)
+            out["_drop"].append(EMPTY if is_empty else (KEEP if any(row_mask) else NO_LOSS))
+            out["_cut"].append(length > len(row_ids))
+        return out
+
+    def _pairs(self, rows, detected, indices) -> dict[str, list]:
+        pre = self.pre
+        out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "_length": [], "_drop": [], "_cut": []}
+        for position, row in enumerate(rows):
+            try:
+                prompt, chosen, rejected = formats.preference(row, detected)
+                prompt = formats.with_system(prompt, pre.system_prompt)
+                if not chosen or not rejected:
+                    out["prompt"].append("")
+                    out["chosen"].append("")
+                    out["rejected"].append("")
+                    out["_length"].append(0)
+                    out["_drop"].append(EMPTY)
+                    out["_cut"].append(False)
+                    continue
+                pair = render_pair(pre.tokenizer, prompt, chosen, rejected, pre.pair_tokens, pre.max_prompt_length)
+            except (formats.RowError, TemplateRowError) as err:
+                raise RowFailure(indices[position], str(err)) from None
+            out["prompt"].append(pair.prompt)
+            out["chosen"].append(pair.chosen)
+            out["rejected"].append(pair.rejected)
+            out["_length"].append(pair.prompt_tokens + max(pair.chosen_tokens, pair.rejected_tokens))
+            out["_drop"].append(KEEP)
+            out["_cut"].append(pair.prompt_cut)
+        return out
