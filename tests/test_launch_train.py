@@ -224,7 +224,11 @@ def test_a_worker_that_fails_ends_the_launch_with_its_error(tiny_sft_recipe, tmp
     assert not (tmp_path / "run").exists()  # nothing half-written is left behind
 
 
-def test_slurm_script_trains_on_one_node_with_two_cpu_processes(tiny_sft_recipe, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(("nodes", "gpus_per_node"), [(1, 2), (2, 1)])
+def test_slurm_script_trains_with_two_cpu_processes(
+    tiny_sft_recipe, tiny_model_dir, one_process_steps, tmp_path, nodes, gpus_per_node
+):
+    """One node with two processes, and two "nodes" (both on this host, one shared output directory)."""
     from test_launch_slurm import STAND_INS
 
     from alignkit.launch.job import JobSpec, plan_job
@@ -236,24 +240,28 @@ def test_slurm_script_trains_on_one_node_with_two_cpu_processes(tiny_sft_recipe,
         (bin_dir / name).write_text(text, encoding="utf-8")
         (bin_dir / name).chmod(0o755)
     out = tmp_path / "run"
-    spec = JobSpec(method="sft", recipe=str(tiny_sft_recipe), nodes=1, gpus_per_node=2, output_dir=str(out))
+    spec = JobSpec(
+        method="sft", recipe=str(tiny_sft_recipe), nodes=nodes, gpus_per_node=gpus_per_node, output_dir=str(out)
+    )
     script = write_script(plan_job(spec), SlurmOptions(main_process_port=_free_port()), tmp_path / "job.sbatch")
     env = {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "STANDIN_LOG": str(tmp_path / "standin.log"),
-        "SLURM_JOB_NODELIST": "localhost",
-        "SLURM_NNODES": "1",
+        "STANDIN_HOSTS": " ".join(["127.0.0.1"] * nodes),
+        "SLURM_JOB_NODELIST": "127.0.0.1",
+        "SLURM_NNODES": str(nodes),
         "SLURM_JOB_ID": "7",
     }
     started = time.perf_counter()
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900, check=False)
-    print(f"slurm script, 1 node x 2 CPU processes: {time.perf_counter() - started:.1f} s")
+    print(f"slurm script, {nodes} node(s) x {gpus_per_node} CPU process(es): {time.perf_counter() - started:.1f} s")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "srun --ntasks-per-node=1" in (tmp_path / "standin.log").read_text()
-    run = json.loads((out / "alignkit_run.json").read_text())
-    assert run["plan"]["world_size"] == 2 and run["plan"]["machine_rank"] == 0
-    assert run["plan"]["main_process_ip"] == "node-a"  # the stand-in scontrol names the allocation node-a, node-b
+    assert _steps(out) * 2 == one_process_steps
+    plan = json.loads((out / "alignkit_run.json").read_text())["plan"]
+    assert (plan["world_size"], plan["num_machines"], plan["main_process_ip"]) == (2, nodes, "127.0.0.1")
+    assert sorted(p.name for p in (out / "launch").iterdir()) == [f"node{r}" for r in range(nodes)]
     _loads_whole(out, tiny_model_dir)
 
 
