@@ -16,6 +16,7 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ.pop("ALIGNKIT_DEBUG", None)
+os.environ.pop("ALIGNKIT_MIRRORS", None)  # a developer's mirror file would change every recipe the tests resolve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -58,6 +58,10 @@ def build_trainer(
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
     notices += loaded.notices
     data = prepare_data(recipe, method, tokenizer)
+    if config.dataset_num_proc:
+        # TRL maps the prepared rows once more; worker processes cost more than they save on small data.
+        workers = min(config.dataset_num_proc, len(data.train) // 5000)
+        config.dataset_num_proc = workers if workers > 1 else None
     common = {
         "args": config,
         "train_dataset": data.train,

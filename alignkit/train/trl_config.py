@@ -7,6 +7,7 @@ it (CPUs with AVX512-BF16 included), nothing where it does not.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,14 @@ def check_extra(recipe: _RecipeBase, method: str, source: str = "recipe") -> Non
                     message="alignkit sets this from the recipe; use the recipe's own field instead",
                 )
             )
+    if recipe.training.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        problems.append(
+            Problem(
+                source=source,
+                path="training.use_liger_kernel",
+                message="liger-kernel is not installed; `pip install liger-kernel` or set it to false",
+            )
+        )
     if problems:
         raise UserError(problems)
 
