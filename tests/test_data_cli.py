@@ -99,7 +99,10 @@ def test_format_that_fits_no_method_exits_2(cli, recipe):
 def test_missing_tokenizer_exits_2(cli, recipe, tmp_path):
     result = cli("data", "sft", "--recipe", recipe, "--set", f"model.name_or_path={tmp_path / 'nothing'}")
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {tmp_path / 'nothing'}: model.name_or_path: could not load the tokenizer:")
+    assert result.stderr.startswith(
+        f"error: {tmp_path / 'nothing'}: model.name_or_path: could not load the tokenizer: no local folder of that"
+        " name, and from the Hub:"
+    )
 
 
 def test_unknown_method_exits_2(cli, recipe):

@@ -8,6 +8,7 @@ loss; `--json` prints one document for scripts and tests.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from alignkit.errors import Problem, UserError
@@ -25,11 +26,12 @@ def load_tokenizer_only(recipe):
         )
     except Exception as err:  # not found, offline, gated, or a folder without tokenizer files
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        where = "" if Path(name).expanduser().exists() else "no local folder of that name, and from the Hub: "
         raise UserError(
             Problem(
                 source=name,
                 path=field,
-                message=f"could not load the tokenizer: {lines[-1] if lines else type(err).__name__}",
+                message=f"could not load the tokenizer: {where}{lines[-1] if lines else type(err).__name__}",
             )
         ) from None
 
@@ -102,6 +104,7 @@ def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_
 
 def _print_text(resolved, prepared, tokenizer, show: int) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -119,15 +122,15 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         )
     )
     table = Table(title="sources", title_justify="left")
-    for column in ("path", "split", "role", "format", "found", "decontaminated", "weight", "train", "test", "dropped"):
-        justify = "right" if column in ("found", "decontaminated", "weight", "train", "test", "dropped") else "left"
-        table.add_column(column, justify=justify)
+    # The path folds onto several lines rather than being cut: it is what the user must recognise.
+    table.add_column(escape("path [split]"), overflow="fold", ratio=1)
+    table.add_column("role, format", overflow="fold")
+    for column in ("found", "decont.", "weight", "train", "test", "dropped"):
+        table.add_column(column, justify="right", no_wrap=True)
     for s in report.sources:
         table.add_row(
-            s.path,
-            s.split,
-            s.role,
-            s.format,
+            escape(f"{s.path} [{s.split}]"),  # a path or split may hold [brackets], which rich reads as markup
+            escape(f"{s.role}, {s.format}"),
             str(s.rows_in),
             str(s.decontaminated),
             f"{s.weight:g}",
@@ -152,8 +155,8 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         )
     if resolved.method in ("dpo", "orpo"):
         facts.add_row("prompts cut from the left", str(report.prompt_truncated))
-    facts.add_row("loss on", report.loss)
-    facts.add_row("chat template", report.chat_template)
+    facts.add_row("loss on", escape(report.loss))
+    facts.add_row("chat template", escape(report.chat_template))
     console.print(facts)
     for notice in report.notices:
         console.print(Text(f"note: {notice}", style="yellow"))
