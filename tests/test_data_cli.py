@@ -76,6 +76,7 @@ def test_text_report_highlights_and_counts(cli, recipe, tmp_path):
     assert "4 / 1" in out
     assert "0 of 4 (max_length 64)" in out
     assert "example 2 (green: trained on)" in out
+    assert "[train]" in out  # the split beside the path, printed literally (not read as markup)
     again = cli("data", "sft", "--recipe", recipe, "--show", "0", "--set", "sft.max_length=64")
     assert "from the cache" in again.stdout
     assert not (tmp_path / "out").exists()
@@ -109,3 +110,43 @@ def test_unknown_method_exits_2(cli, recipe):
     result = cli("data", "ppo", "--recipe", recipe)
     assert result.exit_code == 2
     assert "unknown method 'ppo'" in result.stderr
+
+
+def test_handbook_config_on_save_to_disk_folders_sharegpt_and_alpaca(cli, tmp_path, tokenizer_dir, write_recipe):
+    from datasets import Dataset, DatasetDict
+
+    sharegpt = [
+        {"conversations": [{"from": "human", "value": f"what is {i}?"}, {"from": "gpt", "value": f"{i}"}]}
+        for i in range(40)
+    ]
+    alpaca = [{"instruction": "add the numbers", "input": f"{i} and {i}", "output": f"{2 * i}"} for i in range(10)]
+    DatasetDict({"train_sft": Dataset.from_list(sharegpt), "test_sft": Dataset.from_list(sharegpt[:6])}).save_to_disk(
+        str(tmp_path / "sharegpt")
+    )
+    DatasetDict({"train_sft": Dataset.from_list(alpaca), "test_sft": Dataset.from_list(alpaca[:2])}).save_to_disk(
+        str(tmp_path / "alpaca")
+    )
+    path = write_recipe(
+        f"""\
+model_name_or_path: {tokenizer_dir}
+dataset_mixer:
+  {tmp_path / "sharegpt"}: 0.5
+  {tmp_path / "alpaca"}: 1.0
+dataset_splits: [train_sft, test_sft]
+max_seq_length: 64
+output_dir: {tmp_path / "out"}
+""",
+        name="config_full.yaml",
+    )
+    result = cli("data", "sft", "--recipe", path, "--json", "--show", "0")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["train_rows"], document["test_rows"]) == (30, 8)  # 20 of 40 + 10; test splits whole: 6 + 2
+    assert [(s["format"], s["split"], s["rows_out"]) for s in document["sources"]] == [
+        ("sharegpt", "train_sft", 20),
+        ("sharegpt", "test_sft", 6),
+        ("alpaca", "train_sft", 10),
+        ("alpaca", "test_sft", 2),
+    ]
+    assert document["loss"] == "conversations: every token; prompt-completion: the completion only"
+    assert not (tmp_path / "out").exists()
