@@ -8,7 +8,6 @@ address) are left to the scheduler's variables; everything else is fixed in the 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +49,6 @@ class Job:
         """A job name schedulers accept: lowercase letters, digits and dashes."""
         raw = f"alignkit-{self.resolved.name}-{self.spec.method}".lower()
         return re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:60]
-
-    def command_line(self) -> str:
-        return shlex.join(self.argv)
 
 
 def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool = True) -> Job:
