@@ -235,3 +235,20 @@ def test_a_message_without_content_names_the_row_and_field(tmp_path):
         f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 1: messages[0] needs role and content"
         " (found ['role', 'text'])"
     )
+
+
+def test_other_message_keys_reach_the_template(tmp_path):
+    template = (
+        "{% for m in messages %}{{ m['role'] }}{% if 'name' in m %} {{ m['name'] }}{% endif %}"
+        ": {{ m['content'] }}\n{% endfor %}"
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "hello", "name": "dogs"},
+                {"role": "assistant", "content": "yes", "name": None},  # arrow's filler for a missing key
+            ]
+        }
+    ]
+    prepared, tokenizer = prepare(tmp_path, rows, chat_template=template)
+    assert decoded(tokenizer, prepared) == ["user dogs: hello\nassistant: yes\n"]
