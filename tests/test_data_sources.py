@@ -218,3 +218,19 @@ def prepare_rows(rows):
     from datasets import Dataset
 
     return Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("caching", ["on", "off"])
+def test_nothing_is_written_into_the_users_data_folder(tmp_path, monkeypatch, caching):
+    from datasets import Dataset
+
+    if caching == "off":
+        monkeypatch.setenv("ALIGNKIT_DATA_CACHE", "off")
+    folder = tmp_path / "saved"
+    Dataset.from_list(ROWS).save_to_disk(str(folder))
+    before = sorted(p.name for p in folder.iterdir())
+    prepared, tokenizer = prepare({"path": str(folder), "weight": 0.5})
+    assert len(numbers(prepared, tokenizer)) == 5
+    assert sorted(p.name for p in folder.iterdir()) == before
+    if caching == "on":
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == [prepared.report.fingerprint]

@@ -9,10 +9,12 @@ temporary folder and renamed into place, so ranks racing on a shared disk never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,25 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def fingerprint(parts: dict[str, Any]) -> str:
     payload = json.dumps({"version": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def scratch():
+    """A folder for intermediate map outputs, removed afterwards; None when caching is off (work in memory).
+
+    Without it `datasets` writes map outputs beside the source's own Arrow files, into the user's
+    `save_to_disk` folder.
+    """
+    root = cache_root()
+    if root is None:
+        yield None
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".scratch-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def entry(key: str) -> Path | None:

@@ -145,22 +145,24 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         )
     preprocessor = Preprocessor.for_recipe(recipe, method, tokenizer)
     parts: list[tuple[int, _Processed]] = []
-    for index, source in enumerate(data.datasets):
-        dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
-        source_report, processed = _process_source(
-            source, index, dataset, method, recipe, preprocessor, benchmarks, key
-        )
-        if processed is not None:
-            parts.append((len(report.sources), processed))
-        report.sources.append(source_report)
-    train, test, meta = _pool(recipe, parts, report)
-    _finish_report(report, train, test, method, meta)
-    # The method's columns only, always in the same order (datasets keeps updated columns where they were).
-    columns = OUTPUT_COLUMNS[method]
-    train = train.select_columns(columns)
-    if test is not None:
-        test = test.select_columns(columns)
-    train, test = cache.store(key, train, test, report.to_dict())
+    with cache.scratch() as scratch:
+        for index, source in enumerate(data.datasets):
+            dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
+            where = _MapOutput(scratch, index)
+            source_report, processed = _process_source(
+                source, index, dataset, method, recipe, preprocessor, benchmarks, key, where
+            )
+            if processed is not None:
+                parts.append((len(report.sources), processed))
+            report.sources.append(source_report)
+        train, test, meta = _pool(recipe, parts, report)
+        _finish_report(report, train, test, method, meta)
+        # The method's columns only, always in the same order (datasets keeps updated columns where they were).
+        columns = OUTPUT_COLUMNS[method]
+        train = train.select_columns(columns)
+        if test is not None:
+            test = test.select_columns(columns)
+        train, test = cache.store(key, train, test, report.to_dict())
     return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
 
 
@@ -177,7 +179,20 @@ class _Processed:
     test: Any
 
 
-def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key):
+@dataclass(frozen=True)
+class _MapOutput:
+    """Where a source's map outputs go: files in the scratch folder, or memory when caching is off."""
+
+    scratch: Any
+    index: int
+
+    def kwargs(self, step: str) -> dict[str, Any]:
+        if self.scratch is None:
+            return {"keep_in_memory": True}
+        return {"cache_file_name": str(self.scratch / f"{step}-{self.index}.arrow")}
+
+
+def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key, where: _MapOutput):
     import numpy as np
 
     data = recipe.data
@@ -210,6 +225,7 @@ def _process_source(source, index, dataset, method, recipe, preprocessor, benchm
                 num_proc=_workers(data.num_proc, rows_in),
                 remove_columns=dataset.column_names,
                 new_fingerprint=f"{key}-decon-{index}",
+                **where.kwargs("decontaminate"),
                 desc=f"Decontaminating {source.path}",
             )
             clean = np.flatnonzero(~_flat_column(flagged, "_contaminated").astype(bool))
@@ -234,6 +250,7 @@ def _process_source(source, index, dataset, method, recipe, preprocessor, benchm
             remove_columns=subset.column_names,
             features=features(method),
             new_fingerprint=f"{key}-prep-{index}",
+            **where.kwargs("prepare"),
             desc=f"Preparing {source.path} ({detected.format})",
         )
     except RowFailure as err:

@@ -79,7 +79,12 @@ def path_signature(name: str) -> dict[str, Any] | None:
     path = Path(name).expanduser()
     if not path.exists():
         return None
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    # datasets' own map caches (cache-*.arrow) beside saved data are not data: other tools write them.
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("cache-"))
+    )
     return {
         "path": str(path.resolve()),
         "files": [
