@@ -15,7 +15,7 @@ from typing import Any
 
 from alignkit.recipe.schema import _RecipeBase
 from alignkit.train.hardware import Hardware
-from alignkit.train.modeling import LoadedModel, load_model, load_tokenizer
+from alignkit.train.modeling import LoadedModel, load_model, load_tokenizer, match_adapter_dtype
 from alignkit.train.trl_config import build_trl_config, check_extra
 
 
@@ -82,6 +82,7 @@ def build_trainer(
         from trl.experimental.orpo import ORPOTrainer
 
         trainer = ORPOTrainer(model=loaded.model, **common)
+    match_adapter_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback reports instead

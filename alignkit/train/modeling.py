@@ -166,7 +166,8 @@ def load_model(recipe: _RecipeBase, hardware: Hardware, tokenizer, *, new_tokens
         raise UserError(
             Problem(source="recipe", path="model.name_or_path", message=f"cannot load {source!r}: {err}")
         ) from None
-    if new_tokens or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    # The config's vocab size, not the embedding's shape: under ZeRO-3 every rank holds a 0-row shard of it.
+    if new_tokens or len(tokenizer) > model.config.get_text_config().vocab_size:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
         notices.append(f"resized the embeddings to {len(tokenizer)} tokens for the chat template's special tokens")
     _align_special_tokens(model, tokenizer)
@@ -191,19 +192,39 @@ def _attach_adapter(model, spec, peft_config):
     return adapted, None, notices
 
 
-def _kbit_device_map(hardware: Hardware) -> dict[str, Any] | None:
-    """Where each process puts its quantized copy; None when a sharding engine places the weights itself."""
+def sharded_by_engine() -> bool:
+    """Whether ZeRO-3 or FSDP places the weights across ranks (known once the TRL config exists)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    # The TRL config, built first, has registered the launcher's DeepSpeed config by now.
-    sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or is_deepspeed_zero3_enabled()
-    if sharded:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or is_deepspeed_zero3_enabled()
+
+
+def _kbit_device_map(hardware: Hardware) -> dict[str, Any] | None:
+    """Where each process puts its quantized copy; None when a sharding engine places the weights itself."""
+    if sharded_by_engine():
         return None  # ZeRO-3 and FSDP shard the (4-bit) weights across ranks; a device map would pin them whole
     if hardware.device != "cuda":
         return {"": "cpu"}
     from accelerate import PartialState
 
     return {"": PartialState().local_process_index}
+
+
+def match_adapter_dtype(model, recipe: _RecipeBase) -> None:
+    """Under ZeRO-3/FSDP, keep QLoRA adapters in the 4-bit storage dtype: the engines shard one dtype only.
+
+    TRL casts a quantized model's trainable weights to bfloat16; with another compute dtype they would then
+    disagree with the packed base weights they are sharded beside.
+    """
+    quant = recipe.quantization
+    if quant is None or not quant.load_in_4bit or not sharded_by_engine():
+        return
+    import torch
+
+    storage = getattr(torch, quant.bnb_4bit_quant_storage or quant.bnb_4bit_compute_dtype or "bfloat16")
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_magnitude_vector" not in name and param.dtype != storage:
+            param.data = param.data.to(storage)
 
 
 def _align_special_tokens(model, tokenizer) -> None:

@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(output_dir)
     try:
         train(output_dir)
+        import torch.distributed
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # a clean exit, so no rank aborts at interpreter shutdown
     except UserError as err:
         log.error("rank %d: %s", _rank(), err)
         for problem in err.problems:
