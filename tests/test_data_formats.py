@@ -252,3 +252,14 @@ def test_other_message_keys_reach_the_template(tmp_path):
     ]
     prepared, tokenizer = prepare(tmp_path, rows, chat_template=template)
     assert decoded(tokenizer, prepared) == ["user dogs: hello\nassistant: yes\n"]
+
+
+def test_cpt_rows_over_max_length_are_counted_and_packing_named(tmp_path):
+    rows = [{"text": "one two three four five"}, {"text": "one"}]
+    prepared, _ = prepare(tmp_path, rows, method="cpt", section={"max_length": 4})
+    # lengths count the eos the trainer appends: 10 and 2 tokens
+    assert (prepared.report.train_lengths.max, prepared.report.train_lengths.min) == (10, 2)
+    assert prepared.report.truncated == 1
+    assert prepared.report.notices == [
+        "1 of 2 training rows exceed max_length (wrapped packing carries the rest into the next sequences)"
+    ]

@@ -156,7 +156,8 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
                 parts.append((len(report.sources), processed))
             report.sources.append(source_report)
         train, test, meta = _pool(recipe, parts, report)
-        _finish_report(report, train, test, method, meta)
+        packing = section.packing_strategy if getattr(section, "packing", False) else None
+        _finish_report(report, train, test, method, meta, packing=packing)
         # The method's columns only, always in the same order (datasets keeps updated columns where they were).
         columns = OUTPUT_COLUMNS[method]
         train = train.select_columns(columns)
@@ -342,7 +343,7 @@ def _empty(which: str, report: DataReport) -> UserError:
     )
 
 
-def _finish_report(report: DataReport, train, test, method: str, meta: dict[str, Any]) -> None:
+def _finish_report(report: DataReport, train, test, method: str, meta: dict[str, Any], packing: bool = False) -> None:
     report.train_rows = len(train)
     report.test_rows = len(test) if test is not None else 0
     lengths = meta["_length"]
@@ -353,6 +354,8 @@ def _finish_report(report: DataReport, train, test, method: str, meta: dict[str,
         report.prompt_truncated = int(meta["_cut"].astype(bool).sum())
     if report.truncated:
         what = "cut to it" if method == "sft" else "cut by the trainer"
+        if packing in ("wrapped", "bfd_split"):
+            what = f"{packing} packing carries the rest into the next sequences"
         report.notices.append(f"{report.truncated} of {report.train_rows} training rows exceed max_length ({what})")
     if report.prompt_truncated:
         report.notices.append(f"{report.prompt_truncated} prompts were cut from the left to max_prompt_length")
