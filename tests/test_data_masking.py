@@ -206,3 +206,46 @@ def test_assistant_only_when_the_template_renders_history_differently(tmp_path):
     assert "".join(tokens).count("good") == 0  # the first turn is rendered as its last word only
     assert [m for _, m in pairs] == expected_chatml_assistant_mask(tokens)
     assert "".join(t for t, m in pairs if m) == "5<|im_end|>the answer is 7<|im_end|>"
+
+
+# Template shapes of common model families, written here in their style (not copied): no generation prompt
+# at all (INST style), trimmed content with header tokens, renamed roles.
+INST_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+HEADER_STYLE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+RENAMED_ROLES = (
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (INST_STYLE, [" hello! <|im_end|>", "4<|im_end|>"]),
+        (HEADER_STYLE, ["hello!<|eot_id|>", "4<|eot_id|>"]),
+        (RENAMED_ROLES, ["hello!<end_of_turn>", "4<end_of_turn>"]),
+    ],
+    ids=["inst", "header", "renamed-roles"],
+)
+def test_assistant_spans_under_other_template_shapes(template, expected):
+    from alignkit.data.masking import assistant_spans
+    from alignkit.data.templates import render
+
+    chat = [
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": " hello! "},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = template
+    full = render(tokenizer, chat)
+    assert [full[start:end] for start, end in assistant_spans(tokenizer, chat, full)] == expected
