@@ -263,3 +263,11 @@ def test_cpt_rows_over_max_length_are_counted_and_packing_named(tmp_path):
     assert prepared.report.notices == [
         "1 of 2 training rows exceed max_length (wrapped packing carries the rest into the next sequences)"
     ]
+
+
+def test_role_aliases_in_messages_are_normalised(tmp_path):
+    rows = [{"messages": [{"role": "human", "content": "hello"}, {"role": "gpt", "content": "yes"}]}]
+    prepared, tokenizer = prepare(tmp_path, rows, section={"assistant_only_loss": True})
+    assert decoded(tokenizer, prepared) == ["<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n"]
+    assert trained(tokenizer, prepared.train[0]) == "yes<|im_end|>"
+    assert prepared.report.chat_template == "ChatML (alignkit's)"

@@ -138,6 +138,9 @@ def messages_of(value: Any, column: str) -> list[dict[str, str]]:
         role = message["role"]
         if not isinstance(role, str) or not role:
             raise RowError(f"{column}[{position}].role must be a non-empty string (found {role!r})")
+        # ShareGPT and Gemma names (human, gpt, model) are common in role/content data too; other roles
+        # (developer, ipython) pass through for the templates that know them.
+        role = SHAREGPT_ROLES.get(role.strip().lower(), role)
         # Other keys (tool_calls, name, ...) stay: templates that know them render them.
         extra = {k: v for k, v in message.items() if v is not None and k not in ("role", "content")}
         out.append({**extra, "role": role, "content": _content(message["content"], f"{column}[{position}].content")})

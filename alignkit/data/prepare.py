@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.chat_templates import CHATML
 from alignkit.data import cache, formats, mixture, sources
 from alignkit.data.decontaminate import Benchmarks, load_benchmarks
 from alignkit.data.report import DataReport, LengthStats, SourceReport
@@ -101,7 +102,9 @@ def _template_origin(recipe, method: str, tokenizer) -> str:
     if recipe.data.chat_template:
         name = recipe.data.chat_template.strip().lower()
         return f"recipe: {name}" if name in ("chatml", "zephyr") else "recipe: inline Jinja"
-    return "tokenizer"
+    if getattr(tokenizer, "chat_template", None) == CHATML:
+        return "ChatML (alignkit's)"
+    return "the tokenizer's own"
 
 
 def _prepare(recipe, method: str, tokenizer) -> PreparedData:
