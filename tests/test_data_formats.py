@@ -22,6 +22,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def write_rows(tmp_path, rows, name="rows.jsonl"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     return path
@@ -271,3 +272,27 @@ def test_role_aliases_in_messages_are_normalised(tmp_path):
     assert decoded(tokenizer, prepared) == ["<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n"]
     assert trained(tokenizer, prepared.train[0]) == "yes<|im_end|>"
     assert prepared.report.chat_template == "ChatML (alignkit's)"
+
+
+TOOL = {"type": "function", "function": {"name": "add", "description": "add two numbers", "parameters": {}}}
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["list", "json-text"])
+def test_a_tools_column_reaches_the_template(tmp_path, as_text):
+    template = (
+        "{% if tools %}<|im_start|>system\n{{ tools | length }} {{ tools[0]['function']['name'] }}<|im_end|>\n"
+        "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tools = json.dumps([TOOL]) if as_text else [TOOL]
+    rows = [{"messages": [*Q, {"role": "assistant", "content": "5"}], "tools": tools}]
+    prepared, tokenizer = prepare(tmp_path, rows, section={"assistant_only_loss": True}, chat_template=template)
+    assert decoded(tokenizer, prepared)[0].startswith("<|im_start|>system\n1 add<|im_end|>\n<|im_start|>user")
+    assert trained(tokenizer, prepared.train[0]) == "5<|im_end|>"
+    pairs, _ = prepare(
+        tmp_path / "dpo",
+        [{"prompt": Q, "chosen": "5", "rejected": "6", "tools": tools}],
+        method="dpo",
+        chat_template=template,
+    )
+    assert pairs.train[0]["prompt"].startswith("<|im_start|>system\n1 add<|im_end|>\n")

@@ -13,6 +13,7 @@ A format is named in the logs and the report, so a user sees how each source was
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,8 @@ def detect(columns: list[str], first_row: dict[str, Any] | None, method: str, te
     for wanted in ACCEPTED[method]:
         for candidate in candidates:
             if candidate.format == wanted:
+                if "tools" in found and candidate.format != TEXT:  # TRL's tool schemas, for the chat template
+                    return Detected(candidate.format, (*candidate.columns, "tools"))
                 return candidate
     accepted = "; ".join(DESCRIPTIONS[f] for f in ACCEPTED[method])
     if method == "cpt":
@@ -163,6 +166,21 @@ def sharegpt_messages(value: Any, column: str = "conversations") -> list[dict[st
             )
         out.append({"role": SHAREGPT_ROLES[tag], "content": _content(turn["value"], f"{column}[{position}].value")})
     return out
+
+
+def tools_of(row: dict[str, Any], detected: Detected) -> list | None:
+    """The row's tool schemas (a list, or its JSON text), or None."""
+    if "tools" not in detected.columns:
+        return None
+    value = row.get("tools")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as err:
+            raise RowError(f"tools is not valid JSON ({err.msg})") from None
+    if value is not None and not isinstance(value, list):
+        raise RowError(f"tools must be a list of tool schemas (found {type(value).__name__})")
+    return value or None
 
 
 def _content(value: Any, where: str) -> str:

@@ -64,7 +64,7 @@ class Contaminated:
 
     def __init__(self, benchmarks: Benchmarks, columns: tuple[str, ...]):
         self.benchmarks = benchmarks
-        self.columns = columns
+        self.columns = tuple(c for c in columns if c != "tools")  # tool schemas are not training text
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         size = len(next(iter(batch.values())))
@@ -163,17 +163,22 @@ class _Bound:
         empty = []
         for position, row in enumerate(rows):
             try:
+                tools = formats.tools_of(row, detected)
                 if detected.shape == "conversation":
                     messages = formats.with_system(formats.conversation(row, detected), pre.system_prompt)
                     empty.append(not messages)
-                    rendered.append(render_conversation(pre.tokenizer, messages, pre.policy) if messages else None)
+                    rendered.append(
+                        render_conversation(pre.tokenizer, messages, pre.policy, tools) if messages else None
+                    )
                 elif detected.shape == "prompt-completion":
                     prompt, completion = formats.prompt_completion(row, detected)
                     is_string = isinstance(prompt, str)
                     if not is_string:
                         prompt = formats.with_system(prompt, pre.system_prompt)
                     empty.append(False)
-                    rendered.append(render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string))
+                    rendered.append(
+                        render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string, tools)
+                    )
                 else:
                     text = formats.text_of(row, detected)
                     empty.append(not text.strip())
@@ -215,7 +220,15 @@ class _Bound:
                     out["_drop"].append(EMPTY)
                     out["_cut"].append(False)
                     continue
-                pair = render_pair(pre.tokenizer, prompt, chosen, rejected, pre.pair_tokens, pre.max_prompt_length)
+                pair = render_pair(
+                    pre.tokenizer,
+                    prompt,
+                    chosen,
+                    rejected,
+                    pre.pair_tokens,
+                    pre.max_prompt_length,
+                    formats.tools_of(row, detected),
+                )
             except (formats.RowError, TemplateRowError) as err:
                 raise RowFailure(indices[position], str(err)) from None
             out["prompt"].append(pair.prompt)

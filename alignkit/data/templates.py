@@ -51,15 +51,17 @@ def ensure_chat_template(tokenizer, recipe) -> bool:
     return added > 0
 
 
-def render(tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
-    """The conversation as text through the tokenizer's chat template.
+def render(
+    tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False, tools: list | None = None
+) -> str:
+    """The conversation as text through the tokenizer's chat template (with the row's tool schemas, if any).
 
     Raises:
         TemplateRowError: when the template refuses the conversation.
     """
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, return_dict=False
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, return_dict=False
         )
     except Exception as err:  # jinja2's TemplateError and whatever raise_exception() raised inside the template
         raise TemplateRowError(f"the chat template refused this conversation: {err}") from None
