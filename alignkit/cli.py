@@ -542,9 +542,9 @@ def data(
 ) -> None:
     """Load, mix, split and tokenize a recipe's data with its tokenizer only, and show what will be trained on.
 
-    Prints rows per source (found, kept, weight), train/test sizes, token lengths, rows over max_length and
-    examples with the tokens that carry the loss highlighted. Loads no weights; writes nothing to the output
-    directory (the prepared data is cached for the training run).
+    Rows per source, train/test sizes, token lengths, rows over max_length, and examples with the loss spans.
+
+    Loads no weights and writes nothing to the output directory; the prepared data is cached for training.
 
     Example: [cyan]alignkit data sft --recipe my_sft.yaml --show 2[/cyan]
     """

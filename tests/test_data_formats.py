@@ -123,7 +123,12 @@ def test_cpt_without_its_text_column_names_the_setting(tmp_path):
 @pytest.mark.parametrize(
     "row",
     [
-        {"prompt": "what is 2 plus 3?", "chosen": "5", "rejected": "6"},
+        {
+            "prompt": "what is 2 plus 3?",
+            "chosen": [{"role": "assistant", "content": "5"}],
+            "rejected": [{"role": "assistant", "content": "6"}],
+        },
+        {"prompt": Q, "chosen": "5", "rejected": "6"},
         {
             "prompt": Q,
             "chosen": [{"role": "assistant", "content": "5"}],
@@ -141,12 +146,30 @@ def test_cpt_without_its_text_column_names_the_setting(tmp_path):
             "rejected": [*Q, {"role": "assistant", "content": "6"}],
         },
     ],
-    ids=["strings", "message-lists", "ultrafeedback", "implicit-prompt"],
+    ids=["string-prompt", "string-responses", "message-lists", "ultrafeedback", "implicit-prompt"],
 )
 def test_preference_forms_render_the_same_pair(tmp_path, method, row):
     prepared, _ = prepare(tmp_path, [row], method=method)
     assert prepared.train.column_names == ["prompt", "chosen", "rejected"]
     assert prepared.train[0] == {"prompt": HEAD, "chosen": "5<|im_end|>", "rejected": "6<|im_end|>"}
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_plain_text_pairs_are_used_as_given(tmp_path, method):
+    # Already-formatted text (all strings) gets no template, as in TRL: "Human: ... Assistant:" stays as it is.
+    explicit = {"prompt": "Human: what is 2 plus 3? Assistant:", "chosen": " 5", "rejected": " 6"}
+    prepared, _ = prepare(tmp_path / "explicit", [explicit], method=method)
+    assert prepared.train[0] == explicit
+    implicit = {"chosen": "Human: hello Assistant: yes good", "rejected": "Human: hello Assistant: no"}
+    prepared, _ = prepare(tmp_path / "implicit", [implicit], method=method)
+    assert prepared.train[0] == {"prompt": "Human: hello Assistant: ", "chosen": "yes good", "rejected": "no"}
+
+
+def test_plain_text_prompt_is_cut_from_the_left(tmp_path):
+    row = {"prompt": "one two three four five six", "chosen": " yes", "rejected": " no"}
+    prepared, _ = prepare(tmp_path, [row], method="dpo", section={"max_prompt_length": 3, "max_length": 64})
+    assert prepared.train[0]["prompt"] == "five six"
+    assert prepared.report.prompt_truncated == 1
 
 
 def test_implicit_prompt_is_the_shared_beginning_of_a_multi_turn_pair(tmp_path):
@@ -166,7 +189,7 @@ def test_implicit_prompt_is_the_shared_beginning_of_a_multi_turn_pair(tmp_path):
 
 
 def test_system_prompt_goes_into_the_preference_prompt(tmp_path):
-    row = {"prompt": "hello", "chosen": "yes", "rejected": "no"}
+    row = {"prompt": [{"role": "user", "content": "hello"}], "chosen": "yes", "rejected": "no"}
     prepared, _ = prepare(tmp_path, [row], method="dpo", system_prompt="you are a helpful model")
     assert prepared.train[0]["prompt"] == (
         "<|im_start|>system\nyou are a helpful model<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
@@ -185,7 +208,7 @@ def test_identical_responses_are_dropped_and_counted(tmp_path):
 
 
 def test_prompt_is_cut_from_the_left_to_max_prompt_length(tmp_path):
-    row = {"prompt": "one two three four five six", "chosen": "yes", "rejected": "no"}
+    row = {"prompt": [{"role": "user", "content": "one two three four five six"}], "chosen": "yes", "rejected": "no"}
     prepared, tokenizer = prepare(tmp_path, [row], method="dpo", section={"max_prompt_length": 8, "max_length": 64})
     prompt = prepared.train[0]["prompt"]
     # the end survives: the generation prompt the responses follow
@@ -195,7 +218,7 @@ def test_prompt_is_cut_from_the_left_to_max_prompt_length(tmp_path):
 
 
 def test_orpo_prompt_budget_counts_the_bos_the_trainer_adds(tmp_path):
-    row = {"prompt": "one two three four five six", "chosen": "yes", "rejected": "no"}
+    row = {"prompt": [{"role": "user", "content": "one two three four five six"}], "chosen": "yes", "rejected": "no"}
     prepared, tokenizer = prepare(tmp_path, [row], method="orpo", section={"max_prompt_length": 8, "max_length": 64})
     # ORPOTrainer prepends <s> to a prompt that does not start with it: 7 tokens here + 1 = 8
     assert prepared.train[0]["prompt"] == " six<|im_end|>\n<|im_start|>assistant\n"

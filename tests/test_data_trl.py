@@ -16,7 +16,11 @@ CHAT = [
     {"role": "user", "content": "and 4?"},
     {"role": "assistant", "content": "7"},
 ]
-PAIR = {"prompt": "what is 2 plus 3?", "chosen": "5", "rejected": "6"}
+PAIR = {
+    "prompt": [{"role": "user", "content": "what is 2 plus 3?"}],
+    "chosen": [{"role": "assistant", "content": "5"}],
+    "rejected": [{"role": "assistant", "content": "6"}],
+}
 
 
 @pytest.fixture(autouse=True)

@@ -251,12 +251,18 @@ def _text(value: Any, column: str) -> str:
     return value
 
 
+def is_plain_text_pair(row: dict[str, Any], detected: Detected) -> bool:
+    """Whether a preference row is already-formatted text (every column a string), used as TRL uses it."""
+    return all(isinstance(row.get(column), str) for column in detected.columns)
+
+
 def preference(row: dict[str, Any], detected: Detected) -> tuple[list, list, list]:
     """(prompt, chosen, rejected) as message lists.
 
     Full conversations in chosen/rejected (UltraFeedback style) share their beginning: that becomes the
-    prompt, and each response is what follows it. Otherwise the prompt column is the prompt. Strings become
-    a user message (prompt) or an assistant message (responses).
+    prompt, and each response is what follows it. Otherwise the prompt column is the prompt. Beside message
+    lists, a string becomes a user message (prompt) or an assistant message (response); rows of strings only
+    are plain text and never come here (`is_plain_text_pair`).
     """
     chosen = _turns(row["chosen"], "chosen", "assistant")
     rejected = _turns(row["rejected"], "rejected", "assistant")

@@ -7,6 +7,10 @@ that does not end with one. So a response keeps the template's end-of-turn token
 after it, and a BOS the template wrote is dropped when the trainer will add one anyway: nothing is doubled.
 The prompt is cut from the left to `max_prompt_length` tokens (TRL 1.x no longer does this), counting the
 BOS the trainer adds.
+
+Plain-text pairs (prompt, chosen and rejected all strings) are taken as already formatted, as TRL takes
+them: no template is applied (text such as "Human: ... Assistant:" would otherwise be wrapped twice), and
+without a prompt column the prompt is the text chosen and rejected share.
 """
 
 from __future__ import annotations
@@ -78,6 +82,30 @@ def render_pair(
         prompt_cut=was_cut,
         chosen_tokens=_count(tokenizer, chosen_text, tokens.eos),
         rejected_tokens=_count(tokenizer, rejected_text, tokens.eos),
+    )
+
+
+def raw_pair(
+    tokenizer,
+    prompt: str | None,
+    chosen: str,
+    rejected: str,
+    tokens: TrainerTokens,
+    max_prompt_length: int | None,
+) -> PairRendered:
+    """A plain-text pair as given; only the prompt is cut to `max_prompt_length`."""
+    if prompt is None:
+        shared = common_prefix_length(chosen, rejected)
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    head, prompt_tokens, was_cut = _cut_prompt(tokenizer, prompt, tokens, max_prompt_length)
+    return PairRendered(
+        prompt=head,
+        chosen=chosen,
+        rejected=rejected,
+        prompt_tokens=prompt_tokens,
+        prompt_cut=was_cut,
+        chosen_tokens=_count(tokenizer, chosen, tokens.eos),
+        rejected_tokens=_count(tokenizer, rejected, tokens.eos),
     )
 
 

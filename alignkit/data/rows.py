@@ -17,7 +17,7 @@ from alignkit.data.masking import (
     render_text,
     tokenize_with_masks,
 )
-from alignkit.data.preference import TrainerTokens, render_pair
+from alignkit.data.preference import TrainerTokens, raw_pair, render_pair
 from alignkit.data.templates import TemplateRowError, adds_bos_on_encode
 
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
@@ -210,6 +210,17 @@ class _Bound:
         out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "_length": [], "_drop": [], "_cut": []}
         for position, row in enumerate(rows):
             try:
+                if formats.is_plain_text_pair(row, detected):
+                    pair = raw_pair(
+                        pre.tokenizer,
+                        row.get("prompt") if detected.format == formats.PREFERENCE else None,
+                        row["chosen"],
+                        row["rejected"],
+                        pre.pair_tokens,
+                        pre.max_prompt_length,
+                    )
+                    self._keep_pair(out, pair)
+                    continue
                 prompt, chosen, rejected = formats.preference(row, detected)
                 prompt = formats.with_system(prompt, pre.system_prompt)
                 if not chosen or not rejected:
@@ -231,10 +242,14 @@ class _Bound:
                 )
             except (formats.RowError, TemplateRowError) as err:
                 raise RowFailure(indices[position], str(err)) from None
-            out["prompt"].append(pair.prompt)
-            out["chosen"].append(pair.chosen)
-            out["rejected"].append(pair.rejected)
-            out["_length"].append(pair.prompt_tokens + max(pair.chosen_tokens, pair.rejected_tokens))
-            out["_drop"].append(KEEP)
-            out["_cut"].append(pair.prompt_cut)
+            self._keep_pair(out, pair)
         return out
+
+    @staticmethod
+    def _keep_pair(out: dict[str, list], pair) -> None:
+        out["prompt"].append(pair.prompt)
+        out["chosen"].append(pair.chosen)
+        out["rejected"].append(pair.rejected)
+        out["_length"].append(pair.prompt_tokens + max(pair.chosen_tokens, pair.rejected_tokens))
+        out["_drop"].append(KEEP if pair.chosen and pair.rejected and pair.chosen != pair.rejected else EMPTY)
+        out["_cut"].append(pair.prompt_cut)
