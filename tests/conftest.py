@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ.pop("ALIGNKIT_DEBUG", None)
+# Tests never read or fill the user's data cache (~/.cache/alignkit/data).
+os.environ["ALIGNKIT_DATA_CACHE"] = tempfile.mkdtemp(prefix="alignkit-test-cache-")
 os.environ.pop("ALIGNKIT_MIRRORS", None)  # a developer's mirror file would change every recipe the tests resolve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -319,3 +319,20 @@ def test_a_tools_column_reaches_the_template(tmp_path, as_text):
         chat_template=template,
     )
     assert pairs.train[0]["prompt"].startswith("<|im_start|>system\n1 add<|im_end|>\n")
+
+
+def test_chat_template_kwargs_reach_the_template(tmp_path):
+    # SmolLM3-style rows carry per-row template switches such as enable_thinking.
+    template = (
+        "{% if enable_thinking is defined and not enable_thinking %}no {% else %}yes {% endif %}"
+        "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"
+    )
+    chat = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]
+    rows = [
+        {"messages": chat, "chat_template_kwargs": {"enable_thinking": False}},
+        {"messages": chat, "chat_template_kwargs": {"enable_thinking": True}},
+    ]
+    prepared, tokenizer = prepare(tmp_path, rows, method="sft", chat_template=template)
+    assert prepared.train.column_names == ["input_ids", "assistant_masks"]
+    texts = sorted(tokenizer.decode(row["input_ids"]) for row in prepared.train)
+    assert texts == ["no hello<|im_end|>world<|im_end|>", "yes hello<|im_end|>world<|im_end|>"]

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+# Bumped whenever the rows a recipe produces change (2: plain-text pairs untemplated, chat_template_kwargs).
+FORMAT_VERSION = 2
 """Bumped whenever preprocessing changes what it produces, so old entries are not reused."""
 
 

@@ -24,6 +24,8 @@ PROMPT_COMPLETION = "prompt-completion"
 TEXT = "text"
 PREFERENCE = "preference"
 PREFERENCE_IMPLICIT = "preference-conversations"
+TEMPLATE_CONTEXT = ("tools", "chat_template_kwargs")
+"""Columns the chat template reads beside the messages; never training text themselves."""
 
 # What each method accepts, in the order formats are tried when several fit.
 ACCEPTED = {
@@ -114,8 +116,9 @@ def detect(columns: list[str], first_row: dict[str, Any] | None, method: str, te
     for wanted in ACCEPTED[method]:
         for candidate in candidates:
             if candidate.format == wanted:
-                if "tools" in found and candidate.format != TEXT:  # TRL's tool schemas, for the chat template
-                    return Detected(candidate.format, (*candidate.columns, "tools"))
+                context = tuple(c for c in TEMPLATE_CONTEXT if c in found)
+                if context and candidate.format != TEXT:  # inputs of the chat template beside the messages
+                    return Detected(candidate.format, (*candidate.columns, *context))
                 return candidate
     accepted = "; ".join(DESCRIPTIONS[f] for f in ACCEPTED[method])
     if method == "cpt":
@@ -168,19 +171,31 @@ def sharegpt_messages(value: Any, column: str = "conversations") -> list[dict[st
     return out
 
 
-def tools_of(row: dict[str, Any], detected: Detected) -> list | None:
-    """The row's tool schemas (a list, or its JSON text), or None."""
-    if "tools" not in detected.columns:
-        return None
-    value = row.get("tools")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else None
-        except json.JSONDecodeError as err:
-            raise RowError(f"tools is not valid JSON ({err.msg})") from None
-    if value is not None and not isinstance(value, list):
-        raise RowError(f"tools must be a list of tool schemas (found {type(value).__name__})")
-    return value or None
+def template_context(row: dict[str, Any], detected: Detected) -> dict[str, Any] | None:
+    """The row's chat-template inputs besides its messages: tool schemas and `chat_template_kwargs`."""
+    context: dict[str, Any] = {}
+    if "tools" in detected.columns:
+        tools = _json_field(row.get("tools"), "tools")
+        if tools is not None and not isinstance(tools, list):
+            raise RowError(f"tools must be a list of tool schemas (found {type(tools).__name__})")
+        if tools:
+            context["tools"] = tools
+    if "chat_template_kwargs" in detected.columns:
+        kwargs = _json_field(row.get("chat_template_kwargs"), "chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise RowError(f"chat_template_kwargs must be a mapping (found {type(kwargs).__name__})")
+        context.update(kwargs or {})
+    return context or None
+
+
+def _json_field(value: Any, column: str) -> Any:
+    """A structured column as stored, or decoded when a file kept it as JSON text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else None
+    except json.JSONDecodeError as err:
+        raise RowError(f"{column} is not valid JSON ({err.msg})") from None
 
 
 def _content(value: Any, where: str) -> str:

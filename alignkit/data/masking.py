@@ -38,15 +38,15 @@ class Rendered:
     add_special_tokens: bool
 
 
-def assistant_spans(tokenizer, messages: list[dict[str, str]], full: str, tools: list | None = None) -> list[Span]:
+def assistant_spans(tokenizer, messages: list[dict[str, str]], full: str, context: dict | None = None) -> list[Span]:
     """Character spans of every assistant turn of `messages` inside `full`, its rendering."""
     spans: list[Span] = []
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = _turn_start(tokenizer, messages, index, full, cursor, tools)
-        end = _turn_end(tokenizer, messages, index, full, start, tools)
+        start = _turn_start(tokenizer, messages, index, full, cursor, context)
+        end = _turn_end(tokenizer, messages, index, full, start, context)
         while end > start and full[end - 1].isspace():
             end -= 1
         if end > start:
@@ -55,9 +55,9 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]], full: str, tools:
     return spans
 
 
-def _turn_start(tokenizer, messages, index: int, full: str, cursor: int, tools) -> int:
+def _turn_start(tokenizer, messages, index: int, full: str, cursor: int, context) -> int:
     try:
-        before = render(tokenizer, messages[:index], add_generation_prompt=True, tools=tools)
+        before = render(tokenizer, messages[:index], add_generation_prompt=True, context=context)
     except ValueError:
         before = ""  # templates that index messages[0] refuse an empty conversation
     if before and full.startswith(before):
@@ -70,8 +70,8 @@ def _turn_start(tokenizer, messages, index: int, full: str, cursor: int, tools) 
     return found if found >= 0 and not full[start:found].strip() else start
 
 
-def _turn_end(tokenizer, messages, index: int, full: str, start: int, tools) -> int:
-    through = render(tokenizer, messages[: index + 1], tools=tools)
+def _turn_end(tokenizer, messages, index: int, full: str, start: int, context) -> int:
+    through = render(tokenizer, messages[: index + 1], context=context)
     if full.startswith(through) and len(through) > start:
         return len(through)
     # The template renders a turn differently when it is the last one (Qwen3 drops the reasoning of earlier
@@ -87,15 +87,15 @@ def _turn_end(tokenizer, messages, index: int, full: str, start: int, tools) -> 
 
 
 def render_conversation(
-    tokenizer, messages: list[dict[str, str]], policy: LossPolicy, tools: list | None = None
+    tokenizer, messages: list[dict[str, str]], policy: LossPolicy, context: dict | None = None
 ) -> Rendered:
-    full = render(tokenizer, messages, tools=tools)
-    spans = assistant_spans(tokenizer, messages, full, tools) if policy.assistant_only else [(0, len(full))]
+    full = render(tokenizer, messages, context=context)
+    spans = assistant_spans(tokenizer, messages, full, context) if policy.assistant_only else [(0, len(full))]
     return Rendered(full, spans, add_special_tokens=False)
 
 
 def render_prompt_completion(
-    tokenizer, prompt, completion, policy: LossPolicy, is_string: bool, tools: list | None = None
+    tokenizer, prompt, completion, policy: LossPolicy, is_string: bool, context: dict | None = None
 ) -> Rendered:
     """Strings are concatenated as TRL does (eos appended); message lists go through the chat template."""
     if is_string:
@@ -107,10 +107,10 @@ def render_prompt_completion(
         # TRL tokenizes plain text with the tokenizer's own special tokens (a Llama BOS, for instance).
         return Rendered(full, spans, add_special_tokens=True)
     messages = prompt + completion
-    full = render(tokenizer, messages, tools=tools)
+    full = render(tokenizer, messages, context=context)
     if policy.completion_only:
         try:
-            head = render(tokenizer, prompt, add_generation_prompt=True, tools=tools)
+            head = render(tokenizer, prompt, add_generation_prompt=True, context=context)
         except ValueError:
             head = ""
         start = common_prefix_length(head, full)
@@ -119,7 +119,7 @@ def render_prompt_completion(
             end -= 1
         spans = [(start, end)] if end > start else []
     elif policy.assistant_only:
-        spans = assistant_spans(tokenizer, messages, full, tools)
+        spans = assistant_spans(tokenizer, messages, full, context)
     else:
         spans = [(0, len(full))]
     return Rendered(full, spans, add_special_tokens=False)

@@ -60,11 +60,11 @@ def render_pair(
     rejected: list[dict[str, str]],
     tokens: TrainerTokens,
     max_prompt_length: int | None,
-    tools: list | None = None,
+    context: dict | None = None,
 ) -> PairRendered:
-    head = render(tokenizer, prompt, add_generation_prompt=True, tools=tools)
-    with_chosen = render(tokenizer, prompt + chosen, tools=tools)
-    with_rejected = render(tokenizer, prompt + rejected, tools=tools)
+    head = render(tokenizer, prompt, add_generation_prompt=True, context=context)
+    with_chosen = render(tokenizer, prompt + chosen, context=context)
+    with_rejected = render(tokenizer, prompt + rejected, context=context)
     # Some templates render the generation prompt differently from the same turn in a conversation; the
     # responses start where the renderings part (as TRL's own common-prefix rule for token ids).
     cut = min(common_prefix_length(head, with_chosen), common_prefix_length(head, with_rejected))

@@ -64,7 +64,7 @@ class Contaminated:
 
     def __init__(self, benchmarks: Benchmarks, columns: tuple[str, ...]):
         self.benchmarks = benchmarks
-        self.columns = tuple(c for c in columns if c != "tools")  # tool schemas are not training text
+        self.columns = tuple(c for c in columns if c not in formats.TEMPLATE_CONTEXT)  # template input, not text
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         size = len(next(iter(batch.values())))
@@ -163,12 +163,12 @@ class _Bound:
         empty = []
         for position, row in enumerate(rows):
             try:
-                tools = formats.tools_of(row, detected)
+                context = formats.template_context(row, detected)
                 if detected.shape == "conversation":
                     messages = formats.with_system(formats.conversation(row, detected), pre.system_prompt)
                     empty.append(not messages)
                     rendered.append(
-                        render_conversation(pre.tokenizer, messages, pre.policy, tools) if messages else None
+                        render_conversation(pre.tokenizer, messages, pre.policy, context) if messages else None
                     )
                 elif detected.shape == "prompt-completion":
                     prompt, completion = formats.prompt_completion(row, detected)
@@ -177,7 +177,7 @@ class _Bound:
                         prompt = formats.with_system(prompt, pre.system_prompt)
                     empty.append(False)
                     rendered.append(
-                        render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string, tools)
+                        render_prompt_completion(pre.tokenizer, prompt, completion, pre.policy, is_string, context)
                     )
                 else:
                     text = formats.text_of(row, detected)
@@ -238,7 +238,7 @@ class _Bound:
                     rejected,
                     pre.pair_tokens,
                     pre.max_prompt_length,
-                    formats.tools_of(row, detected),
+                    formats.template_context(row, detected),
                 )
             except (formats.RowError, TemplateRowError) as err:
                 raise RowFailure(indices[position], str(err)) from None

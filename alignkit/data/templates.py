@@ -52,16 +52,23 @@ def ensure_chat_template(tokenizer, recipe) -> bool:
 
 
 def render(
-    tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False, tools: list | None = None
+    tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False, context: dict | None = None
 ) -> str:
-    """The conversation as text through the tokenizer's chat template (with the row's tool schemas, if any).
+    """The conversation as text through the tokenizer's chat template.
+
+    `context` holds the row's template inputs besides the messages: its tool schemas and its
+    `chat_template_kwargs` (such as SmolLM3's `enable_thinking`).
 
     Raises:
         TemplateRowError: when the template refuses the conversation.
     """
     try:
         return tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, return_dict=False
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            return_dict=False,
+            **(context or {}),
         )
     except Exception as err:  # jinja2's TemplateError and whatever raise_exception() raised inside the template
         raise TemplateRowError(f"the chat template refused this conversation: {err}") from None
