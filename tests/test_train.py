@@ -120,6 +120,9 @@ def test_every_method_trains_and_saves(cli, tiny_model_dir, data_dir, tmp_path, 
     recipe = write_recipe(tmp_path, method, tiny_model_dir, data_dir, out)
     result = cli(method, "--recipe", recipe)
     assert result.exit_code == 0, result.output
+    # CliRunner is not a terminal: progress comes as plain periodic lines, the last one at the final step.
+    assert "training: 4 steps" in result.output
+    assert "step 4/4 loss " in result.output
     _assert_finished_run(out, method)
     before, after = _weights(tiny_model_dir), _weights(out)
     changed = [name for name in before if not (before[name] == after[name]).all()]
@@ -248,3 +251,28 @@ def test_changed_recipe_does_not_resume_silently(cli, tiny_model_dir, data_dir, 
     result = cli("sft", "--recipe", recipe, "--set", "training.learning_rate=0.5")
     assert result.exit_code == 2
     assert "holds an unfinished run of a different recipe (changed: training.learning_rate)" in result.stderr
+
+
+def test_merged_copy_and_a_merged_adapter_start(cli, tiny_model_dir, data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sft_out = tmp_path / "sft-merged"
+    peft = {"r": 4, "alpha": 8, "dropout": 0.0, "save_merged": True}
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, sft_out, peft=peft)
+    result = cli("sft", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(sft_out / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    base, merged_weights = _weights(tiny_model_dir), _weights(sft_out / "merged")
+    assert set(base) == set(merged_weights)
+    assert any(not (base[k] == merged_weights[k]).all() for k in base), "the adapter was merged in"
+
+    dpo_out = tmp_path / "dpo-after-merge"
+    recipe = write_recipe(tmp_path, "dpo", sft_out, data_dir, dpo_out, peft={"r": 2, "alpha": 4, "dropout": 0.0})
+    edited = yaml.safe_load(recipe.read_text())
+    edited["model"]["merge_adapter"] = True
+    recipe.write_text(yaml.safe_dump(edited))
+    result = cli("dpo", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    assert "merged the adapter" in result.output
+    assert json.loads((dpo_out / "adapter_config.json").read_text())["r"] == 2
