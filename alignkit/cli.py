@@ -198,6 +198,16 @@ def _print_notices(notices: list[str]) -> None:
 _MIRROR_HELP = "YAML file mapping Hub ids to local paths (models, tokenizers, datasets); default: $ALIGNKIT_MIRRORS."
 
 
+# The launch flags every training command shares (method commands and `run`).
+NumProcesses = Annotated[
+    int | None, typer.Option("--num-processes", help="Processes per machine (default: visible GPUs).")
+]
+NumMachines = Annotated[int | None, typer.Option("--num-machines", help="Machines (nodes).")]
+MachineRank = Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0-based.")]
+MainProcessIp = Annotated[str | None, typer.Option("--main-process-ip", help="Address of machine 0 (multi-node).")]
+MainProcessPort = Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")]
+
+
 def _make_method_command(method: str):
     spec = METHODS[method]
 
@@ -224,15 +234,11 @@ def _make_method_command(method: str):
             str | None,
             typer.Option("--launch", help="Launch profile: none, ddp, zero2, zero3, zero3-offload, fsdp, fsdp-qlora."),
         ] = None,
-        num_processes: Annotated[
-            int | None, typer.Option("--num-processes", help="Processes per machine (default: visible GPUs).")
-        ] = None,
-        num_machines: Annotated[int | None, typer.Option("--num-machines", help="Machines (nodes).")] = None,
-        machine_rank: Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0-based.")] = 0,
-        main_process_ip: Annotated[
-            str | None, typer.Option("--main-process-ip", help="Address of machine 0 (multi-node).")
-        ] = None,
-        main_process_port: Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")] = 29500,
+        num_processes: NumProcesses = None,
+        num_machines: NumMachines = None,
+        machine_rank: MachineRank = 0,
+        main_process_ip: MainProcessIp = None,
+        main_process_port: MainProcessPort = 29500,
     ) -> None:
         from alignkit.launch.plan import LaunchOptions, plan_launch
         from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
@@ -297,15 +303,11 @@ def run_pipeline(
     launch: Annotated[
         str | None, typer.Option("--launch", help="Launch profile for every stage (default: each recipe's).")
     ] = None,
-    num_processes: Annotated[
-        int | None, typer.Option("--num-processes", help="Processes per machine (default: visible GPUs).")
-    ] = None,
-    num_machines: Annotated[int | None, typer.Option("--num-machines", help="Machines (nodes).")] = None,
-    machine_rank: Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0-based.")] = 0,
-    main_process_ip: Annotated[
-        str | None, typer.Option("--main-process-ip", help="Address of machine 0 (multi-node).")
-    ] = None,
-    main_process_port: Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")] = 29500,
+    num_processes: NumProcesses = None,
+    num_machines: NumMachines = None,
+    machine_rank: MachineRank = 0,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = 29500,
 ) -> None:
     """Run a recipe family's stages in order (e.g. sft then dpo from the sft output), skipping finished ones.
 

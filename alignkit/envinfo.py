@@ -6,6 +6,8 @@ import platform
 import sys
 from importlib import metadata
 
+from alignkit.train.hardware import cpu_has_bf16
+
 PACKAGES = (
     "alignkit",
     "transformers",
@@ -40,18 +42,9 @@ def collect() -> dict[str, str]:
             info["gpus"] = f"{len(names)}: " + ", ".join(names)
         else:
             info["gpus"] = "none"
-        info["cpu bf16"] = "yes" if torch.backends.mkldnn.is_available() and _cpu_bf16() else "no"
+        info["cpu bf16"] = "yes" if torch.backends.mkldnn.is_available() and cpu_has_bf16() else "no"
     except ImportError:
         info["torch"] = "not installed"
     for package in PACKAGES:
         info[package] = _version(package)
     return info
-
-
-def _cpu_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = cpuinfo.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False

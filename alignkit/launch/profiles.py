@@ -20,6 +20,7 @@ import yaml
 from alignkit.errors import Problem, UserError
 from alignkit.launch.plan import PROFILES, LaunchPlan
 from alignkit.registry import configs_dir
+from alignkit.train.hardware import cpu_has_bf16
 
 DEEPSPEED = "DEEPSPEED"
 FSDP = "FSDP"
@@ -80,16 +81,7 @@ def launcher_precision(plan: LaunchPlan) -> str:
         return wanted
     if wanted == "fp16":
         return "no"
-    return "bf16" if _cpu_has_bf16() else "no"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "bf16" if cpu_has_bf16() else "no"
 
 
 def deepspeed_config(plan: LaunchPlan) -> dict[str, Any] | None:

@@ -20,7 +20,8 @@ class Hardware:
     """flash-attn is installed and usable (CUDA only)."""
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 matrix maths natively (AVX512-BF16 or AMX); read without importing torch."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             flags = cpuinfo.read()
@@ -41,4 +42,4 @@ def detect() -> Hardware:
             fp16=True,
             flash_attn=importlib.util.find_spec("flash_attn") is not None,
         )
-    return Hardware(device="cpu", bf16=_cpu_has_bf16(), fp16=False, flash_attn=False)
+    return Hardware(device="cpu", bf16=cpu_has_bf16(), fp16=False, flash_attn=False)
