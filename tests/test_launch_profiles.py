@@ -205,9 +205,9 @@ def test_launcher_precision_matches_what_the_trainer_can_do(monkeypatch):
     monkeypatch.setattr("alignkit.launch.plan.visible_gpus", lambda: 0)
     plan = _plan(recipe="tiny-demo", launch="ddp", num_processes=2, overrides=["training.mixed_precision=bf16"])
     assert plan.device == "cpu"
-    monkeypatch.setattr(profiles, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(profiles, "cpu_has_bf16", lambda: True)
     assert profiles.accelerate_config(plan)["mixed_precision"] == "bf16"
-    monkeypatch.setattr(profiles, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(profiles, "cpu_has_bf16", lambda: False)
     assert profiles.accelerate_config(plan)["mixed_precision"] == "no"
     fp16 = _plan(recipe="tiny-demo", launch="ddp", num_processes=2, overrides=["training.mixed_precision=fp16"])
     assert profiles.accelerate_config(fp16)["mixed_precision"] == "no"
