@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out results ({len(files)} files in {DEMO_DIR}/data)", title_justify="left")
+    held_out = sum(1 for _ in files["sft_test"].open(encoding="utf-8"))
+    table = Table(title=f"held-out results ({held_out} questions never trained on)", title_justify="left")
     table.add_column("model")
     table.add_column("exact match", justify="right")
     table.add_column("preference accuracy", justify="right")
