@@ -334,3 +334,13 @@ def test_env_reports_versions(cli):
     assert result.exit_code == 0
     for key in ("python:", "torch:", "transformers:", "trl:", "peft:", "accelerate:", "datasets:", "gpus:"):
         assert key in result.stdout
+
+
+def test_qlora_keeps_a_recipes_own_quantisation_choices(cli, write_recipe, tmp_path):
+    text = MINIMAL_SFT.format(output_dir=tmp_path / "out") + (
+        "peft: {r: 64, alpha: 16}\nquantization: {load_in_4bit: true, bnb_4bit_use_double_quant: false}\n"
+    )
+    doc = _dry_run(cli, "sft", "--recipe", write_recipe(text), "--qlora")
+    assert doc["recipe"]["quantization"]["bnb_4bit_use_double_quant"] is False
+    assert doc["recipe"]["peft"]["r"] == 64
+    assert doc["recipe"]["training"]["learning_rate"] == 2e-5  # already a QLoRA recipe: its values stay

@@ -32,11 +32,12 @@ def apply_qlora(recipe: dict[str, Any], method: str) -> tuple[dict[str, Any], li
     result["quantization"] = {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": quant.get("bnb_4bit_quant_type", "nf4"),
-        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_use_double_quant": quant.get("bnb_4bit_use_double_quant", True),
         "bnb_4bit_compute_dtype": compute,
         "bnb_4bit_quant_storage": compute,
     }
-    notices = [f"--qlora: base weights in 4-bit NF4 with double quantisation, compute and storage dtype {compute}"]
+    double = " with double quantisation" if result["quantization"]["bnb_4bit_use_double_quant"] else ""
+    notices = [f"--qlora: base weights in 4-bit NF4{double}, compute and storage dtype {compute}"]
     if result.get("peft") is None:
         result["peft"] = dict(DEFAULT_LORA)
         notices.append("--qlora: LoRA r=16 alpha=16 dropout=0.05 on all linear layers")
