@@ -206,6 +206,7 @@ NumMachines = Annotated[int | None, typer.Option("--num-machines", help="Machine
 MachineRank = Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0-based.")]
 MainProcessIp = Annotated[str | None, typer.Option("--main-process-ip", help="Address of machine 0 (multi-node).")]
 MainProcessPort = Annotated[int, typer.Option("--main-process-port", help="Port on machine 0.")]
+AsJson = Annotated[bool, typer.Option("--json", help="With --dry-run: print one JSON document.")]
 
 
 def _make_method_command(method: str):
@@ -226,7 +227,7 @@ def _make_method_command(method: str):
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Validate and print the recipe and launch plan; load nothing.")
         ] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print one JSON document.")] = False,
+        as_json: AsJson = False,
         overwrite: Annotated[
             bool, typer.Option("--overwrite", help="Replace a finished run in the output directory.")
         ] = False,
@@ -296,7 +297,7 @@ def run_pipeline(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate every stage and print the stage table; load nothing.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print one JSON document.")] = False,
+    as_json: AsJson = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Retrain every stage, replacing finished runs.")
     ] = False,

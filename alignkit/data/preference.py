@@ -73,16 +73,7 @@ def render_pair(
     rejected_text = _response(with_rejected[cut:], tokens.eos)
     if tokens.strips_template_bos() and head.startswith(tokens.bos):
         head = head[len(tokens.bos) :]
-    head, prompt_tokens, was_cut = _cut_prompt(tokenizer, head, tokens, max_prompt_length)
-    return PairRendered(
-        prompt=head,
-        chosen=chosen_text,
-        rejected=rejected_text,
-        prompt_tokens=prompt_tokens,
-        prompt_cut=was_cut,
-        chosen_tokens=_count(tokenizer, chosen_text, tokens.eos),
-        rejected_tokens=_count(tokenizer, rejected_text, tokens.eos),
-    )
+    return _pair(tokenizer, head, chosen_text, rejected_text, tokens, max_prompt_length)
 
 
 def raw_pair(
@@ -97,6 +88,11 @@ def raw_pair(
     if prompt is None:
         shared = common_prefix_length(chosen, rejected)
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    return _pair(tokenizer, prompt, chosen, rejected, tokens, max_prompt_length)
+
+
+def _pair(tokenizer, prompt: str, chosen: str, rejected: str, tokens: TrainerTokens, max_prompt_length) -> PairRendered:
+    """The pair with its prompt cut to `max_prompt_length`, and the token counts the trainer will see."""
     head, prompt_tokens, was_cut = _cut_prompt(tokenizer, prompt, tokens, max_prompt_length)
     return PairRendered(
         prompt=head,
