@@ -47,7 +47,10 @@ class RecipeEntry:
     @property
     def size(self) -> str:
         match = _SIZE.search(self.base_model.rsplit("/", 1)[-1]) or _SIZE.search(self.name)
-        return match.group(0).upper() if match else "-"
+        if not match:
+            return "-"
+        size = match.group(0)
+        return size[:-1] + size[-1].upper()  # 8x22B, 1.7B, 360M
 
 
 @cache
