@@ -150,3 +150,12 @@ def test_qlora_flat_config(write_recipe):
     assert resolved.recipe.peft.target_modules == ["q_proj", "v_proj"]
     assert resolved.recipe.quantization.load_in_4bit
     assert resolved.recipe.quantization.bnb_4bit_use_double_quant is False  # the handbook's default
+
+
+def test_a_config_for_another_method_is_refused(write_recipe):
+    text = "model_name_or_path: m\ndataset_name: d\nbeta: 0.01\nmax_prompt_length: 512\nmax_length: 1024\n"
+    with pytest.raises(UserError) as info:
+        _convert(write_recipe, "sft", text)
+    assert [p.path for p in info.value.problems] == ["beta", "max_prompt_length"]
+    assert "a dpo or orpo setting in a sft config; run `alignkit dpo --recipe" in info.value.problems[0].message
+    assert _convert(write_recipe, "dpo", text).recipe.dpo.beta == 0.01

@@ -142,6 +142,10 @@ _SECTION_OF_METHOD_KEYS = {
     "orpo": {"max_length", "max_prompt_length", "beta"},
 }
 
+# Keys that only make sense for one family of methods: their presence means the config was written for it.
+_DEFINING_KEYS = {"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}
+_DEFINING_KEYS |= {"assistant_only_loss", "completion_only_loss", "packing_strategy"}
+
 _TRL_FIELDS = {
     "cpt": vocab.SFT_CONFIG_FIELDS,
     "sft": vocab.SFT_CONFIG_FIELDS,
@@ -205,7 +209,18 @@ def convert_flat(data: dict[str, Any], method: str, source: str) -> Converted:
             target = _MOVES[key].format(m=method)
             section, _, leaf = target.partition(".")
             if section == method and leaf not in _SECTION_OF_METHOD_KEYS[method]:
-                out.notices.append(f"dropped {key} (not used by {method})")
+                owners = [m for m in ("dpo", "orpo", "sft") if m != method and leaf in _SECTION_OF_METHOD_KEYS[m]]
+                if owners and leaf in _DEFINING_KEYS:
+                    problems.append(
+                        Problem(
+                            source=source,
+                            path=key,
+                            message=f"a {' or '.join(owners)} setting in a {method} config; run"
+                            f" `alignkit {owners[0]} --recipe {source}`, or remove the key",
+                        )
+                    )
+                else:
+                    out.notices.append(f"dropped {key} (not used by {method})")
                 continue
             if section == "cpt" and method != "cpt":
                 out.notices.append(f"dropped {key} (only cpt reads a raw text column)")
