@@ -9,7 +9,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-_SHOWN = ("loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins", "eval_loss")
+_SHOWN_EVAL = ("eval_loss", "eval_mean_token_accuracy", "eval_rewards/accuracies", "eval_rewards/margins")
+_SHOWN = ("loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins")
 
 
 class ProgressCallback(TrainerCallback):
@@ -54,12 +55,15 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        self._last.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
-        line = self._format(state)
+        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        self._last.update(numbers)
         if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step, metrics=line)
-        elif any(k in logs for k in ("loss", "eval_loss")):
-            self._print(f"step {state.global_step}/{state.max_steps} {line}")
+            self._progress.update(self._task, completed=state.global_step, metrics=self._format(state, self._last))
+        elif "loss" in logs:
+            self._print(f"step {state.global_step}/{state.max_steps} {self._format(state, numbers)}")
+        elif "eval_loss" in logs:
+            shown = "  ".join(f"{k} {numbers[k]:.4g}" for k in _SHOWN_EVAL if k in numbers)
+            self._print(f"step {state.global_step}/{state.max_steps} {shown}")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None and state.is_world_process_zero:
@@ -73,11 +77,11 @@ class ProgressCallback(TrainerCallback):
             self._progress.stop()
         self._print(f"training done: {state.global_step} steps in {time.monotonic() - self._start:.1f}s")
 
-    def _format(self, state) -> str:
+    def _format(self, state, values: dict[str, float]) -> str:
         parts = []
         for key in _SHOWN:
-            if key in self._last:
-                value = self._last[key]
+            if key in values:
+                value = values[key]
                 parts.append(f"{key.split('/')[-1]} {value:.3g}" if key != "learning_rate" else f"lr {value:.2e}")
         elapsed = time.monotonic() - self._start
         steps = state.global_step - self._start_step
