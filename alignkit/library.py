@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignkit import registry
 from alignkit.errors import Problem, UserError
-from alignkit.methods import METHODS
+from alignkit.methods import known_method
 from alignkit.recipe.yamlio import read_yaml_mapping
 
 SCAN_FILE = "scan.yaml"
@@ -106,12 +106,7 @@ class ScanSpec(BaseModel):
     output_dir: str
     """Each run's output folder, formatted like `set` (`:` in a recipe name becomes `-`)."""
 
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; one of {', '.join(METHODS)}")
-        return value
+    _known_method = field_validator("method")(known_method)
 
     @field_validator("grid")
     @classmethod

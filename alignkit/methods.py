@@ -59,3 +59,10 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+
+def known_method(name: str) -> str:
+    """`name` when it is a method alignkit offers; a ValueError naming the choices otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; one of {', '.join(METHODS)}")
+    return name

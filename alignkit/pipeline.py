@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignkit import registry
 from alignkit.errors import Problem, UserError
-from alignkit.methods import METHODS
+from alignkit.methods import METHODS, known_method
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
 
@@ -55,12 +55,7 @@ class StageSpec(BaseModel):
     from_stage: str | None = Field(None, alias="from")
     """An earlier stage whose output_dir becomes this stage's model.name_or_path."""
 
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; one of {', '.join(METHODS)}")
-        return value
+    _known_method = field_validator("method")(known_method)
 
 
 class PipelineSpec(BaseModel):
