@@ -245,3 +245,16 @@ def test_secrets_are_never_written(tmp_path, cli, monkeypatch):
     assert refused.exit_code == 2
     assert "looks like a token" in refused.stderr
     assert not (tmp_path / "leak.sbatch").exists()
+    # A commit hash pinning a revision is 40 hex digits too, and is no secret.
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    pinned = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2",
+        "--output", tmp_path / "pinned.sbatch", "--set", f"model.revision={sha}",
+    )  # fmt: skip
+    assert pinned.exit_code == 0, pinned.output
+    assert sha in (tmp_path / "pinned.sbatch").read_text()
+    wandb_like = cli(
+        "slurm", "sft", "--recipe", "tiny-demo", "--nodes", "1", "--gpus-per-node", "2",
+        "--output", tmp_path / "key.sbatch", "--set", f"hub.hub_model_id={sha}",
+    )  # fmt: skip
+    assert wandb_like.exit_code == 2

@@ -14,9 +14,7 @@ from pathlib import Path
 from alignkit.errors import Problem, UserError
 from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
-
-# Secrets go to jobs by name only; a value that looks like one must never be written into a job file.
-_SECRET_LOOKING = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|[A-Fa-f0-9]{40})\b")
+from alignkit.rundir import looks_like_secret
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool 
     if spec.gpus_per_node < 1:
         problems.append(Problem(source="--gpus-per-node", message=f"must be at least 1 (given: {spec.gpus_per_node})"))
     for text in spec.overrides:
-        if _SECRET_LOOKING.search(text):
+        if looks_like_secret(text):  # secrets reach jobs by name only, never written into a job file
             problems.append(
                 Problem(
                     source=f"--set {text.split('=', 1)[0]}=...",
