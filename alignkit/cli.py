@@ -111,10 +111,11 @@ def recipes_list(
             ]
             typer.echo(json.dumps(rows, indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
 
-        console = Console()
+        from alignkit.terminal import output_console
+
+        console = output_console()
         headers = ("name", "methods", "base model", "size", "GPUs", "launch")
         rows = [(e.name, ", ".join(e.methods), e.base_model, e.size, _gpus_label(e), e.profile) for e in entries]
         # The fixed columns never wrap; the description gets what is left, and is dropped (it is in --json)
@@ -123,7 +124,7 @@ def recipes_list(
         with_description = console.width - used >= 30
         if console.width < used:
             # Too narrow for the table: print it whole and let the terminal wrap, rather than cut ids short.
-            console = Console(width=used)
+            console = output_console(width=used)
         table = Table(title="alignkit recipes", title_justify="left")
         for column in headers:
             table.add_column(column, no_wrap=True)
@@ -375,12 +376,13 @@ def _print_dry_run(resolved, plan, as_json: bool) -> None:
         }
         typer.echo(json.dumps(document, indent=2))
         return
-    from rich.console import Console
     from rich.syntax import Syntax
     from rich.table import Table
 
+    from alignkit.terminal import output_console
+
     _print_notices(resolved.notices)
-    console = Console()
+    console = output_console()
     console.print(f"[bold]{resolved.method}[/bold] recipe [bold]{resolved.name}[/bold] ({resolved.source})")
     console.print(Syntax(dump_yaml(recipe), "yaml", background_color="default", word_wrap=True))
     table = Table(title="launch plan", title_justify="left", show_header=False)

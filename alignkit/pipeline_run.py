@@ -109,10 +109,11 @@ def print_plan(planned: PipelineRun, *, as_json: bool, echo) -> None:
     if as_json:
         echo(json.dumps(document(planned), indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from alignkit.terminal import output_console
+
+    console = output_console()
     title = f"pipeline {planned.name}" + (f": {planned.description}" if planned.description else "")
     table = Table(title=title, title_justify="left")
     for column in ("stage", "method", "recipe", "model", "output dir", "launch", "status"):

@@ -19,7 +19,9 @@ os.environ.update(
 os.environ.pop("ALIGNKIT_DEBUG", None)
 # Tests never read or fill the user's data cache (~/.cache/alignkit/data).
 os.environ["ALIGNKIT_DATA_CACHE"] = tempfile.mkdtemp(prefix="alignkit-test-cache-")
-os.environ.pop("ALIGNKIT_MIRRORS", None)  # a developer's mirror file would change every recipe the tests resolve
+os.environ.pop("ALIGNKIT_MIRRORS", None)
+# Human-readable output is laid out for a pipe in tests; a COLUMNS from the shell would re-wrap it.
+os.environ.pop("COLUMNS", None)  # a developer's mirror file would change every recipe the tests resolve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -71,15 +71,30 @@ def test_json_report(cli, recipe, tmp_path):
 def test_text_report_highlights_and_counts(cli, recipe, tmp_path):
     result = cli("data", "sft", "--recipe", recipe, "--show", "2", "--set", "sft.max_length=64")
     assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "prepared and cached" in out
-    assert "4 / 1" in out
-    assert "0 of 4 (max_length 64)" in out
-    assert "example 2 (green: trained on)" in out
-    assert "[train]" in out  # the split beside the path, printed literally (not read as markup)
+    lines = result.stdout.splitlines()
+    # Piped output is not wrapped: the header and the source row each stay on one line, paths whole.
+    assert f"sft data of recipe recipe ({recipe}), prepared and cached" in lines
+    assert any(f"{tmp_path / 'chat.jsonl'} [train]" in line for line in lines)  # split printed literally
+    assert any("train / test rows" in line and "4 / 1" in line for line in lines)
+    assert any("rows over max_length" in line and "0 of 4 (max_length 64)" in line for line in lines)
+    assert any("example 2 (green: trained on)" in line for line in lines)
+    assert max(len(line) for line in lines if "example 1" in line) <= 80  # rules stay terminal-sized
+    again = cli("data", "sft", "--recipe", recipe, "--show", "0", "--set", "sft.max_length=64", "--json")
+    assert json.loads(again.stdout)["cached"] is True
     again = cli("data", "sft", "--recipe", recipe, "--show", "0", "--set", "sft.max_length=64")
-    assert "from the cache" in again.stdout
+    assert f"sft data of recipe recipe ({recipe}), from the cache" in again.stdout.splitlines()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("columns", ["", "60"])
+def test_text_report_width(cli, recipe, monkeypatch, columns):
+    """Piped: one line per row however long the path; an explicit COLUMNS is the width, as for rich itself."""
+    if columns:
+        monkeypatch.setenv("COLUMNS", columns)
+    result = cli("data", "sft", "--recipe", recipe, "--show", "0")
+    assert result.exit_code == 0, result.output
+    widest = max(len(line) for line in result.stdout.splitlines())
+    assert widest <= int(columns) if columns else widest > 80
 
 
 def test_bad_data_exits_2_with_the_message(cli, recipe, tmp_path):

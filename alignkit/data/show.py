@@ -103,13 +103,14 @@ def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_
 
 
 def _print_text(resolved, prepared, tokenizer, show: int) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
+    from alignkit.terminal import output_console, print_rule
+
     report = prepared.report
-    console = Console()
+    console = output_console()
     for notice in resolved.notices:
         console.print(Text(f"note: {notice}", style="yellow"))
     state = "from the cache" if report.cached else "prepared and cached"
@@ -168,7 +169,7 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         "label": "italic",
     }
     for number, pieces in enumerate(segments(prepared, tokenizer, show), start=1):
-        console.rule(f"example {number} (green: trained on)")
+        print_rule(console, f"example {number} (green: trained on)")
         text = Text()
         for piece, kind in pieces:
             text.append(piece, style=styles[kind])

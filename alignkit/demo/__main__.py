@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     _train("dpo", extra)
     rows.append(_measure("after DPO", Path("outputs/tiny-demo-dpo"), files))
 
-    from rich.console import Console
     from rich.table import Table
+
+    from alignkit.terminal import output_console
 
     held_out = sum(1 for _ in files["sft_test"].open(encoding="utf-8"))
     table = Table(title=f"held-out results ({held_out} questions never trained on)", title_justify="left")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("preference accuracy", justify="right")
     for label, em, pref in rows:
         table.add_row(label, f"{em:.1%}", f"{pref:.1%}")
-    console = Console()
+    console = output_console()
     console.print(table)
     sft_em, dpo_em, dpo_pref = rows[1][1], rows[2][1], rows[2][2]
     learned = sft_em >= TARGET_EXACT_MATCH and dpo_em >= sft_em and dpo_pref >= TARGET_PREFERENCE
