@@ -86,7 +86,7 @@ def test_text_report_highlights_and_counts(cli, recipe, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("columns", ["", "60"])
+@pytest.mark.parametrize("columns", ["", "100"])
 def test_text_report_width(cli, recipe, monkeypatch, columns):
     """Piped: one line per row however long the path; an explicit COLUMNS is the width, as for rich itself."""
     if columns:
