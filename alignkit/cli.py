@@ -557,9 +557,9 @@ def data(
         _check_method(method)
         if show < 0:
             raise UserError("--show takes a number of examples, 0 or more", source="--show")
-        from alignkit.data.show import run as show_data
+        from alignkit.data.show import report_data
 
-        show_data(method, recipe, tuple(overrides or ()), show, as_json)
+        report_data(method, recipe, tuple(overrides or ()), show, as_json)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.schema import RecipeBase
 
 RECIPE_FILE = "alignkit_recipe.yaml"
 RUN_FILE = "alignkit_run.json"
@@ -64,10 +64,13 @@ class RunFiles:
     """A run directory's frozen recipe and metadata."""
 
     output_dir: Path
-    method: str
     name: str
-    recipe: _RecipeBase
+    recipe: RecipeBase
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.recipe.method.name
 
     @property
     def finished(self) -> bool:
@@ -87,12 +90,9 @@ class RunFiles:
         from alignkit.recipe.yamlio import read_yaml_mapping
 
         info = json.loads((output_dir / RUN_FILE).read_text(encoding="utf-8"))
-        method = info["method"]
         raw = read_yaml_mapping(output_dir / RECIPE_FILE)
-        recipe = METHODS[method].recipe.model_validate(raw)
-        return cls(
-            output_dir=output_dir, method=method, name=info.get("name", output_dir.name), recipe=recipe, info=info
-        )
+        recipe = METHODS[info["method"]].recipe.model_validate(raw)
+        return cls(output_dir=output_dir, name=info.get("name", output_dir.name), recipe=recipe, info=info)
 
 
 def read_info(output_dir: Path) -> dict[str, Any] | None:

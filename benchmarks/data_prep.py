@@ -60,10 +60,10 @@ def bpe_tokenizer(sample_texts: list[str]):
 
 def timed_run(data_file: Path, cache: Path, tokenizer, num_proc: int, assistant_only: bool) -> tuple[float, object]:
     from alignkit.data.prepare import prepare_data
-    from alignkit.recipe.schema import SftRecipe
+    from alignkit.methods import METHODS
 
     os.environ["ALIGNKIT_DATA_CACHE"] = str(cache)
-    recipe = SftRecipe.model_validate(
+    recipe = METHODS["sft"].recipe.model_validate(
         {
             "model": {"name_or_path": "bench"},
             "data": {"datasets": [{"path": str(data_file)}], "num_proc": num_proc},
@@ -71,7 +71,7 @@ def timed_run(data_file: Path, cache: Path, tokenizer, num_proc: int, assistant_
         }
     )
     start = time.perf_counter()
-    prepared = prepare_data(recipe, "sft", tokenizer)
+    prepared = prepare_data(recipe, tokenizer)
     return time.perf_counter() - start, prepared
 
 

@@ -51,7 +51,7 @@ def run(path, chat_template=None, sft=None, **data):
     )
     tokenizer = build_tokenizer()
     ensure_chat_template(tokenizer, recipe)
-    return prepare_data(recipe, "sft", tokenizer)
+    return prepare_data(recipe, tokenizer)
 
 
 def test_second_run_reads_the_cache(tmp_path, monkeypatch):

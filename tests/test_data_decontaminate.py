@@ -47,7 +47,7 @@ def prepare(method, datasets, **data):
     tokenizer = build_tokenizer()
     if method != "cpt":
         ensure_chat_template(tokenizer, recipe)
-    return prepare_data(recipe, method, tokenizer)
+    return prepare_data(recipe, tokenizer)
 
 
 def test_rows_with_benchmark_text_are_removed_and_counted_per_source(tmp_path, benchmarks):

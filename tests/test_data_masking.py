@@ -50,7 +50,7 @@ def prepare(tmp_path, rows, method="sft", section=None, **data):
     )
     tokenizer = build_tokenizer()
     ensure_chat_template(tokenizer, recipe)
-    return prepare_data(recipe, method, tokenizer), tokenizer
+    return prepare_data(recipe, tokenizer), tokenizer
 
 
 def labelled(tokenizer, row) -> list[tuple[str, int]]:

@@ -57,7 +57,7 @@ def prepare(datasets, method="sft", **data):
 def _prepare(recipe, method="sft"):
     tokenizer = build_tokenizer()
     ensure_chat_template(tokenizer, recipe)
-    return prepare_data(recipe, method, tokenizer), tokenizer
+    return prepare_data(recipe, tokenizer), tokenizer
 
 
 @pytest.mark.parametrize(

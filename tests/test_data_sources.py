@@ -26,7 +26,7 @@ def prepare(source: dict, method: str = "sft", **data):
     )
     tokenizer = build_tokenizer()
     ensure_chat_template(tokenizer, recipe)
-    return prepare_data(recipe, method, tokenizer), tokenizer
+    return prepare_data(recipe, tokenizer), tokenizer
 
 
 def numbers(prepared, tokenizer) -> list[int]:

@@ -72,4 +72,4 @@ def test_prepare_data_refuses_a_tokenizer_that_would_still_grow(tmp_path, monkey
 
     monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="call ensure_chat_template"):
-        prepare_data(recipe(), "sft", bare_tokenizer())
+        prepare_data(recipe(), bare_tokenizer())

@@ -47,7 +47,7 @@ def prepared(tmp_path, tokenizer, method, rows, section=None, **data):
         }
     )
     assert ensure_chat_template(tokenizer, recipe) is False  # the tiny tokenizer has ChatML's tokens already
-    return prepare_data(recipe, method, tokenizer)
+    return prepare_data(recipe, tokenizer)
 
 
 def common(tmp_path):

@@ -10,9 +10,12 @@ from pydantic import ValidationError
 
 from alignkit import registry
 from alignkit.methods import METHODS
+from alignkit.methods.dpo import DpoSection
 from alignkit.recipe import vocab
 from alignkit.recipe.resolve import resolve_recipe
-from alignkit.recipe.schema import DataSection, DatasetSource, DpoSection, ModelSection, SftRecipe, TrainingSection
+from alignkit.recipe.sections import DataSection, DatasetSource, ModelSection, TrainingSection
+
+SftRecipe = METHODS["sft"].recipe
 
 SHIPPED = [(name, method) for name, entry in registry.discover().items() for method in entry.methods]
 
@@ -111,15 +114,15 @@ def test_vocabularies_match_installed_libraries():
     from transformers import TrainingArguments
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
-    from trl import DPOConfig, SFTConfig
-    from trl.experimental.orpo import ORPOConfig
+    from trl import DPOConfig
+
+    from alignkit.methods.dpo import DpoLoss
 
     assert set(typing.get_args(vocab.Optimizer)) == {o.value for o in OptimizerNames}
     assert set(typing.get_args(vocab.Scheduler)) == {s.value for s in SchedulerType}
     fields = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     assert fields(TrainingArguments) == vocab.TRAINING_ARGUMENTS_FIELDS
-    assert fields(SFTConfig) == vocab.SFT_CONFIG_FIELDS
-    assert fields(DPOConfig) == vocab.DPO_CONFIG_FIELDS
-    assert fields(ORPOConfig) == vocab.ORPO_CONFIG_FIELDS
-    for loss in typing.get_args(vocab.DpoLoss):
+    for name, method in METHODS.items():
+        assert fields(method.trl_config()) == method.trl_fields, name
+    for loss in typing.get_args(DpoLoss):
         DPOConfig(output_dir="/tmp/alignkit-vocab-check", loss_type=[loss], report_to="none", bf16=False)

@@ -23,7 +23,7 @@ def recipe(method: str, **sections):
 
 
 def config(method: str, hardware: Hardware = CPU, **sections):
-    built, notices = build_trl_config(recipe(method, **sections), method, hardware, output_dir=Path("/tmp/x"))
+    built, notices = build_trl_config(recipe(method, **sections), hardware, output_dir=Path("/tmp/x"))
     return built, notices
 
 
@@ -90,7 +90,7 @@ def test_extra_passes_through_and_is_checked():
     assert built.adam_beta2 == 0.95
     assert built.neftune_noise_alpha == 5
     with pytest.raises(UserError) as info:
-        check_extra(recipe("dpo", training={"extra": {"packing": True, "learning_rate": 1.0}}), "dpo")
+        check_extra(recipe("dpo", training={"extra": {"packing": True, "learning_rate": 1.0}}))
     assert [str(p) for p in info.value.problems] == [
         "recipe: training.extra.packing: not a field of TRL's dpo config",
         "recipe: training.extra.learning_rate: alignkit sets this from the recipe; use the recipe's own field instead",
@@ -102,7 +102,7 @@ def test_liger_needs_liger_kernel(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="liger-kernel is not installed"):
-        check_extra(recipe("sft", training={"use_liger_kernel": True}), "sft")
+        check_extra(recipe("sft", training={"use_liger_kernel": True}))
 
 
 def test_trl_refusals_become_user_errors():

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alignkit.methods.method import Method
 
 MESSAGES = "messages"
 SHAREGPT = "sharegpt"
@@ -26,14 +29,6 @@ PREFERENCE = "preference"
 PREFERENCE_IMPLICIT = "preference-conversations"
 TEMPLATE_CONTEXT = ("tools", "chat_template_kwargs")
 """Columns the chat template reads beside the messages; never training text themselves."""
-
-# What each method accepts, in the order formats are tried when several fit.
-ACCEPTED = {
-    "cpt": (TEXT,),
-    "sft": (MESSAGES, SHAREGPT, PROMPT_COMPLETION, ALPACA, TEXT),
-    "dpo": (PREFERENCE, PREFERENCE_IMPLICIT),
-    "orpo": (PREFERENCE, PREFERENCE_IMPLICIT),
-}
 
 DESCRIPTIONS = {
     MESSAGES: "messages (a list of {role, content})",
@@ -83,53 +78,72 @@ class Detected:
         return "text"
 
 
-def detect(columns: list[str], first_row: dict[str, Any] | None, method: str, text_column: str = "text") -> Detected:
-    """The format of a source with these columns, for `method`.
+def detect(columns: list[str], first_row: dict[str, Any] | None, method: Method, text_column: str = "text") -> Detected:
+    """The format of a source with these columns, among those `method` accepts (in its order of preference).
 
     Raises:
         ValueError: naming the columns found and the formats `method` accepts.
     """
     found = set(columns)
-    candidates: list[Detected] = []
-    if method == "cpt":
-        if text_column in found:
-            candidates.append(Detected(TEXT, (text_column,)))
+    needs = method.data
+    if needs.text_column_field:
+        candidates = [Detected(TEXT, (text_column,))] if text_column in found else []
     else:
-        if "messages" in found:
-            candidates.append(Detected(MESSAGES, ("messages",)))
-        if "conversations" in found:
-            sample = (first_row or {}).get("conversations")
-            is_sharegpt = not sample or (isinstance(sample[0], dict) and "from" in sample[0])
-            candidates.append(Detected(SHAREGPT if is_sharegpt else MESSAGES, ("conversations",)))
-        if {"prompt", "completion"} <= found:
-            candidates.append(Detected(PROMPT_COMPLETION, ("prompt", "completion")))
-        if {"instruction", "output"} <= found:
-            extra = tuple(c for c in ("input", "system") if c in found)
-            candidates.append(Detected(ALPACA, ("instruction", *extra, "output")))
-        if {"chosen", "rejected"} <= found:
-            if "prompt" in found:
-                candidates.append(Detected(PREFERENCE, ("prompt", "chosen", "rejected")))
-            else:
-                candidates.append(Detected(PREFERENCE_IMPLICIT, ("chosen", "rejected")))
-        if "text" in found:
-            candidates.append(Detected(TEXT, ("text",)))
-    for wanted in ACCEPTED[method]:
+        candidates = _candidates(found, first_row)
+    for wanted in needs.formats:
         for candidate in candidates:
             if candidate.format == wanted:
                 context = tuple(c for c in TEMPLATE_CONTEXT if c in found)
                 if context and candidate.format != TEXT:  # inputs of the chat template beside the messages
                     return Detected(candidate.format, (*candidate.columns, *context))
                 return candidate
-    accepted = "; ".join(DESCRIPTIONS[f] for f in ACCEPTED[method])
-    if method == "cpt":
-        accepted = f"a text column named {text_column!r} (cpt.text_column)"
+    raise ValueError(_no_format_fits(columns, candidates, method, text_column))
+
+
+def _candidates(found: set[str], first_row: dict[str, Any] | None) -> list[Detected]:
+    """Every format whose columns are present, most specific first."""
+    candidates = []
+    if "messages" in found:
+        candidates.append(Detected(MESSAGES, ("messages",)))
+    if "conversations" in found:
+        sample = (first_row or {}).get("conversations")
+        is_sharegpt = not sample or (isinstance(sample[0], dict) and "from" in sample[0])
+        candidates.append(Detected(SHAREGPT if is_sharegpt else MESSAGES, ("conversations",)))
+    if {"prompt", "completion"} <= found:
+        candidates.append(Detected(PROMPT_COMPLETION, ("prompt", "completion")))
+    if {"instruction", "output"} <= found:
+        extra = tuple(c for c in ("input", "system") if c in found)
+        candidates.append(Detected(ALPACA, ("instruction", *extra, "output")))
+    if {"chosen", "rejected"} <= found:
+        if "prompt" in found:
+            candidates.append(Detected(PREFERENCE, ("prompt", "chosen", "rejected")))
+        else:
+            candidates.append(Detected(PREFERENCE_IMPLICIT, ("chosen", "rejected")))
+    if "text" in found:
+        candidates.append(Detected(TEXT, ("text",)))
+    return candidates
+
+
+def _no_format_fits(columns: list[str], candidates: list[Detected], method: Method, text_column: str) -> str:
+    """What was found, what `method` accepts, and which methods would take the data as it is."""
+    from alignkit.methods import METHODS
+
+    field = method.data.text_column_field
+    if field:
+        accepted = f"a text column named {text_column!r} ({method.name}.{field})"
+    else:
+        accepted = "; ".join(DESCRIPTIONS[f] for f in method.data.formats)
     shown = ", ".join(columns) if columns else "none"
     hint = ""
-    if candidates and method in ("sft", "cpt") and candidates[0].shape == "preference":
-        hint = "; this is preference data: train it with dpo or orpo"
-    elif candidates and method in ("dpo", "orpo"):
-        hint = f"; this is {candidates[0].format} data: train it with sft, or give chosen and rejected columns"
-    raise ValueError(f"columns found: {shown}; {method} accepts {accepted}{hint}")
+    if candidates:
+        found = candidates[0]
+        fitting = [m.name for m in METHODS.values() if found.format in m.data.formats and not m.data.text_column_field]
+        if fitting:
+            hint = f"; this is {found.shape if found.shape == 'preference' else found.format} data: train it with"
+            hint += f" {' or '.join(fitting)}"
+            if PREFERENCE in method.data.formats:
+                hint += ", or give chosen and rejected columns"
+    return f"columns found: {shown}; {method.name} accepts {accepted}{hint}"
 
 
 def messages_of(value: Any, column: str) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Preference pairs (dpo, orpo) as the rendered strings TRL's trainers tokenize themselves.
+"""Preference pairs as the rendered strings TRL's preference trainers tokenize themselves.
 
 The prompt is the conversation so far rendered with the generation prompt; each response is what the full
 conversation adds after it. TRL then tokenizes these strings (DPOTrainer with the tokenizer's own special
@@ -36,7 +36,8 @@ class PairRendered:
 class TrainerTokens:
     """How the target trainer adds special tokens, decided once per tokenizer."""
 
-    method: str
+    bos_rule: str
+    """The method's `DataNeeds.trainer_adds_bos`: "on_encode" or "unless_present"."""
     bos: str | None
     eos: str | None
     encode_adds_bos: bool
@@ -48,9 +49,13 @@ class TrainerTokens:
     def adds_bos(self, prompt: str) -> bool:
         if self.bos is None:
             return False
-        if self.method == "orpo":  # ORPOTrainer prepends BOS unless the prompt already starts with it
-            return not prompt.startswith(self.bos)
-        return self.encode_adds_bos
+        match self.bos_rule:
+            case "unless_present":
+                return not prompt.startswith(self.bos)
+            case "on_encode":
+                return self.encode_adds_bos
+            case _:
+                raise ValueError(f"unknown BOS rule {self.bos_rule!r}")
 
 
 def render_pair(

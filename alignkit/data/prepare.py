@@ -5,11 +5,12 @@ then normalise, render and tokenize the picked rows in one pass (`data.num_proc`
 pooled and shuffled, and re-split when `test_split_size` asks for it. The result is cached by content
 fingerprint; on several processes the main process prepares it first and the others read the cache.
 
-Output columns (what TRL 1.16 takes without re-tokenizing):
+Output columns, by the shape of rows the recipe's method asks for (what TRL 1.16 takes without
+re-tokenizing):
 
-    cpt        text                                  SFTTrainer tokenizes and packs it
-    sft        input_ids, assistant_masks            SFTTrainer folds the mask into labels (any flags)
-    dpo, orpo  prompt, chosen, rejected (strings)    the trainer tokenizes; no BOS/EOS is doubled
+    text     text                                  the trainer tokenizes (and packs) it
+    tokens   input_ids, assistant_masks            the trainer folds the mask into labels (any flags)
+    pairs    prompt, chosen, rejected (strings)    the trainer tokenizes; no BOS/EOS is doubled
 """
 
 from __future__ import annotations
@@ -23,22 +24,14 @@ from alignkit.chat_templates import CHATML
 from alignkit.data import cache, formats, mixture, sources
 from alignkit.data.decontaminate import Benchmarks, load_benchmarks
 from alignkit.data.report import DataReport, LengthStats, SourceReport
-from alignkit.data.rows import KEEP, OUTPUT_COLUMNS, Contaminated, Preprocessor, RowFailure, features
+from alignkit.data.rows import KEEP, OUTPUT_COLUMNS, Contaminated, Preprocessor, RowFailure, features, text_column
 from alignkit.data.templates import ensure_chat_template
 from alignkit.errors import Problem, UserError
+from alignkit.methods.method import PAIR_ROWS, TOKEN_ROWS
 
 logger = logging.getLogger("alignkit.data")
 
 _META = ["_length", "_drop", "_cut"]
-# The method-section fields that change the prepared rows (beta or loss_type do not: no cache miss for them).
-_DATA_FIELDS = (
-    "text_column",
-    "max_length",
-    "max_prompt_length",
-    "assistant_only_loss",
-    "completion_only_loss",
-    "eos_token",
-)
 
 
 @dataclass
@@ -52,17 +45,17 @@ class PreparedData:
     notices: list[str] = field(default_factory=list)
 
 
-def prepare_data(recipe, method: str, tokenizer) -> PreparedData:
-    """Load, normalise, mix, split and tokenize the recipe's data for `method` (cpt, sft, dpo or orpo).
+def prepare_data(recipe, tokenizer) -> PreparedData:
+    """Load, normalise, mix, split and tokenize the recipe's data for its method.
 
     Raises:
         UserError: for any problem with the data (exit 2), naming the source and what to fix.
     """
-    if method != "cpt" and ensure_chat_template(tokenizer, recipe):
+    if recipe.method.data.chat_template and ensure_chat_template(tokenizer, recipe):
         raise RuntimeError("call ensure_chat_template(tokenizer, recipe) before loading the model: it adds tokens")
-    prepared = _main_process_first(lambda: _prepare(recipe, method, tokenizer))
+    prepared = _main_process_first(lambda: _prepare(recipe, tokenizer))
     origin = "from the cache" if prepared.report.cached else "prepared"
-    logger.info("%s data %s (fingerprint %s)", method, origin, prepared.report.fingerprint)
+    logger.info("%s data %s (fingerprint %s)", recipe.method.name, origin, prepared.report.fingerprint)
     for line in prepared.notices:
         logger.info(line)
     return prepared
@@ -92,13 +85,9 @@ def _main_process_first(work):
     return first(state.is_main_process, lambda: first(state.is_local_main_process, work))
 
 
-def _section(recipe, method: str):
-    return getattr(recipe, method)
-
-
-def _template_origin(recipe, method: str, tokenizer) -> str:
-    if method == "cpt":
-        return "none (cpt trains on raw text)"
+def _template_origin(recipe, tokenizer) -> str:
+    if not recipe.method.data.chat_template:
+        return f"none ({recipe.method.name} trains on raw text)"
     if recipe.data.chat_template:
         name = recipe.data.chat_template.strip().lower()
         return f"recipe: {name}" if name in ("chatml", "zephyr") else "recipe: inline Jinja"
@@ -107,9 +96,9 @@ def _template_origin(recipe, method: str, tokenizer) -> str:
     return "the tokenizer's own"
 
 
-def _prepare(recipe, method: str, tokenizer) -> PreparedData:
+def _prepare(recipe, tokenizer) -> PreparedData:
     data = recipe.data
-    section = _section(recipe, method)
+    method, section = recipe.method, recipe.section
     benchmarks = load_benchmarks(list(data.decontaminate)) if data.decontaminate else Benchmarks()
     loaded: dict[int, Any] = {}
     signatures = []
@@ -121,9 +110,10 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         signatures.append(signature)
     key = cache.fingerprint(
         {
-            "method": method,
+            "method": method.name,
             "data": data.model_dump(mode="json", exclude={"num_proc"}),
-            "section": {name: getattr(section, name) for name in _DATA_FIELDS if hasattr(section, name)},
+            # Only the fields that change the rows: a new beta or loss_type reuses the prepared data.
+            "section": {name: getattr(section, name) for name in method.data.row_fields},
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "sources": signatures,
             "benchmarks": [sources.path_signature(p) for p in data.decontaminate],
@@ -137,32 +127,32 @@ def _prepare(recipe, method: str, tokenizer) -> PreparedData:
         return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
 
     report = DataReport(
-        method=method,
+        method=method.name,
         max_length=getattr(section, "max_length", None),
-        chat_template=_template_origin(recipe, method, tokenizer),
+        chat_template=_template_origin(recipe, tokenizer),
         fingerprint=key,
     )
     if benchmarks.skipped_short:
         report.notices.append(
             f"decontamination ignores {benchmarks.skipped_short} benchmark strings shorter than 3 words"
         )
-    preprocessor = Preprocessor.for_recipe(recipe, method, tokenizer)
+    preprocessor = Preprocessor.for_recipe(recipe, tokenizer)
     parts: list[tuple[int, _Processed]] = []
     with cache.scratch() as scratch:
         for index, source in enumerate(data.datasets):
             dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
             where = _MapOutput(scratch, index)
             source_report, processed = _process_source(
-                source, index, dataset, method, recipe, preprocessor, benchmarks, key, where
+                source, index, dataset, recipe, preprocessor, benchmarks, key, where
             )
             if processed is not None:
                 parts.append((len(report.sources), processed))
             report.sources.append(source_report)
         train, test, meta = _pool(recipe, parts, report)
         packing = section.packing_strategy if getattr(section, "packing", False) else None
-        _finish_report(report, train, test, method, meta, packing=packing)
+        _finish_report(report, train, test, method.data.rows, meta, packing=packing)
         # The method's columns only, always in the same order (datasets keeps updated columns where they were).
-        columns = OUTPUT_COLUMNS[method]
+        columns = OUTPUT_COLUMNS[method.data.rows]
         train = train.select_columns(columns)
         if test is not None:
             test = test.select_columns(columns)
@@ -196,18 +186,17 @@ class _MapOutput:
         return {"cache_file_name": str(self.scratch / f"{step}-{self.index}.arrow")}
 
 
-def _process_source(source, index, dataset, method, recipe, preprocessor, benchmarks, key, where: _MapOutput):
+def _process_source(source, index, dataset, recipe, preprocessor, benchmarks, key, where: _MapOutput):
     import numpy as np
 
-    data = recipe.data
+    data, method = recipe.data, recipe.method
     rows_in = len(dataset)
     if rows_in == 0:
         raise sources.problem(source, index, f"split {source.split!r} has no rows")
-    text_column = recipe.cpt.text_column if method == "cpt" else "text"
     try:
-        detected = formats.detect(dataset.column_names, dataset[0], method, text_column)
+        detected = formats.detect(dataset.column_names, dataset[0], method, text_column(recipe))
     except ValueError as err:
-        raise sources.problem(source, index, f"no {method} format fits: {err}") from None
+        raise sources.problem(source, index, f"no {method.name} format fits: {err}") from None
     report = SourceReport(
         path=source.path,
         name=source.name,
@@ -252,7 +241,7 @@ def _process_source(source, index, dataset, method, recipe, preprocessor, benchm
             with_indices=True,
             num_proc=_workers(data.num_proc, len(unique)),
             remove_columns=subset.column_names,
-            features=features(method),
+            features=features(method.data.rows),
             new_fingerprint=f"{key}-prep-{index}",
             **where.kwargs("prepare"),
             desc=f"Preparing {source.path} ({detected.format})",
@@ -346,17 +335,17 @@ def _empty(which: str, report: DataReport) -> UserError:
     )
 
 
-def _finish_report(report: DataReport, train, test, method: str, meta: dict[str, Any], packing: bool = False) -> None:
+def _finish_report(report: DataReport, train, test, rows: str, meta: dict[str, Any], packing: bool = False) -> None:
     report.train_rows = len(train)
     report.test_rows = len(test) if test is not None else 0
     lengths = meta["_length"]
     report.train_lengths = LengthStats.of(lengths)
     if report.max_length:
         report.truncated = int((lengths > report.max_length).sum())
-    if method in ("dpo", "orpo"):
+    if rows == PAIR_ROWS:
         report.prompt_truncated = int(meta["_cut"].astype(bool).sum())
     if report.truncated:
-        what = "cut to it" if method == "sft" else "cut by the trainer"
+        what = "cut to it" if rows == TOKEN_ROWS else "cut by the trainer"
         if packing in ("wrapped", "bfd_split"):
             what = f"{packing} packing carries the rest into the next sequences"
         report.notices.append(f"{report.truncated} of {report.train_rows} training rows exceed max_length ({what})")

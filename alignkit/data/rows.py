@@ -1,9 +1,11 @@
 """Per-batch row work for one source: normalise, render and tokenize, as `datasets.map` calls it.
 
-Runs inside `data.num_proc` worker processes, so everything here pickles: the tokenizer, the loss policy,
-the detected format. A refused row raises `RowFailure(position, message)`; `prepare` adds the source's name.
-Besides the method's columns each batch returns `_length` (tokens before truncation), `_drop` (KEEP, or why
-the row is dropped) and `_cut` (truncated), which `prepare` reads for the report and then removes.
+The rows come out in the shape the recipe's method asks for (`DataNeeds.rows`): raw text, token ids with a
+loss mask, or rendered preference pairs. Runs inside `data.num_proc` worker processes, so everything here
+pickles: the tokenizer, the loss policy, the detected format. A refused row raises
+`RowFailure(position, message)`; `prepare` adds the source's name. Besides the output columns each batch
+returns `_length` (tokens before truncation), `_drop` (KEEP, or why the row is dropped) and `_cut`
+(truncated), which `prepare` reads for the report and then removes.
 """
 
 from __future__ import annotations
@@ -19,44 +21,45 @@ from alignkit.data.masking import (
 )
 from alignkit.data.preference import TrainerTokens, raw_pair, render_pair
 from alignkit.data.templates import TemplateRowError, adds_bos_on_encode
+from alignkit.methods.method import PAIR_ROWS, TEXT_ROWS, TOKEN_ROWS
 
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes (the `_drop` column): kept, no token left to train on, empty or identical responses."""
 
 OUTPUT_COLUMNS = {
-    "cpt": ["text"],
-    "sft": ["input_ids", "assistant_masks"],
-    "dpo": ["prompt", "chosen", "rejected"],
-    "orpo": ["prompt", "chosen", "rejected"],
+    TEXT_ROWS: ["text"],
+    TOKEN_ROWS: ["input_ids", "assistant_masks"],
+    PAIR_ROWS: ["prompt", "chosen", "rejected"],
 }
+"""The columns handed to the trainer, per shape of prepared rows."""
 
 
 class RowFailure(ValueError):
     """A row the preprocessor refused: (position in the processed slice, message). Picklable across workers."""
 
 
-def features(method: str):
+def features(rows: str):
     """Compact column types: token ids fit int32 and masks int8 (half and an eighth of the default int64)."""
     from datasets import Features, List, Value
 
     meta = {"_length": Value("int32"), "_drop": Value("int8"), "_cut": Value("bool")}
-    if method == "sft":
+    if rows == TOKEN_ROWS:
         columns = {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int8"))}
     else:
-        columns = {name: Value("string") for name in OUTPUT_COLUMNS[method]}
+        columns = {name: Value("string") for name in OUTPUT_COLUMNS[rows]}
     return Features({**columns, **meta})
 
 
-def policy(recipe, method: str, tokenizer) -> LossPolicy:
-    """Which SFT tokens carry the loss, from the recipe (other methods: the trainer decides)."""
-    if method != "sft":
-        return LossPolicy()
-    sft = recipe.sft
-    return LossPolicy(
-        assistant_only=sft.assistant_only_loss,
-        completion_only=sft.completion_only_loss is not False,
-        eos_token=sft.eos_token or tokenizer.eos_token,
-    )
+def policy(recipe, tokenizer) -> LossPolicy:
+    """Which tokens carry the loss, as the recipe's method says (methods that mask nothing: the trainer decides)."""
+    make = recipe.method.data.loss_policy
+    return make(recipe.section, tokenizer) if make is not None else LossPolicy()
+
+
+def text_column(recipe) -> str:
+    """The source column raw-text methods read (a section field names it), else `text`."""
+    field = recipe.method.data.text_column_field
+    return getattr(recipe.section, field) if field else "text"
 
 
 class Contaminated:
@@ -73,10 +76,10 @@ class Contaminated:
 
 
 class Preprocessor:
-    """Normalise, render and tokenize a batch of one source's rows for one method (picklable for workers)."""
+    """Normalise, render and tokenize a batch of one source's rows into `rows` (picklable for workers)."""
 
-    def __init__(self, method: str, tokenizer, policy: LossPolicy, system_prompt: str | None, section, text_column):
-        self.method = method
+    def __init__(self, needs, tokenizer, policy: LossPolicy, system_prompt: str | None, section, text_column):
+        self.rows = needs.rows
         self.tokenizer = tokenizer
         self.policy = policy
         self.system_prompt = system_prompt
@@ -84,23 +87,23 @@ class Preprocessor:
         self.max_prompt_length = getattr(section, "max_prompt_length", None)
         self.text_column = text_column
         self.pair_tokens = None
-        if method in ("dpo", "orpo"):
+        if self.rows == PAIR_ROWS:
             self.pair_tokens = TrainerTokens(
-                method=method,
+                bos_rule=needs.trainer_adds_bos,
                 bos=tokenizer.bos_token,
                 eos=tokenizer.eos_token,
                 encode_adds_bos=adds_bos_on_encode(tokenizer),
             )
 
     @classmethod
-    def for_recipe(cls, recipe, method: str, tokenizer) -> Preprocessor:
+    def for_recipe(cls, recipe, tokenizer) -> Preprocessor:
         return cls(
-            method,
+            recipe.method.data,
             tokenizer,
-            policy(recipe, method, tokenizer),
+            policy(recipe, tokenizer),
             recipe.data.system_prompt,
-            getattr(recipe, method),
-            recipe.cpt.text_column if method == "cpt" else "text",
+            recipe.section,
+            text_column(recipe),
         )
 
     def bound(self, detected: formats.Detected) -> _Bound:
@@ -108,9 +111,9 @@ class Preprocessor:
 
     def loss_description(self, detected: formats.Detected) -> str:
         shape = detected.shape
-        if self.method == "cpt":
+        if self.rows == TEXT_ROWS:
             return "text: every token"
-        if self.method in ("dpo", "orpo"):
+        if self.rows == PAIR_ROWS:
             return "preference: chosen and rejected responses"
         if shape == "prompt-completion":
             if self.policy.completion_only:
@@ -138,15 +141,15 @@ class _Bound:
         size = len(indices)
         rows = [{c: batch[c][i] for c in columns} for i in range(size)]
         detected = self.detected
-        if pre.method == "cpt":
-            out = self._cpt(rows, detected)
-        elif pre.method == "sft":
-            out = self._sft(rows, detected, indices)
-        else:
-            out = self._pairs(rows, detected, indices)
-        return out
+        if pre.rows == TEXT_ROWS:
+            return self._text(rows, detected)
+        if pre.rows == TOKEN_ROWS:
+            return self._tokens(rows, detected, indices)
+        if pre.rows == PAIR_ROWS:
+            return self._pairs(rows, detected, indices)
+        raise ValueError(f"unknown shape of prepared rows {pre.rows!r}")
 
-    def _cpt(self, rows, detected) -> dict[str, list]:
+    def _text(self, rows, detected) -> dict[str, list]:
         texts = [formats.text_of(row, detected) for row in rows]
         encoded = self.pre.tokenizer(texts, add_special_tokens=True)["input_ids"]
         return {
@@ -157,7 +160,7 @@ class _Bound:
             "_cut": [False] * len(texts),
         }
 
-    def _sft(self, rows, detected, indices) -> dict[str, list]:
+    def _tokens(self, rows, detected, indices) -> dict[str, list]:
         pre = self.pre
         rendered = []
         empty = []

@@ -8,32 +8,9 @@ loss; `--json` prints one document for scripts and tests.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from alignkit.errors import Problem, UserError
-
-
-def load_tokenizer_only(recipe):
-    """The recipe's tokenizer (its own, or model.tokenizer_name_or_path); remote code only if the recipe allows it."""
-    from transformers import AutoTokenizer
-
-    name = recipe.model.tokenizer_name_or_path or recipe.model.name_or_path
-    field = "model.tokenizer_name_or_path" if recipe.model.tokenizer_name_or_path else "model.name_or_path"
-    try:
-        return AutoTokenizer.from_pretrained(
-            name, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
-        )
-    except Exception as err:  # not found, offline, gated, or a folder without tokenizer files
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        where = "" if Path(name).expanduser().exists() else "no local folder of that name, and from the Hub: "
-        raise UserError(
-            Problem(
-                source=name,
-                path=field,
-                message=f"could not load the tokenizer: {where}{lines[-1] if lines else type(err).__name__}",
-            )
-        ) from None
+from alignkit.methods.method import PAIR_ROWS
 
 
 def segments(prepared, tokenizer, count: int) -> list[list[tuple[str, str]]]:
@@ -78,8 +55,9 @@ def document(resolved, prepared, tokenizer, show: int) -> dict[str, Any]:
     }
 
 
-def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
+def report_data(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
     """Resolve the recipe, prepare its data for `method`, and print the report (text or JSON)."""
+    from alignkit.data.tokenizer import load_tokenizer
     from alignkit.recipe.resolve import resolve_recipe
 
     resolved = resolve_recipe(method, recipe_ref, overrides=overrides)
@@ -88,14 +66,14 @@ def run(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_
 
         datasets.disable_progress_bars()  # one JSON document and nothing else, even on stderr
     recipe = resolved.recipe
-    tokenizer = load_tokenizer_only(recipe)
-    if method != "cpt":
+    tokenizer = load_tokenizer(recipe)
+    if recipe.method.data.chat_template:
         from alignkit.data.templates import ensure_chat_template
 
         ensure_chat_template(tokenizer, recipe)
     from alignkit.data.prepare import prepare_data
 
-    prepared = prepare_data(recipe, method, tokenizer)
+    prepared = prepare_data(recipe, tokenizer)
     if as_json:
         print(json.dumps(document(resolved, prepared, tokenizer, show), indent=2, ensure_ascii=False))
         return
@@ -154,7 +132,7 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         facts.add_row(
             "rows over max_length", f"{report.truncated} of {report.train_rows} (max_length {report.max_length})"
         )
-    if resolved.method in ("dpo", "orpo"):
+    if resolved.recipe.method.data.rows == PAIR_ROWS:
         facts.add_row("prompts cut from the left", str(report.prompt_truncated))
     facts.add_row("loss on", escape(report.loss))
     facts.add_row("chat template", escape(report.chat_template))

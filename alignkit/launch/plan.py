@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import get_args
 
 from alignkit.errors import Problem, UserError
-from alignkit.recipe.schema import LaunchProfile, _RecipeBase
+from alignkit.recipe.schema import RecipeBase
+from alignkit.recipe.sections import LaunchProfile
 
 PROFILES: tuple[str, ...] = get_args(LaunchProfile)
 SHARDED_PROFILES = ("zero3", "zero3-offload", "fsdp", "fsdp-qlora")
@@ -75,7 +76,7 @@ def visible_gpus() -> int:
         return 0
 
 
-def plan_launch(recipe: _RecipeBase, options: LaunchOptions) -> LaunchPlan:
+def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
     """Resolve the launch plan.
 
     Raises:
@@ -150,7 +151,7 @@ def plan_launch(recipe: _RecipeBase, options: LaunchOptions) -> LaunchPlan:
     )
 
 
-def _quant_storage(recipe: _RecipeBase, profile: str) -> str | None:
+def _quant_storage(recipe: RecipeBase, profile: str) -> str | None:
     """The storage dtype of a sharded 4-bit run, refusing quantisation that the profile cannot shard.
 
     FSDP and ZeRO-3 shard flat buffers of one dtype, so the packed 4-bit weights must be stored in the compute

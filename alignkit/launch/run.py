@@ -108,7 +108,7 @@ def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previ
     }
     if previous is not None:
         info["resumed_at"] = now
-    run = RunFiles(output_dir=out, method=resolved.method, name=resolved.name, recipe=resolved.recipe, info=info)
+    run = RunFiles(output_dir=out, name=resolved.name, recipe=resolved.recipe, info=info)
     run.save_info()
     return run
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.errors import Problem, UserError
-from alignkit.recipe import vocab
+from alignkit.methods import METHODS
+from alignkit.methods.method import Method
 
 NATIVE_TOP_KEYS = frozenset(
-    {"description", "model", "data", "training", "peft", "quantization", "launch", "logging", "hub"}
-    | {"cpt", "sft", "dpo", "orpo"}
+    {"description", "model", "data", "training", "peft", "quantization", "launch", "logging", "hub"} | set(METHODS)
 )
 
 # flat key -> native path; the method's own section is written as "{m}".
@@ -98,8 +98,8 @@ _MOVES: dict[str, str] = {
     "loss_weights": "{m}.loss_weights",
     "label_smoothing": "{m}.label_smoothing",
     "precompute_ref_log_probs": "{m}.precompute_ref_log_probs",
-    "text_column": "cpt.text_column",
-    "dataset_text_field": "cpt.text_column",
+    "text_column": "{m}.text_column",
+    "dataset_text_field": "{m}.text_column",
 }
 
 # Why a renamed key changed name, shown in its notice.
@@ -133,33 +133,13 @@ _DROPPED = {
     "group_by_length": "training.train_sampling_strategy",
 }
 
-_SECTION_OF_METHOD_KEYS = {
-    "cpt": {"max_length", "packing", "packing_strategy", "text_column"},
-    "sft": {"max_length", "packing", "packing_strategy", "padding_free", "assistant_only_loss"}
-    | {"completion_only_loss", "eos_token"},
-    "dpo": {"max_length", "max_prompt_length", "beta", "loss_type", "loss_weights", "label_smoothing"}
-    | {"precompute_ref_log_probs", "padding_free"},
-    "orpo": {"max_length", "max_prompt_length", "beta"},
-}
-
-# Keys that only make sense for one family of methods: their presence means the config was written for it.
-_DEFINING_KEYS = {"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}
-_DEFINING_KEYS |= {"assistant_only_loss", "completion_only_loss", "packing_strategy"}
-
-_TRL_FIELDS = {
-    "cpt": vocab.SFT_CONFIG_FIELDS,
-    "sft": vocab.SFT_CONFIG_FIELDS,
-    "dpo": vocab.DPO_CONFIG_FIELDS,
-    "orpo": vocab.ORPO_CONFIG_FIELDS,
-}
-
 _DATA_KEYS = {"dataset_mixer", "dataset_splits", "dataset_configs", "dataset_mixture"}
 _DATA_KEYS |= {"dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split"}
 
 
-def known_flat_keys(method: str) -> set[str]:
+def known_flat_keys(method: Method) -> set[str]:
     """Every key a flat config for `method` may hold."""
-    return set(_MOVES) | set(_DROPPED) | _DATA_KEYS | set(_TRL_FIELDS[method])
+    return set(_MOVES) | set(_DROPPED) | _DATA_KEYS | set(method.trl_fields)
 
 
 def is_flat(data: dict[str, Any]) -> bool:
@@ -179,7 +159,7 @@ class Converted:
     """Native dotted path -> the flat key it came from, to point errors at what the user wrote."""
 
 
-def convert_flat(data: dict[str, Any], method: str, source: str) -> Converted:
+def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted:
     """Convert a flat handbook/TRL config for `method` into a native recipe mapping.
 
     Raises:
@@ -206,33 +186,21 @@ def convert_flat(data: dict[str, Any], method: str, source: str) -> Converted:
         if key in _DATA_KEYS:
             continue
         if key in _MOVES:
-            target = _MOVES[key].format(m=method)
+            target = _MOVES[key].format(m=method.name)
             section, _, leaf = target.partition(".")
-            if section == method and leaf not in _SECTION_OF_METHOD_KEYS[method]:
-                owners = [m for m in ("dpo", "orpo", "sft") if m != method and leaf in _SECTION_OF_METHOD_KEYS[m]]
-                if owners and leaf in _DEFINING_KEYS:
-                    problems.append(
-                        Problem(
-                            source=source,
-                            path=key,
-                            message=f"a {' or '.join(owners)} setting in a {method} config; run"
-                            f" `alignkit {owners[0]} --recipe {source}`, or remove the key",
-                        )
-                    )
+            if section == method.name and leaf not in method.section.model_fields:
+                problem = _other_method_key(key, leaf, method, source)
+                if problem is not None:
+                    problems.append(problem)
                 else:
-                    out.notices.append(f"dropped {key} (not used by {method})")
-                continue
-            if section == "cpt" and method != "cpt":
-                out.notices.append(f"dropped {key} (only cpt reads a raw text column)")
+                    out.notices.append(f"dropped {key} (not used by {method.name})")
                 continue
             put(target, _normalise_value(key, value), key)
-            reason = _RENAME_REASONS.get(key)
-            if key == "max_seq_length" and method in ("dpo", "orpo"):
-                reason = "its length limit is max_length"
+            reason = method.flat_key_reasons.get(key, _RENAME_REASONS.get(key))
             out.notices.append(f"renamed {key} -> {target}" + (f" ({reason})" if reason else ""))
         elif key in _DROPPED:
             _convert_dropped(key, value, data, put, out, source)
-        elif key in _TRL_FIELDS[method]:
+        elif key in method.trl_fields:
             put(f"training.extra.{key}", value, key)
             out.notices.append(f"passed {key} through to TRL as training.extra.{key}")
         else:
@@ -246,6 +214,19 @@ def convert_flat(data: dict[str, Any], method: str, source: str) -> Converted:
     if problems:
         raise UserError(problems)
     return out
+
+
+def _other_method_key(key: str, leaf: str, method: Method, source: str) -> Problem | None:
+    """A key that says the config was written for another method (beta in an sft config), or None."""
+    owners = [m.name for m in METHODS.values() if m is not method and leaf in m.defining_keys]
+    if not owners:
+        return None
+    return Problem(
+        source=source,
+        path=key,
+        message=f"a {' or '.join(owners)} setting in a {method.name} config; run"
+        f" `alignkit {owners[0]} --recipe {source}`, or remove the key",
+    )
 
 
 def _normalise_value(key: str, value: Any) -> Any:
@@ -282,14 +263,13 @@ def _convert_dropped(key: str, value: Any, data: dict, put, out: Converted, sour
     out.notices.append(f"dropped {key} ({_DROPPED[key]})")
 
 
-def _unknown_key_message(key: str, method: str) -> str:
-
+def _unknown_key_message(key: str, method: Method) -> str:
     close = difflib.get_close_matches(key, sorted(known_flat_keys(method)), n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return f"unknown key for a flat {method} config (neither alignkit nor TRL reads it){hint}"
+    return f"unknown key for a flat {method.name} config (neither alignkit nor TRL reads it){hint}"
 
 
-def _convert_data(data: dict, method: str, source: str, put, out: Converted, problems: list[Problem]) -> None:
+def _convert_data(data: dict, method: Method, source: str, put, out: Converted, problems: list[Problem]) -> None:
     if "dataset_mixture" in data:
         _convert_mixture(data, source, put, out, problems)
     elif "dataset_mixer" in data:

@@ -17,10 +17,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from alignkit.errors import Problem
+from alignkit.methods import METHODS
 
 _TAGGED = re.compile(r"^\[(?P<path>[\w.]+)\] (?P<message>.*)$", re.DOTALL)
 _IDENT = re.compile(r"^[\w-]+$")
-METHOD_SECTIONS = ("cpt", "sft", "dpo", "orpo")
 
 
 def problems_from_validation(
@@ -74,7 +74,7 @@ def problems_from_validation(
 
 def _unknown_key(model: type[BaseModel], loc: list[str], method: str) -> str:
     key = loc[-1]
-    if len(loc) == 1 and key in METHOD_SECTIONS and key != method:
+    if len(loc) == 1 and key in METHODS and key != method:
         return f"a {key} section in a {method} recipe; run `alignkit {key}` with this recipe, or remove the section"
     valid = _fields_at(model, loc[:-1])
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)

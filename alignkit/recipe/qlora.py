@@ -9,21 +9,16 @@ QLoRA recipes (zephyr-7b-beta, one GPU), which differ from full fine-tuning by a
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alignkit.methods.method import Method
 
 DEFAULT_LORA = {"r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
 
-# The handbook's zephyr-7b-beta QLoRA recipes: SFT lr 2e-4 at 4x2, DPO lr 5e-6 at 4x4, on one GPU.
-QLORA_TRAINING = {
-    "cpt": {"learning_rate": 2.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
-    "sft": {"learning_rate": 2.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
-    "dpo": {"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
-    "orpo": {"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
-}
 
-
-def apply_qlora(recipe: dict[str, Any], method: str) -> tuple[dict[str, Any], list[str]]:
-    """Return the QLoRA variant of a raw recipe mapping, and notices saying what changed."""
+def apply_qlora(recipe: dict[str, Any], method: Method) -> tuple[dict[str, Any], list[str]]:
+    """Return the QLoRA variant of a raw recipe mapping for `method`, and notices saying what changed."""
     result = copy.deepcopy(recipe)
     quant = result.get("quantization") or {}
     already = bool(quant.get("load_in_4bit")) and result.get("peft") is not None
@@ -43,12 +38,12 @@ def apply_qlora(recipe: dict[str, Any], method: str) -> tuple[dict[str, Any], li
         notices.append("--qlora: LoRA r=16 alpha=16 dropout=0.05 on all linear layers")
     if not already:
         training = result.setdefault("training", {})
-        training.update(QLORA_TRAINING[method])
+        training.update(method.qlora_training)
         launch = result.setdefault("launch", {})
         launch.update({"gpus": 1, "nodes": 1})
         if launch.get("profile") not in (None, "none", "ddp"):
             launch["profile"] = "none"
-        values = QLORA_TRAINING[method]
+        values = method.qlora_training
         notices.append(
             f"--qlora: learning_rate {values['learning_rate']:g}, batch {values['per_device_train_batch_size']}"
             f" x {values['gradient_accumulation_steps']} accumulation on 1 GPU (the handbook's QLoRA values)"

@@ -21,24 +21,28 @@ from alignkit.methods import METHODS
 from alignkit.recipe import handbook
 from alignkit.recipe.mirrors import apply_mirrors, mirrors_from_env
 from alignkit.recipe.overrides import apply_overrides, parse_overrides
-from alignkit.recipe.problems import METHOD_SECTIONS, problems_from_validation
+from alignkit.recipe.problems import problems_from_validation
 from alignkit.recipe.qlora import apply_qlora
-from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.schema import RecipeBase
 from alignkit.recipe.yamlio import read_yaml_mapping
 
 
 @dataclass(frozen=True)
 class ResolvedRecipe:
-    """A validated recipe and where it came from."""
+    """A validated recipe and where it came from (the recipe carries its method)."""
 
-    method: str
     name: str
     """Registry name, or the file's stem for a recipe given by path."""
     source: Path
-    recipe: _RecipeBase
+    recipe: RecipeBase
     notices: list[str] = field(default_factory=list)
     mirrored: frozenset[str] = frozenset()
     """The mirror entries that matched a field of the file (callers report the unused ones)."""
+
+    @property
+    def method(self) -> str:
+        """The name of the recipe's method (the subcommand that runs it)."""
+        return self.recipe.method.name
 
     @property
     def output_dir(self) -> Path:
@@ -97,7 +101,7 @@ def resolve_recipe(
     notices: list[str] = []
     origins: dict[str, str] = {}
     if handbook.is_flat(raw):
-        converted = handbook.convert_flat(raw, method, source)
+        converted = handbook.convert_flat(raw, METHODS[method], source)
         raw, origins = converted.recipe, converted.origins
         notices = [f"{source} is a flat handbook/TRL config; converted it to an alignkit recipe:"]
         notices += [f"  {line}" for line in converted.notices]
@@ -107,7 +111,7 @@ def resolve_recipe(
         mirrors = mirrors_from_env() or {}
     raw, applied = apply_mirrors(raw, mirrors)
     if qlora:
-        raw, qlora_notices = apply_qlora(raw, method)
+        raw, qlora_notices = apply_qlora(raw, METHODS[method])
         notices += qlora_notices
     parsed = parse_overrides(list(overrides))
     # A field that --set replaces anyway (a pipeline's `from` wiring) did not use its mirror.
@@ -128,7 +132,6 @@ def resolve_recipe(
         )
         raise UserError(problems) from None
     return ResolvedRecipe(
-        method=method,
         name=name,
         source=path,
         recipe=recipe,
@@ -138,7 +141,7 @@ def resolve_recipe(
 
 
 def _refuse_other_method(raw: dict[str, Any], method: str, source: str) -> None:
-    others = [key for key in METHOD_SECTIONS if key in raw and key != method]
+    others = [key for key in METHODS if key in raw and key != method]
     if others and method not in raw:
         raise UserError(
             Problem(

@@ -66,24 +66,6 @@ Scheduler = Literal[
     "greedy",
 ]
 
-DpoLoss = Literal[
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-]
-
 TRAINING_ARGUMENTS_FIELDS = frozenset(
     {
         "accelerator_config",
@@ -200,76 +182,5 @@ TRAINING_ARGUMENTS_FIELDS = frozenset(
         "use_liger_kernel",
         "warmup_steps",
         "weight_decay",
-    }
-)
-
-SFT_CONFIG_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
-    {
-        "activation_offloading",
-        "assistant_only_loss",
-        "chat_template_path",
-        "completion_only_loss",
-        "dataset_kwargs",
-        "dataset_num_proc",
-        "dataset_text_field",
-        "eos_token",
-        "eval_packing",
-        "loss_type",
-        "max_length",
-        "model_init_kwargs",
-        "packing",
-        "packing_strategy",
-        "pad_to_multiple_of",
-        "pad_token",
-        "padding_free",
-        "router_aux_loss_coef",
-        "shuffle_dataset",
-        "truncation_mode",
-        "trust_remote_code",
-    }
-)
-
-DPO_CONFIG_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
-    {
-        "activation_offloading",
-        "beta",
-        "dataset_num_proc",
-        "disable_dropout",
-        "discopop_tau",
-        "f_alpha_divergence_coef",
-        "f_divergence_type",
-        "label_smoothing",
-        "ld_alpha",
-        "loss_type",
-        "loss_weights",
-        "max_length",
-        "model_init_kwargs",
-        "pad_to_multiple_of",
-        "pad_token",
-        "padding_free",
-        "precompute_ref_batch_size",
-        "precompute_ref_log_probs",
-        "ref_model_mixup_alpha",
-        "ref_model_sync_steps",
-        "router_aux_loss_coef",
-        "sync_ref_model",
-        "truncation_mode",
-        "trust_remote_code",
-        "use_weighting",
-    }
-)
-
-ORPO_CONFIG_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
-    {
-        "beta",
-        "dataset_num_proc",
-        "disable_dropout",
-        "generate_during_eval",
-        "is_encoder_decoder",
-        "max_completion_length",
-        "max_length",
-        "model_init_kwargs",
-        "padding_value",
-        "trust_remote_code",
     }
 )

@@ -6,14 +6,7 @@ import shlex
 from importlib import metadata
 from typing import Any
 
-from alignkit.recipe.schema import _RecipeBase
-
-_METHOD_NAMES = {
-    "cpt": "continued pretraining",
-    "sft": "supervised fine-tuning (SFT)",
-    "dpo": "Direct Preference Optimization (DPO)",
-    "orpo": "Odds-Ratio Preference Optimization (ORPO)",
-}
+from alignkit.recipe.schema import RecipeBase
 
 
 def _version(package: str) -> str:
@@ -24,8 +17,7 @@ def _version(package: str) -> str:
 
 
 def render_card(
-    recipe: _RecipeBase,
-    method: str,
+    recipe: RecipeBase,
     *,
     name: str,
     base_model: str,
@@ -34,6 +26,7 @@ def render_card(
     world_size: int,
 ) -> str:
     """Markdown with a YAML header the Hub understands."""
+    method = recipe.method
     datasets = sorted({source.path for source in recipe.data.datasets})
     is_adapter = recipe.peft is not None
     header = [
@@ -42,7 +35,7 @@ def render_card(
         f"library_name: {'peft' if is_adapter else 'transformers'}",
         "tags:",
         "- alignkit",
-        f"- {method}",
+        f"- {method.name}",
         "- trl",
     ]
     if datasets:
@@ -51,7 +44,7 @@ def render_card(
     training = recipe.training
     effective = training.per_device_train_batch_size * training.gradient_accumulation_steps * world_size
     rows = [
-        ("method", _METHOD_NAMES[method]),
+        ("method", method.title),
         ("learning rate", f"{training.learning_rate:g} ({training.lr_scheduler_type})"),
         (
             "epochs",
@@ -66,13 +59,7 @@ def render_card(
         ("precision", f"weights {recipe.model.dtype}, autocast {training.mixed_precision}"),
         ("seed", str(training.seed)),
     ]
-    section = getattr(recipe, method)
-    if method == "dpo":
-        losses = section.loss_type if isinstance(section.loss_type, list) else [section.loss_type]
-        rows.append(("beta / loss", f"{section.beta:g} / {', '.join(losses)}"))
-    elif method == "orpo":
-        rows.append(("beta", f"{section.beta:g}"))
-    rows.append(("max length", str(section.max_length)))
+    rows += method.card_rows(recipe.section)
     if recipe.peft is not None:
         peft = recipe.peft
         targets = peft.target_modules if isinstance(peft.target_modules, str) else ", ".join(peft.target_modules)
@@ -85,7 +72,7 @@ def render_card(
         f"# {name}",
         "",
         f"{recipe.description or 'A model'} trained with [alignkit](https://github.com/alignkit/alignkit) by "
-        f"{_METHOD_NAMES[method]} of `{base_model}`.",
+        f"{method.title} of `{base_model}`.",
         "",
         "## Data",
         "",
@@ -116,7 +103,7 @@ def render_card(
         "The resolved recipe is saved beside this card as `alignkit_recipe.yaml`:",
         "",
         "```console",
-        f"$ alignkit {method} --recipe alignkit_recipe.yaml",
+        f"$ alignkit {method.name} --recipe alignkit_recipe.yaml",
         "```",
         "",
         "The original command was:",

@@ -1,40 +1,39 @@
-"""A PNG of the training curves: loss and learning rate, plus rewards, margins and accuracies for preference
-methods, drawn from the trainer's log history with matplotlib's file-only backend."""
+"""A PNG of the training curves: loss and learning rate, plus the panels the method adds (rewards, margins and
+accuracies for preference methods), drawn from the trainer's log history with matplotlib's file-only backend."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-PANELS = (
+BASE_PANELS = (
     ("loss", ("loss", "eval_loss")),
     ("learning rate", ("learning_rate",)),
-    ("rewards", ("rewards/chosen", "rewards/rejected")),
-    ("reward margin", ("rewards/margins",)),
-    ("preference accuracy", ("rewards/accuracies", "eval_rewards/accuracies")),
 )
 
 
-def plot_curves(log_history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Draw every panel that has data; returns the file, or None when nothing was logged."""
+def plot_curves(
+    log_history: list[dict[str, Any]], path: Path, title: str, panels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+) -> Path | None:
+    """Draw the base panels and `panels` (the method's) that have data; returns the file, or None if none has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
-    for name, keys in PANELS:
+    drawn = []
+    for name, keys in (*BASE_PANELS, *panels):
         series = {}
         for key in keys:
             points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
             if points:
                 series[key] = points
         if series:
-            panels.append((name, series))
-    if not panels:
+            drawn.append((name, series))
+    if not drawn:
         return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)
-    for axis, (name, series) in zip(axes[:, 0], panels, strict=True):
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(7, 2.4 * len(drawn)), sharex=True, squeeze=False)
+    for axis, (name, series) in zip(axes[:, 0], drawn, strict=True):
         for key, points in series.items():
             steps, values = zip(*points, strict=True)
             axis.plot(steps, values, marker="o" if len(points) < 20 else None, markersize=3, label=key)

@@ -1,9 +1,9 @@
 """The one trainer factory: a validated recipe in, a ready TRL trainer out, the same way for every method.
 
 The order matters and is fixed: the TRL config first (its checks fail before anything heavy loads), then
-the tokenizer and its chat template, the model, the data, and finally the trainer:
-
-    cpt, sft -> SFTTrainer     dpo -> DPOTrainer     orpo -> ORPOTrainer (trl.experimental.orpo)
+the tokenizer and its chat template, the model, the data, and finally the trainer. Which TRL config and
+trainer classes, and what the method's section adds to them, the recipe's method says
+(`alignkit/methods/`); nothing here depends on which method it is.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.schema import RecipeBase
 from alignkit.train.hardware import Hardware
-from alignkit.train.modeling import LoadedModel, load_model, load_tokenizer, match_adapter_dtype
+from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.trl_config import build_trl_config, check_extra
 
 
@@ -32,32 +32,32 @@ class BuiltTrainer:
 
 
 def build_trainer(
-    recipe: _RecipeBase,
-    method: str,
+    recipe: RecipeBase,
     hardware: Hardware,
     *,
     output_dir: Path,
     trainer_kwargs: dict[str, Any] | None = None,
     callbacks: list | None = None,
 ) -> BuiltTrainer:
-    """Build the TRL trainer for `method` from `recipe`."""
+    """Build the TRL trainer of the recipe's method."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from alignkit.data.prepare import prepare_data
     from alignkit.data.templates import ensure_chat_template
+    from alignkit.data.tokenizer import load_tokenizer
 
-    check_extra(recipe, method)
+    method = recipe.method
+    check_extra(recipe)
     config, notices = build_trl_config(
         recipe,
-        method,
         hardware,
         output_dir=output_dir,
         extra_kwargs=trainer_kwargs,
     )
     tokenizer = load_tokenizer(recipe)
-    new_tokens = ensure_chat_template(tokenizer, recipe) if method != "cpt" else False
+    new_tokens = ensure_chat_template(tokenizer, recipe) if method.data.chat_template else False
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
     notices += loaded.notices
-    data = prepare_data(recipe, method, tokenizer)
+    data = prepare_data(recipe, tokenizer)
     if config.dataset_num_proc:
         # TRL maps the prepared rows once more; worker processes cost more than they save on small data.
         workers = min(config.dataset_num_proc, len(data.train) // 5000)
@@ -70,18 +70,7 @@ def build_trainer(
         "peft_config": loaded.peft_config,
         "callbacks": callbacks or [],
     }
-    if method in ("cpt", "sft"):
-        from trl import SFTTrainer
-
-        trainer = SFTTrainer(model=loaded.model, **common)
-    elif method == "dpo":
-        from trl import DPOTrainer
-
-        trainer = DPOTrainer(model=loaded.model, **common)
-    else:
-        from trl.experimental.orpo import ORPOTrainer
-
-        trainer = ORPOTrainer(model=loaded.model, **common)
+    trainer = method.trainer()(model=loaded.model, **common)
     match_adapter_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 

@@ -52,10 +52,14 @@ def finalize_main(
     trainer.save_metrics("all", clean, combined=False)
     if recipe.peft is not None and recipe.peft.save_merged:
         _save_merged(built, run)
-    plot_curves(trainer.state.log_history, output_dir / "training_curves.png", f"{run.name}: {run.method}")
+    plot_curves(
+        trainer.state.log_history,
+        output_dir / "training_curves.png",
+        f"{run.name}: {run.method}",
+        panels=recipe.method.curve_panels,
+    )
     card = render_card(
         recipe,
-        run.method,
         name=run.recipe.hub.hub_model_id or run.output_dir.name,
         base_model=built.loaded.base_model,
         metrics=clean,

@@ -1,4 +1,4 @@
-"""Loading the tokenizer and the model the recipe names: dtype, attention kernel, quantisation, LoRA.
+"""Loading the model the recipe names: dtype, attention kernel, quantisation, LoRA.
 
 A model path may also be a LoRA adapter (an SFT run's output): its base is loaded under it, and the adapter
 is either trained further or merged first (`model.merge_adapter`). With LoRA no second reference model is
@@ -7,14 +7,13 @@ ever loaded: TRL uses the base with adapters disabled (or a frozen copy of a sta
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from alignkit.adapters import adapter_base
 from alignkit.errors import Problem, UserError
-from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.schema import RecipeBase
 from alignkit.train.hardware import Hardware
 
 _DTYPES = ("bfloat16", "float16", "float32")
@@ -31,43 +30,7 @@ class LoadedModel:
     notices: list[str] = field(default_factory=list)
 
 
-def load_tokenizer(recipe: _RecipeBase):
-    """The recipe's tokenizer (its own, or the model's; the adapter's base's when the model is an adapter)."""
-    from transformers import AutoTokenizer
-
-    model = recipe.model
-    name = model.tokenizer_name_or_path or model.name_or_path
-    revision = model.revision if model.tokenizer_name_or_path is None else "main"
-    try:
-        return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model.trust_remote_code)
-    except (OSError, ValueError) as err:
-        adapter = adapter_base(model.name_or_path, model.revision)
-        if adapter is not None and model.tokenizer_name_or_path is None:
-            return AutoTokenizer.from_pretrained(adapter, trust_remote_code=model.trust_remote_code)
-        raise UserError(
-            Problem(source="recipe", path="model.tokenizer_name_or_path", message=f"cannot load a tokenizer: {err}")
-        ) from None
-
-
-def adapter_base(name_or_path: str, revision: str = "main") -> str | None:
-    """The base model recorded by a LoRA adapter at `name_or_path`, or None when it is not an adapter."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        config = local / "adapter_config.json"
-        if not config.is_file():
-            return None
-        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if local.exists():
-        return None
-    try:
-        from peft import PeftConfig
-
-        return PeftConfig.from_pretrained(name_or_path, revision=revision).base_model_name_or_path
-    except Exception:
-        return None
-
-
-def resolve_dtype(recipe: _RecipeBase, hardware: Hardware) -> tuple[Any, list[str]]:
+def resolve_dtype(recipe: RecipeBase, hardware: Hardware) -> tuple[Any, list[str]]:
     """The torch dtype to load weights in; half precision falls back to float32 on a CPU."""
     import torch
 
@@ -81,7 +44,7 @@ def resolve_dtype(recipe: _RecipeBase, hardware: Hardware) -> tuple[Any, list[st
     return getattr(torch, wanted), []
 
 
-def resolve_attention(recipe: _RecipeBase, hardware: Hardware) -> tuple[str, list[str]]:
+def resolve_attention(recipe: RecipeBase, hardware: Hardware) -> tuple[str, list[str]]:
     """flash-attention 2 on CUDA when installed, else SDPA; an explicit kernel the machine lacks falls back."""
     wanted = recipe.model.attn_implementation
     if wanted == "auto":
@@ -91,7 +54,7 @@ def resolve_attention(recipe: _RecipeBase, hardware: Hardware) -> tuple[str, lis
     return wanted, []
 
 
-def quantization_config(recipe: _RecipeBase, compute_dtype: Any):
+def quantization_config(recipe: RecipeBase, compute_dtype: Any):
     """A BitsAndBytesConfig for the recipe, or None."""
     quant = recipe.quantization
     if quant is None or not (quant.load_in_4bit or quant.load_in_8bit):
@@ -112,7 +75,7 @@ def quantization_config(recipe: _RecipeBase, compute_dtype: Any):
     )
 
 
-def lora_config(recipe: _RecipeBase, *, new_tokens: bool):
+def lora_config(recipe: RecipeBase, *, new_tokens: bool):
     """The LoRA config for the recipe's peft section, or None for full fine-tuning."""
     section = recipe.peft
     if section is None:
@@ -136,7 +99,7 @@ def lora_config(recipe: _RecipeBase, *, new_tokens: bool):
     )
 
 
-def load_model(recipe: _RecipeBase, hardware: Hardware, tokenizer, *, new_tokens: bool) -> LoadedModel:
+def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens: bool) -> LoadedModel:
     """Load the model (or adapter and its base) as the recipe says, ready to hand to a TRL trainer."""
     from transformers import AutoModelForCausalLM
 
@@ -210,7 +173,7 @@ def _kbit_device_map(hardware: Hardware) -> dict[str, Any] | None:
     return {"": PartialState().local_process_index}
 
 
-def match_adapter_dtype(model, recipe: _RecipeBase) -> None:
+def match_adapter_dtype(model, recipe: RecipeBase) -> None:
     """Under ZeRO-3/FSDP, keep QLoRA adapters in the 4-bit storage dtype: the engines shard one dtype only.
 
     TRL casts a quantized model's trainable weights to bfloat16; with another compute dtype they would then

@@ -1,5 +1,5 @@
-"""Progress while training: a live line (step, loss, learning rate, tokens/s, ETA) in a terminal, and plain
-periodic log lines when output goes to a file or a CI log."""
+"""Progress while training: a live line (step, loss, learning rate, the method's metrics, tokens/s, ETA) in a
+terminal, and plain periodic log lines when output goes to a file or a CI log."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-_SHOWN_EVAL = ("eval_loss", "eval_mean_token_accuracy", "eval_rewards/accuracies", "eval_rewards/margins")
-_SHOWN = ("loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins")
+_SHOWN = ("loss", "learning_rate", "grad_norm")
 
 
 class ProgressCallback(TrainerCallback):
-    """Reports training progress on the main process only."""
+    """Reports training progress on the main process only; `metrics` are the method's logged metrics to show."""
 
-    def __init__(self, *, live: bool | None = None, stream=None):
+    def __init__(self, *, metrics: tuple[str, ...] = (), live: bool | None = None, stream=None):
+        self.shown = (*_SHOWN, *metrics)
+        self.shown_eval = ("eval_loss", *(f"eval_{key}" for key in metrics))
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self._progress = None
@@ -62,7 +63,7 @@ class ProgressCallback(TrainerCallback):
         elif "loss" in logs:
             self._print(f"step {state.global_step}/{state.max_steps} {self._format(state, numbers)}")
         elif "eval_loss" in logs:
-            shown = "  ".join(f"{k} {numbers[k]:.4g}" for k in _SHOWN_EVAL if k in numbers)
+            shown = "  ".join(f"{k} {numbers[k]:.4g}" for k in self.shown_eval if k in numbers)
             self._print(f"step {state.global_step}/{state.max_steps} {shown}")
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -79,7 +80,7 @@ class ProgressCallback(TrainerCallback):
 
     def _format(self, state, values: dict[str, float]) -> str:
         parts = []
-        for key in _SHOWN:
+        for key in self.shown:
             if key in values:
                 value = values[key]
                 parts.append(f"{key.split('/')[-1]} {value:.3g}" if key != "learning_rate" else f"lr {value:.2e}")

@@ -1,4 +1,4 @@
-"""The recipe mapped one-to-one onto TRL's config for its method (SFTConfig, DPOConfig, ORPOConfig).
+"""The recipe mapped one-to-one onto the TRL config of its method (the method supplies its own section's part).
 
 Built before anything is loaded, so TRL's and transformers' own checks refuse a bad combination before
 weights or data are read. Hardware-dependent defaults are decided here: bf16 autocast where the device has
@@ -12,16 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import Problem, UserError
-from alignkit.recipe import vocab
-from alignkit.recipe.schema import _RecipeBase
+from alignkit.recipe.schema import RecipeBase
 from alignkit.train.hardware import Hardware
-
-_CONFIG_FIELDS = {
-    "cpt": vocab.SFT_CONFIG_FIELDS,
-    "sft": vocab.SFT_CONFIG_FIELDS,
-    "dpo": vocab.DPO_CONFIG_FIELDS,
-    "orpo": vocab.ORPO_CONFIG_FIELDS,
-}
 
 # Fields alignkit sets from the recipe or the run; `training.extra` may not change them behind its back.
 _OWNED = {
@@ -68,13 +60,16 @@ _OWNED = {
 }
 
 
-def check_extra(recipe: _RecipeBase, method: str, source: str = "recipe") -> None:
-    """Refuse `training.extra` keys that TRL's config for `method` lacks, or that alignkit sets itself."""
+def check_extra(recipe: RecipeBase, source: str = "recipe") -> None:
+    """Refuse `training.extra` keys that the TRL config of the recipe's method lacks, or that alignkit sets."""
     problems = []
+    method = recipe.method
     for key in recipe.training.extra:
-        if key not in _CONFIG_FIELDS[method]:
+        if key not in method.trl_fields:
             problems.append(
-                Problem(source=source, path=f"training.extra.{key}", message=f"not a field of TRL's {method} config")
+                Problem(
+                    source=source, path=f"training.extra.{key}", message=f"not a field of TRL's {method.name} config"
+                )
             )
         elif key in _OWNED:
             problems.append(
@@ -96,7 +91,7 @@ def check_extra(recipe: _RecipeBase, method: str, source: str = "recipe") -> Non
         raise UserError(problems)
 
 
-def precision_flags(recipe: _RecipeBase, hardware: Hardware) -> tuple[dict[str, Any], list[str]]:
+def precision_flags(recipe: RecipeBase, hardware: Hardware) -> tuple[dict[str, Any], list[str]]:
     """bf16/fp16/use_cpu for the requested mixed precision on this hardware, and notices for fallbacks."""
     wanted = recipe.training.mixed_precision
     flags: dict[str, Any] = {"bf16": False, "fp16": False, "use_cpu": hardware.device == "cpu"}
@@ -115,22 +110,21 @@ def precision_flags(recipe: _RecipeBase, hardware: Hardware) -> tuple[dict[str, 
 
 
 def build_trl_config(
-    recipe: _RecipeBase,
-    method: str,
+    recipe: RecipeBase,
     hardware: Hardware,
     *,
     output_dir: Path,
     extra_kwargs: dict[str, Any] | None = None,
 ):
-    """The TRL config for `method`, and notices about hardware fallbacks.
+    """The TRL config of the recipe's method, and notices about hardware fallbacks.
 
     Args:
         recipe: the validated recipe.
-        method: cpt, sft, dpo or orpo.
         hardware: the device facts.
         output_dir: where checkpoints go.
         extra_kwargs: launch-profile kwargs (DeepSpeed/FSDP), merged last.
     """
+    method = recipe.method
     training, logging, hub = recipe.training, recipe.logging, recipe.hub
     precision, notices = precision_flags(recipe, hardware)
     warmup: float = training.warmup_ratio if training.warmup_ratio else training.warmup_steps
@@ -176,62 +170,10 @@ def build_trl_config(
         "hub_revision": hub.revision,
         "dataset_num_proc": recipe.data.num_proc,
     }
-    if method == "cpt":
-        section = recipe.cpt
-        kwargs |= {
-            "dataset_text_field": "text",
-            "max_length": section.max_length,
-            "packing": section.packing,
-            "packing_strategy": section.packing_strategy,
-            "completion_only_loss": False,
-        }
-    elif method == "sft":
-        section = recipe.sft
-        kwargs |= {
-            "max_length": section.max_length,
-            "packing": section.packing,
-            "packing_strategy": section.packing_strategy,
-            "padding_free": section.padding_free,
-            "eos_token": section.eos_token,
-        }
-    elif method == "dpo":
-        section = recipe.dpo
-        losses = section.loss_type if isinstance(section.loss_type, list) else [section.loss_type]
-        kwargs |= {
-            "beta": section.beta,
-            "loss_type": losses,
-            "loss_weights": section.loss_weights,
-            "label_smoothing": section.label_smoothing,
-            "max_length": section.max_length,
-            "precompute_ref_log_probs": section.precompute_ref_log_probs,
-            "padding_free": section.padding_free,
-        }
-    elif method == "orpo":
-        section = recipe.orpo
-        completion = section.max_length - (section.max_prompt_length or 0)
-        kwargs |= {
-            "beta": section.beta,
-            "max_length": section.max_length,
-            "max_completion_length": completion if section.max_prompt_length else None,
-        }
+    kwargs |= method.trl_settings(recipe.section)
     kwargs |= dict(recipe.training.extra)
     kwargs |= extra_kwargs or {}
-    config_class = _config_class(method)
     try:
-        return config_class(**kwargs), notices
+        return method.trl_config()(**kwargs), notices
     except (ValueError, TypeError) as err:
-        raise UserError(Problem(source="recipe", message=f"TRL refused the {method} settings: {err}")) from None
-
-
-def _config_class(method: str):
-    if method in ("cpt", "sft"):
-        from trl import SFTConfig
-
-        return SFTConfig
-    if method == "dpo":
-        from trl import DPOConfig
-
-        return DPOConfig
-    from trl.experimental.orpo import ORPOConfig
-
-    return ORPOConfig
+        raise UserError(Problem(source="recipe", message=f"TRL refused the {method.name} settings: {err}")) from None

@@ -87,20 +87,19 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
     main_process = _rank() == 0
     built = build_trainer(
         run.recipe,
-        run.method,
         hardware,
         output_dir=output_dir,
         trainer_kwargs=_trainer_kwargs(run.info.get("plan", {})) if run.info.get("plan") else {},
-        callbacks=[ProgressCallback(), *(callbacks or [])],
+        callbacks=[ProgressCallback(metrics=run.recipe.method.progress_metrics), *(callbacks or [])],
     )
     trainer = built.trainer
     if main_process:
         for notice in built.notices:
             echo(f"note: {notice}")
-        report = getattr(built.data, "report", None)
-        summary = getattr(report, "summary", None)
-        if callable(summary):
-            echo(summary())
+        for line in built.data.report.summary_lines():
+            echo(line)
+        for notice in built.data.report.notices:
+            echo(f"note: {notice}")
     existing = checkpoints(output_dir)
     resume = existing[-1] if existing else None
     if resume is not None and main_process:

@@ -1,0 +1,39 @@
+"""The recipe's tokenizer, loaded one way for `alignkit data` and for training, so a preview fills exactly the
+data-cache entry the training run then finds.
+
+The tokenizer is `model.tokenizer_name_or_path` when given (at its main revision), else the model's own (at
+`model.revision`), else, when the model is a LoRA adapter without tokenizer files, its base model's. Remote
+code runs only when the recipe allows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignkit.adapters import adapter_base
+from alignkit.errors import Problem, UserError
+
+
+def load_tokenizer(recipe):
+    """The recipe's tokenizer; a UserError naming the field and the loader's last word when none loads."""
+    from transformers import AutoTokenizer
+
+    model = recipe.model
+    own = model.tokenizer_name_or_path is None
+    name = model.name_or_path if own else model.tokenizer_name_or_path
+    revision = model.revision if own else "main"
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model.trust_remote_code)
+    except Exception as err:  # not found, offline, gated, or a folder without tokenizer files
+        base = adapter_base(model.name_or_path, model.revision) if own else None
+        if base is not None:
+            return AutoTokenizer.from_pretrained(base, trust_remote_code=model.trust_remote_code)
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        where = "" if Path(name).expanduser().exists() else "no local folder of that name, and from the Hub: "
+        raise UserError(
+            Problem(
+                source=name,
+                path="model.name_or_path" if own else "model.tokenizer_name_or_path",
+                message=f"could not load the tokenizer: {where}{lines[-1] if lines else type(err).__name__}",
+            )
+        ) from None

@@ -1,0 +1,156 @@
+"""dpo: Direct Preference Optimization on chosen/rejected pairs with TRL's DPOTrainer, IPO, APO and the other
+losses TRL implements included (several at once, with weights).
+
+Rows arrive as rendered strings (prompt, chosen, rejected); the trainer tokenizes them with the tokenizer's
+own special tokens. The prompt is cut from the left to max_prompt_length by the data layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from alignkit.data import formats
+from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method
+from alignkit.recipe.sections import Section, check_prompt_length
+from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
+
+# The loss_type values of TRL 1.16's DPOConfig (a test compares them with the installed TRL).
+DpoLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
+
+# DPOConfig of TRL 1.16.
+TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
+    {
+        "activation_offloading",
+        "beta",
+        "dataset_num_proc",
+        "disable_dropout",
+        "discopop_tau",
+        "f_alpha_divergence_coef",
+        "f_divergence_type",
+        "label_smoothing",
+        "ld_alpha",
+        "loss_type",
+        "loss_weights",
+        "max_length",
+        "model_init_kwargs",
+        "pad_to_multiple_of",
+        "pad_token",
+        "padding_free",
+        "precompute_ref_batch_size",
+        "precompute_ref_log_probs",
+        "ref_model_mixup_alpha",
+        "ref_model_sync_steps",
+        "router_aux_loss_coef",
+        "sync_ref_model",
+        "truncation_mode",
+        "trust_remote_code",
+        "use_weighting",
+    }
+)
+
+
+class DpoSection(Section):
+    """Direct Preference Optimization and its loss variants."""
+
+    beta: float = Field(0.1, gt=0)
+    loss_type: DpoLoss | list[DpoLoss] = "sigmoid"
+    loss_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    max_length: PositiveInt = 1024
+    max_prompt_length: PositiveInt | None = 512
+    """Prompts longer than this are cut from the left before the pair is truncated to max_length."""
+    precompute_ref_log_probs: bool = False
+    padding_free: bool = False
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DpoSection:
+        check_prompt_length(self.max_prompt_length, self.max_length)
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.losses):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.losses)} loss types")
+        return self
+
+    @property
+    def losses(self) -> list[str]:
+        return self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+
+
+def _config() -> type:
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def _trainer() -> type:
+    from trl import DPOTrainer
+
+    return DPOTrainer
+
+
+def _trl_settings(section: DpoSection) -> dict[str, Any]:
+    return {
+        "beta": section.beta,
+        "loss_type": section.losses,
+        "loss_weights": section.loss_weights,
+        "label_smoothing": section.label_smoothing,
+        "max_length": section.max_length,
+        "precompute_ref_log_probs": section.precompute_ref_log_probs,
+        "padding_free": section.padding_free,
+    }
+
+
+def _card_rows(section: DpoSection) -> list[tuple[str, str]]:
+    return [("beta / loss", f"{section.beta:g} / {', '.join(section.losses)}"), ("max length", str(section.max_length))]
+
+
+PREFERENCE_METRICS = ("rewards/accuracies", "rewards/margins")
+PREFERENCE_PANELS = (
+    ("rewards", ("rewards/chosen", "rewards/rejected")),
+    ("reward margin", ("rewards/margins",)),
+    ("preference accuracy", ("rewards/accuracies", "eval_rewards/accuracies")),
+)
+
+METHOD = Method(
+    name="dpo",
+    title="Direct Preference Optimization (DPO)",
+    summary="Direct Preference Optimization on chosen/rejected pairs (IPO, APO and other losses too).",
+    example="alignkit dpo --recipe zephyr-7b-gemma --set dpo.beta=0.1",
+    section=DpoSection,
+    default_learning_rate=1.0e-6,
+    # The handbook's zephyr-7b-beta QLoRA DPO recipe (one GPU).
+    qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
+    trl_fields=TRL_FIELDS,
+    trl_config=_config,
+    trl_settings=_trl_settings,
+    trainer=_trainer,
+    data=DataNeeds(
+        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
+        rows=PAIR_ROWS,
+        row_fields=("max_length", "max_prompt_length"),
+        # DPOTrainer encodes the prompt with the tokenizer's special tokens.
+        trainer_adds_bos="on_encode",
+    ),
+    card_rows=_card_rows,
+    defining_keys=frozenset({"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}),
+    # DPO never had max_seq_length; the handbook's key meant the pair's length limit.
+    flat_key_reasons={"max_seq_length": "its length limit is max_length"},
+    progress_metrics=PREFERENCE_METRICS,
+    curve_panels=PREFERENCE_PANELS,
+)

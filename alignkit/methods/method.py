@@ -1,0 +1,87 @@
+"""What a training method is to the rest of alignkit: the `Method` record each method module fills in.
+
+Generic code (CLI, recipe models, handbook import, data layer, trainer factory, card, progress) asks a
+`Method` for everything method-specific and never compares method names. A method module builds one
+`Method` from its own section model, TRL mapping and data needs; `alignkit.methods.METHODS` lists them.
+Plain data and functions: importing this module loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TEXT_ROWS = "text"
+"""Prepared rows are raw text (`text`); the trainer tokenizes (and packs) them."""
+TOKEN_ROWS = "tokens"
+"""Prepared rows are token ids with a loss mask (`input_ids`, `assistant_masks`), cut to max_length."""
+PAIR_ROWS = "pairs"
+"""Prepared rows are rendered preference pairs (`prompt`, `chosen`, `rejected`); the trainer tokenizes."""
+
+RowKind = Literal["text", "tokens", "pairs"]
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a method reads from the data layer and in which shape its trainer wants the rows."""
+
+    formats: tuple[str, ...]
+    """Accepted data formats (names in `alignkit.data.formats`), in the order tried when several fit."""
+    rows: RowKind
+    """The shape of the prepared rows (TEXT_ROWS, TOKEN_ROWS or PAIR_ROWS)."""
+    chat_template: bool = True
+    """Whether rows are rendered with a chat template (raw-text methods need none)."""
+    text_column_field: str | None = None
+    """For raw-text methods: the section field naming the text column (e.g. `text_column`)."""
+    row_fields: tuple[str, ...] = ()
+    """Section fields that change the prepared rows; a change misses the data cache, others do not."""
+    loss_policy: Callable[[Any, Any], Any] | None = None
+    """(section, tokenizer) -> masking.LossPolicy, for methods whose tokens alignkit masks itself."""
+    trainer_adds_bos: Literal["on_encode", "unless_present"] = "on_encode"
+    """How the trainer puts BOS before a prompt: as the tokenizer's encode does, or unless one is there."""
+
+
+@dataclass(frozen=True, eq=False)  # one object per method: compared and hashed by identity
+class Method:
+    """A training method: its command, recipe section, TRL mapping, data needs, card rows and metrics."""
+
+    name: str
+    """The subcommand and the recipe section key (`alignkit sft`, `sft:`)."""
+    title: str
+    """How the model card names it, e.g. "supervised fine-tuning (SFT)"."""
+    summary: str
+    """One line for `--help` and `recipes list`."""
+    example: str
+    """An example command for `--help`."""
+    section: type
+    """The pydantic model of the method's recipe section."""
+    default_learning_rate: float
+    qlora_training: Mapping[str, Any]
+    """learning_rate and batch shape `--qlora` sets for one GPU."""
+    trl_fields: frozenset[str]
+    """Field names of its TRL config class (checked against the installed TRL by a test)."""
+    trl_config: Callable[[], type]
+    """Imports and returns its TRL config class (lazily: TRL is heavy)."""
+    trl_settings: Callable[[Any], dict[str, Any]]
+    """The section mapped onto TRL config keyword arguments."""
+    trainer: Callable[[], type]
+    """Imports and returns its TRL trainer class."""
+    data: DataNeeds
+    card_rows: Callable[[Any], list[tuple[str, str]]] = lambda section: []
+    """Rows the model card adds for the section (beta, loss, ...)."""
+    defining_keys: frozenset[str] = frozenset()
+    """Flat-config keys that say a config was written for this method (beta for dpo, ...)."""
+    flat_key_reasons: Mapping[str, str] = field(default_factory=dict)
+    """Why a renamed flat key changed name, where it differs for this method."""
+    progress_metrics: tuple[str, ...] = ()
+    """Logged metrics the progress line shows after loss, learning rate and grad norm."""
+    curve_panels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(panel title, logged keys) the training-curves PNG draws after loss and learning rate."""
+
+    @property
+    def recipe(self) -> type:
+        """The pydantic model of this method's recipes (its section joined with the shared ones)."""
+        from alignkit.recipe.schema import recipe_model
+
+        return recipe_model(self)

@@ -1,0 +1,121 @@
+"""sft: supervised fine-tuning on conversations or prompt/completion pairs, with TRL's SFTTrainer.
+
+Rows arrive tokenized with their loss mask (`assistant_masks`), so assistant-only and completion-only loss
+work for any chat template; the trainer folds the mask into its labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import PositiveInt
+
+from alignkit.data import formats
+from alignkit.methods.method import TOKEN_ROWS, DataNeeds, Method
+from alignkit.recipe.sections import Section
+from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
+
+PackingStrategy = Literal["bfd", "bfd_split", "wrapped"]
+
+# SFTConfig of TRL 1.16 (continued pretraining uses it too).
+TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
+    {
+        "activation_offloading",
+        "assistant_only_loss",
+        "chat_template_path",
+        "completion_only_loss",
+        "dataset_kwargs",
+        "dataset_num_proc",
+        "dataset_text_field",
+        "eos_token",
+        "eval_packing",
+        "loss_type",
+        "max_length",
+        "model_init_kwargs",
+        "packing",
+        "packing_strategy",
+        "pad_to_multiple_of",
+        "pad_token",
+        "padding_free",
+        "router_aux_loss_coef",
+        "shuffle_dataset",
+        "truncation_mode",
+        "trust_remote_code",
+    }
+)
+
+
+class SftSection(Section):
+    """Supervised fine-tuning on conversations or prompt/completion pairs."""
+
+    max_length: PositiveInt | None = 1024
+    packing: bool = False
+    packing_strategy: PackingStrategy = "bfd"
+    padding_free: bool = False
+    assistant_only_loss: bool = False
+    """Train on assistant turns only (works with any template)."""
+    completion_only_loss: bool | None = None
+    """Train on completions only for prompt/completion data (default: yes for such data)."""
+    eos_token: str | None = None
+
+
+def sft_config() -> type:
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+def sft_trainer() -> type:
+    from trl import SFTTrainer
+
+    return SFTTrainer
+
+
+def _trl_settings(section: SftSection) -> dict[str, Any]:
+    return {
+        "max_length": section.max_length,
+        "packing": section.packing,
+        "packing_strategy": section.packing_strategy,
+        "padding_free": section.padding_free,
+        "eos_token": section.eos_token,
+    }
+
+
+def _loss_policy(section: SftSection, tokenizer):
+    from alignkit.data.masking import LossPolicy
+
+    return LossPolicy(
+        assistant_only=section.assistant_only_loss,
+        completion_only=section.completion_only_loss is not False,
+        eos_token=section.eos_token or tokenizer.eos_token,
+    )
+
+
+def _card_rows(section: SftSection) -> list[tuple[str, str]]:
+    return [("max length", str(section.max_length))]
+
+
+METHOD = Method(
+    name="sft",
+    title="supervised fine-tuning (SFT)",
+    summary="Supervised fine-tuning on conversations or prompt/completion pairs.",
+    example="alignkit sft --recipe zephyr-7b-gemma --qlora",
+    section=SftSection,
+    default_learning_rate=2.0e-5,
+    # The handbook's zephyr-7b-beta QLoRA SFT recipe (one GPU).
+    qlora_training={"learning_rate": 2.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+    trl_fields=TRL_FIELDS,
+    trl_config=sft_config,
+    trl_settings=_trl_settings,
+    trainer=sft_trainer,
+    data=DataNeeds(
+        formats=(formats.MESSAGES, formats.SHAREGPT, formats.PROMPT_COMPLETION, formats.ALPACA, formats.TEXT),
+        rows=TOKEN_ROWS,
+        row_fields=("max_length", "assistant_only_loss", "completion_only_loss", "eos_token"),
+        loss_policy=_loss_policy,
+    ),
+    card_rows=_card_rows,
+    defining_keys=frozenset({"assistant_only_loss", "completion_only_loss", "packing_strategy"}),
+    progress_metrics=("mean_token_accuracy",),
+    curve_panels=(("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy")),),
+)
