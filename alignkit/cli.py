@@ -22,7 +22,7 @@ from alignkit.methods import METHODS
 
 app = typer.Typer(
     name="alignkit",
-    help="Post-train language models (cpt, sft, dpo, orpo) from validated recipes, on one CPU or many GPU nodes.",
+    help=f"Post-train language models ({', '.join(METHODS)}) from validated recipes, on one CPU or many GPU nodes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -35,6 +35,9 @@ recipes_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(recipes_app, name="recipes")
+
+
+_METHOD_ARGUMENT_HELP = f"The training method: {', '.join(METHODS)}."
 
 
 def _print_error_lines(lines: list[str]) -> None:
@@ -434,7 +437,7 @@ def env() -> None:
 
 @app.command("slurm")
 def slurm(
-    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    method: Annotated[str, typer.Argument(help=_METHOD_ARGUMENT_HELP)],
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name or recipe file.")],
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes to allocate.")],
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (processes per node).")],
@@ -488,7 +491,7 @@ def slurm(
 
 @app.command("dstack")
 def dstack(
-    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    method: Annotated[str, typer.Argument(help=_METHOD_ARGUMENT_HELP)],
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name or recipe file.")],
     gpu: Annotated[str, typer.Option("--gpu", help="dstack GPU spec per node, e.g. H100:8 or 24GB..:1.")],
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes (a fleet file is written for more than one).")] = 1,
@@ -537,7 +540,7 @@ def dstack(
 
 @app.command("data")
 def data(
-    method: Annotated[str, typer.Argument(help="cpt, sft, dpo or orpo.")],
+    method: Annotated[str, typer.Argument(help=_METHOD_ARGUMENT_HELP)],
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Registry name, recipe file, or handbook/TRL config.")],
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a field (repeatable), as for training.")

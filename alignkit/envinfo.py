@@ -6,7 +6,7 @@ import platform
 import sys
 from importlib import metadata
 
-from alignkit.train.hardware import cpu_has_bf16
+from alignkit.hardware import cpu_has_bf16
 
 PACKAGES = (
     "alignkit",

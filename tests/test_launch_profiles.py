@@ -262,10 +262,12 @@ def test_full_state_dict_for_the_final_save():
         accelerator = Accelerator()
 
     trainer = Trainer()
-    assert profiles.use_full_state_dict(trainer) is True
+    from alignkit.train.finalize import use_full_state_dict
+
+    assert use_full_state_dict(trainer) is True
     assert trainer.accelerator.state.fsdp_plugin.state_dict_type == "FULL_STATE_DICT"
     State.fsdp_plugin = None
-    assert profiles.use_full_state_dict(Trainer()) is False
+    assert use_full_state_dict(Trainer()) is False
 
 
 # QLoRA with sharding: the 4-bit storage dtype must equal the compute dtype under FSDP and ZeRO-3.

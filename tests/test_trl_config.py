@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from alignkit.errors import UserError
+from alignkit.hardware import Hardware
 from alignkit.methods import METHODS
-from alignkit.train.hardware import Hardware
 from alignkit.train.trl_config import build_trl_config, check_extra
 
 CPU = Hardware(device="cpu", bf16=False, fp16=False, flash_attn=False)

@@ -97,35 +97,16 @@ def _template_origin(recipe, tokenizer) -> str:
 
 
 def _prepare(recipe, tokenizer) -> PreparedData:
-    data = recipe.data
-    method, section = recipe.method, recipe.section
-    benchmarks = load_benchmarks(list(data.decontaminate)) if data.decontaminate else Benchmarks()
     loaded: dict[int, Any] = {}
-    signatures = []
-    for index, source in enumerate(data.datasets):
-        signature = sources.signature(source)
-        if signature is None:  # a Hub dataset: its own fingerprint is its content signature
-            loaded[index] = sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
-            signature = {"hub": loaded[index]._fingerprint}
-        signatures.append(signature)
-    key = cache.fingerprint(
-        {
-            "method": method.name,
-            "data": data.model_dump(mode="json", exclude={"num_proc"}),
-            # Only the fields that change the rows: a new beta or loss_type reuses the prepared data.
-            "section": {name: getattr(section, name) for name in method.data.row_fields},
-            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
-            "sources": signatures,
-            "benchmarks": [sources.path_signature(p) for p in data.decontaminate],
-        }
-    )
+    key = _cache_key(recipe, tokenizer, loaded)
     hit = cache.load(key)
     if hit is not None:
         train, test, report_dict = hit
         report = DataReport.from_dict(report_dict)
         report.cached = True
         return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
-
+    data, method, section = recipe.data, recipe.method, recipe.section
+    benchmarks = load_benchmarks(list(data.decontaminate)) if data.decontaminate else Benchmarks()
     report = DataReport(
         method=method.name,
         max_length=getattr(section, "max_length", None),
@@ -141,10 +122,8 @@ def _prepare(recipe, tokenizer) -> PreparedData:
     with cache.scratch() as scratch:
         for index, source in enumerate(data.datasets):
             dataset = loaded.get(index) or sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
-            where = _MapOutput(scratch, index)
-            source_report, processed = _process_source(
-                source, index, dataset, recipe, preprocessor, benchmarks, key, where
-            )
+            work = _SourceWork(source, index, key, scratch)
+            source_report, processed = _process_source(work, dataset, recipe, preprocessor, benchmarks)
             if processed is not None:
                 parts.append((len(report.sources), processed))
             report.sources.append(source_report)
@@ -158,6 +137,29 @@ def _prepare(recipe, tokenizer) -> PreparedData:
             test = test.select_columns(columns)
         train, test = cache.store(key, train, test, report.to_dict())
     return PreparedData(train=train, test=test, report=report, notices=report.summary_lines() + report.notices)
+
+
+def _cache_key(recipe, tokenizer, loaded: dict[int, Any]) -> str:
+    """The content fingerprint of what the prepared data depends on; Hub sources are loaded into `loaded`."""
+    data, method = recipe.data, recipe.method
+    signatures = []
+    for index, source in enumerate(data.datasets):
+        signature = sources.signature(source)
+        if signature is None:  # a Hub dataset: its own fingerprint is its content signature
+            loaded[index] = sources.load_source(source, index, cache_dir=sources.hf_cache_dir())
+            signature = {"hub": loaded[index]._fingerprint}
+        signatures.append(signature)
+    return cache.fingerprint(
+        {
+            "method": method.name,
+            "data": data.model_dump(mode="json", exclude={"num_proc"}),
+            # Only the fields that change the rows: a new beta or loss_type reuses the prepared data.
+            "section": {name: getattr(recipe.section, name) for name in method.data.row_fields},
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+            "sources": signatures,
+            "benchmarks": [sources.path_signature(p) for p in data.decontaminate],
+        }
+    )
 
 
 @dataclass
@@ -174,29 +176,69 @@ class _Processed:
 
 
 @dataclass(frozen=True)
-class _MapOutput:
-    """Where a source's map outputs go: files in the scratch folder, or memory when caching is off."""
+class _SourceWork:
+    """One source of the mixture on its way through preprocessing, and where its map outputs go."""
 
-    scratch: Any
+    source: Any
     index: int
+    key: str
+    scratch: Any
+    """The scratch folder for map outputs, or None when caching is off (outputs stay in memory)."""
 
-    def kwargs(self, step: str) -> dict[str, Any]:
-        if self.scratch is None:
-            return {"keep_in_memory": True}
-        return {"cache_file_name": str(self.scratch / f"{step}-{self.index}.arrow")}
+    def problem(self, message: str) -> UserError:
+        return sources.problem(self.source, self.index, message)
+
+    def map_kwargs(self, step: str, rows: int, num_proc: int | None) -> dict[str, Any]:
+        where = (
+            {"keep_in_memory": True}
+            if self.scratch is None
+            else {"cache_file_name": str(self.scratch / f"{step}-{self.index}.arrow")}
+        )
+        return {
+            "batched": True,
+            "num_proc": _workers(num_proc, rows),
+            "new_fingerprint": f"{self.key}-{step}-{self.index}",
+            **where,
+        }
 
 
-def _process_source(source, index, dataset, recipe, preprocessor, benchmarks, key, where: _MapOutput):
+def _process_source(work: _SourceWork, dataset, recipe, preprocessor, benchmarks):
+    """Detect, decontaminate, pick and preprocess one source; returns its report and rows (None if none)."""
     import numpy as np
 
-    data, method = recipe.data, recipe.method
-    rows_in = len(dataset)
-    if rows_in == 0:
-        raise sources.problem(source, index, f"split {source.split!r} has no rows")
+    detected, report = _detect(work, dataset, recipe)
+    dataset = dataset.select_columns(list(detected.columns))
+    train_idx, test_idx = _pick(work, dataset, detected, recipe.data, benchmarks, report)
+    unique = np.unique(np.concatenate([train_idx, test_idx]))
+    report.loss = preprocessor.loss_description(detected)
+    if len(unique) == 0:
+        return report, None
+    # Each picked row is processed once, however many copies oversampling takes of it.
+    subset = dataset.select(unique) if len(unique) < len(dataset) else dataset
+    try:
+        processed = subset.map(
+            preprocessor.bound(detected),
+            batch_size=256,
+            with_indices=True,
+            remove_columns=subset.column_names,
+            features=features(recipe.method.data.rows),
+            desc=f"Preparing {work.source.path} ({detected.format})",
+            **work.map_kwargs("prep", len(unique), recipe.data.num_proc),
+        )
+    except RowFailure as err:
+        position, message = err.args
+        raise work.problem(f"row {int(unique[position])}: {message}") from None
+    return report, _kept_rows(processed, unique, train_idx, test_idx, report)
+
+
+def _detect(work: _SourceWork, dataset, recipe) -> tuple[formats.Detected, SourceReport]:
+    source, method = work.source, recipe.method
+    if len(dataset) == 0:
+        raise work.problem(f"split {source.split!r} has no rows")
     try:
         detected = formats.detect(dataset.column_names, dataset[0], method, text_column(recipe))
     except ValueError as err:
-        raise sources.problem(source, index, f"no {method.name} format fits: {err}") from None
+        raise work.problem(f"no {method.name} format fits: {err}") from None
     report = SourceReport(
         path=source.path,
         name=source.name,
@@ -204,22 +246,26 @@ def _process_source(source, index, dataset, recipe, preprocessor, benchmarks, ke
         role=source.role,
         weight=source.weight,
         format=detected.format,
-        rows_in=rows_in,
+        rows_in=len(dataset),
     )
-    dataset = dataset.select_columns(list(detected.columns))
-    seed = mixture.source_seed(data.seed, index)
+    return detected, report
+
+
+def _pick(work: _SourceWork, dataset, detected, data, benchmarks, report: SourceReport):
+    """Row indices for training (benchmark rows removed, then weighted) and for testing (weighted)."""
+    import numpy as np
+
+    source, rows_in = work.source, len(dataset)
+    seed = mixture.source_seed(data.seed, work.index)
     train_idx = test_idx = np.zeros(0, dtype=np.int64)
     if source.role in ("train", "both"):
         clean = np.arange(rows_in)
         if benchmarks:
             flagged = dataset.map(
                 Contaminated(benchmarks, detected.columns),
-                batched=True,
-                num_proc=_workers(data.num_proc, rows_in),
                 remove_columns=dataset.column_names,
-                new_fingerprint=f"{key}-decon-{index}",
-                **where.kwargs("decontaminate"),
                 desc=f"Decontaminating {source.path}",
+                **work.map_kwargs("decon", rows_in, data.num_proc),
             )
             clean = np.flatnonzero(~_flat_column(flagged, "_contaminated").astype(bool))
             report.decontaminated = rows_in - len(clean)
@@ -227,28 +273,13 @@ def _process_source(source, index, dataset, recipe, preprocessor, benchmarks, ke
         train_idx = clean[np.asarray(picked, dtype=np.int64)] if picked else train_idx
     if source.role in ("test", "both"):
         test_idx = np.asarray(mixture.weighted_indices(rows_in, source.weight, seed + 1), dtype=np.int64)
-    unique = np.unique(np.concatenate([train_idx, test_idx]))
-    report.loss = preprocessor.loss_description(detected)
-    if len(unique) == 0:
-        return report, None
-    # Each picked row is processed once, however many copies oversampling takes of it.
-    subset = dataset.select(unique) if len(unique) < rows_in else dataset
-    try:
-        processed = subset.map(
-            preprocessor.bound(detected),
-            batched=True,
-            batch_size=256,
-            with_indices=True,
-            num_proc=_workers(data.num_proc, len(unique)),
-            remove_columns=subset.column_names,
-            features=features(method.data.rows),
-            new_fingerprint=f"{key}-prep-{index}",
-            **where.kwargs("prepare"),
-            desc=f"Preparing {source.path} ({detected.format})",
-        )
-    except RowFailure as err:
-        position, message = err.args
-        raise sources.problem(source, index, f"row {int(unique[position])}: {message}") from None
+    return train_idx, test_idx
+
+
+def _kept_rows(processed, unique, train_idx, test_idx, report: SourceReport) -> _Processed:
+    """The processed rows with the dropped ones left out of train and test; counts go into `report`."""
+    import numpy as np
+
     meta = {name: _flat_column(processed, name) for name in ("_length", "_drop", "_cut")}
     drops = meta.pop("_drop")
 
@@ -261,7 +292,7 @@ def _process_source(source, index, dataset, recipe, preprocessor, benchmarks, ke
     report.dropped = train_picked - len(train_positions) + test_picked - len(test_positions)
     report.train_rows, report.test_rows = len(train_positions), len(test_positions)
     report.rows_out = report.train_rows + report.test_rows
-    return report, _Processed(
+    return _Processed(
         dataset=processed.remove_columns([c for c in _META if c in processed.column_names]),
         meta=meta,
         train=train_positions,

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from alignkit.errors import Problem, UserError
+from alignkit.hardware import cpu_has_bf16, usable_precision
 from alignkit.launch.plan import PROFILES, LaunchPlan
 from alignkit.registry import configs_dir
-from alignkit.train.hardware import cpu_has_bf16
 
 DEEPSPEED = "DEEPSPEED"
 FSDP = "FSDP"
@@ -70,18 +70,14 @@ def is_fsdp(plan: LaunchPlan) -> bool:
 
 
 def launcher_precision(plan: LaunchPlan) -> str:
-    """The mixed precision the launcher announces to the workers.
+    """The mixed precision the launcher announces to the workers: what the trainer will really use.
 
-    It must be what the trainer will really use: transformers keeps the launcher's value whenever the
-    trainer's own bf16/fp16 flags are off, so a CPU without bf16 would otherwise autocast anyway. The engine
-    applies the same rule (`alignkit.train.trl_config.precision_flags`).
+    The launcher cannot probe a GPU it does not own, so it takes the GPU's word for it; a CPU is read here
+    (without torch). The engine applies the same rule (`alignkit.hardware.usable_precision`) to the device
+    it runs on.
     """
-    wanted = plan.mixed_precision
-    if plan.device != "cpu" or wanted == "no":
-        return wanted
-    if wanted == "fp16":
-        return "no"
-    return "bf16" if cpu_has_bf16() else "no"
+    on_cpu = plan.device == "cpu"
+    return usable_precision(plan.mixed_precision, plan.device, bf16=cpu_has_bf16() if on_cpu else True, fp16=not on_cpu)
 
 
 def deepspeed_config(plan: LaunchPlan) -> dict[str, Any] | None:
@@ -178,19 +174,6 @@ def trainer_kwargs(plan: LaunchPlan) -> dict[str, Any]:
     if is_fsdp(plan):
         return {"activation_checkpointing": False} if plan.activation_checkpointing else {}
     return {"ddp_find_unused_parameters": False}
-
-
-def use_full_state_dict(trainer: Any) -> bool:
-    """Before the final save under FSDP: gather one full state dict (rank 0, on the CPU) instead of shards.
-
-    Checkpoints during training stay sharded (fast, resumable); the final model must load with
-    `from_pretrained`. Call on every rank, then `trainer.save_model()`. Returns whether anything changed.
-    """
-    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
-    if plugin is None:
-        return False
-    plugin.set_state_dict_type("FULL_STATE_DICT")
-    return True
 
 
 def describe(name: str) -> str:

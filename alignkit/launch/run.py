@@ -19,6 +19,7 @@ from typing import Any
 from alignkit import __version__
 from alignkit.errors import AlignkitError, Problem, RunError, UserError
 from alignkit.launch.plan import LaunchOptions, LaunchPlan
+from alignkit.launch.profiles import trainer_kwargs
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.yamlio import dump_yaml
 from alignkit.rundir import RECIPE_FILE, RunFiles, atomic_write, read_info, redact
@@ -103,6 +104,8 @@ def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previ
         "command": [redact(part) for part in argv],
         "alignkit_version": __version__,
         "plan": plan.as_dict(),
+        # What the profile needs on the trainer's side, so the workers never consult the launch profiles.
+        "trainer_kwargs": trainer_kwargs(plan),
         "started_at": (previous or {}).get("started_at", now),
         "finished": False,
     }

@@ -121,7 +121,7 @@ _DROPPED = {
     "remove_unused_columns": "alignkit keeps exactly the columns each method needs",
     "dataset_kwargs": "the chat template controls special tokens in TRL 1.x",
     "auto_insert_empty_system_msg": "set data.system_prompt to insert a system message",
-    "truncation_side": "alignkit truncates prompts from the left for dpo and orpo",
+    "truncation_side": "alignkit truncates prompts from the left for the preference methods",
     "base_model_revision": "the adapter's base is loaded at the revision it records",
     "model_code_revision": "unused by the handbook",
     "lora_task_type": "alignkit trains causal language models (CAUSAL_LM)",

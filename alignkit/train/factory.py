@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.hardware import Hardware
 from alignkit.recipe.schema import RecipeBase
-from alignkit.train.hardware import Hardware
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.trl_config import build_trl_config, check_extra
 

@@ -11,13 +11,25 @@ import math
 from pathlib import Path
 from typing import Any
 
-from alignkit.launch.profiles import use_full_state_dict
+from alignkit.hardware import detect
 from alignkit.rundir import RunFiles
 from alignkit.train.card import render_card
 from alignkit.train.curves import plot_curves
 from alignkit.train.factory import BuiltTrainer
-from alignkit.train.hardware import detect
 from alignkit.train.modeling import resolve_dtype
+
+
+def use_full_state_dict(trainer: Any) -> bool:
+    """Before the final save under FSDP: gather one full state dict (rank 0, on the CPU) instead of shards.
+
+    Checkpoints during training stay sharded (fast, resumable); the final model must load with
+    `from_pretrained`. Call on every rank, then `trainer.save_model()`. Returns whether anything changed.
+    """
+    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
+    if plugin is None:
+        return False
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    return True
 
 
 def save_weights(built: BuiltTrainer, output_dir: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from alignkit.adapters import adapter_base
 from alignkit.errors import Problem, UserError
+from alignkit.hardware import Hardware
 from alignkit.recipe.schema import RecipeBase
-from alignkit.train.hardware import Hardware
 
 _DTYPES = ("bfloat16", "float16", "float32")
 

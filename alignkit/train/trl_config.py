@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import Problem, UserError
+from alignkit.hardware import Hardware, usable_precision
 from alignkit.recipe.schema import RecipeBase
-from alignkit.train.hardware import Hardware
 
 # Fields alignkit sets from the recipe or the run; `training.extra` may not change them behind its back.
 _OWNED = {
@@ -94,18 +94,11 @@ def check_extra(recipe: RecipeBase, source: str = "recipe") -> None:
 def precision_flags(recipe: RecipeBase, hardware: Hardware) -> tuple[dict[str, Any], list[str]]:
     """bf16/fp16/use_cpu for the requested mixed precision on this hardware, and notices for fallbacks."""
     wanted = recipe.training.mixed_precision
-    flags: dict[str, Any] = {"bf16": False, "fp16": False, "use_cpu": hardware.device == "cpu"}
+    used = usable_precision(wanted, hardware.device, bf16=hardware.bf16, fp16=hardware.fp16)
+    flags: dict[str, Any] = {"bf16": used == "bf16", "fp16": used == "fp16", "use_cpu": hardware.device == "cpu"}
     notices = []
-    if wanted == "bf16":
-        if hardware.bf16:
-            flags["bf16"] = True
-        else:
-            notices.append(f"mixed_precision bf16 is not supported on this {hardware.device}; training in float32")
-    elif wanted == "fp16":
-        if hardware.fp16:
-            flags["fp16"] = True
-        else:
-            notices.append(f"mixed_precision fp16 is not supported on this {hardware.device}; training in float32")
+    if used != wanted:
+        notices.append(f"mixed_precision {wanted} is not supported on this {hardware.device}; training in float32")
     return flags, notices
 
 
@@ -125,11 +118,21 @@ def build_trl_config(
         extra_kwargs: launch-profile kwargs (DeepSpeed/FSDP), merged last.
     """
     method = recipe.method
-    training, logging, hub = recipe.training, recipe.logging, recipe.hub
     precision, notices = precision_flags(recipe, hardware)
-    warmup: float = training.warmup_ratio if training.warmup_ratio else training.warmup_steps
-    kwargs: dict[str, Any] = {
-        "output_dir": str(output_dir),
+    kwargs = {"output_dir": str(output_dir), **_training_kwargs(recipe), **precision, **_logging_kwargs(recipe)}
+    kwargs |= method.trl_settings(recipe.section)
+    kwargs |= dict(recipe.training.extra)
+    kwargs |= extra_kwargs or {}
+    try:
+        return method.trl_config()(**kwargs), notices
+    except (ValueError, TypeError) as err:
+        raise UserError(Problem(source="recipe", message=f"TRL refused the {method.name} settings: {err}")) from None
+
+
+def _training_kwargs(recipe: RecipeBase) -> dict[str, Any]:
+    """The `training` section (and data.num_proc) as TrainingArguments keywords."""
+    training = recipe.training
+    return {
         "num_train_epochs": training.num_train_epochs,
         "max_steps": training.max_steps,
         "per_device_train_batch_size": training.per_device_train_batch_size,
@@ -139,13 +142,12 @@ def build_trl_config(
         "lr_scheduler_type": training.lr_scheduler_type,
         "lr_scheduler_kwargs": dict(training.lr_scheduler_kwargs),
         # transformers reads a warmup_steps below 1 as a fraction of the total steps.
-        "warmup_steps": warmup,
+        "warmup_steps": training.warmup_ratio if training.warmup_ratio else training.warmup_steps,
         "optim": training.optim,
         "weight_decay": training.weight_decay,
         "max_grad_norm": training.max_grad_norm,
         "seed": training.seed,
         "data_seed": training.seed,
-        **precision,
         "gradient_checkpointing": None,
         "activation_checkpointing": training.gradient_checkpointing,
         "activation_checkpointing_kwargs": dict(training.gradient_checkpointing_kwargs),
@@ -157,6 +159,14 @@ def build_trl_config(
         "save_total_limit": training.save_total_limit,
         "use_liger_kernel": training.use_liger_kernel,
         "ddp_timeout": training.ddp_timeout,
+        "dataset_num_proc": recipe.data.num_proc,
+    }
+
+
+def _logging_kwargs(recipe: RecipeBase) -> dict[str, Any]:
+    """The `logging` and `hub` sections as TrainingArguments keywords."""
+    logging, hub = recipe.logging, recipe.hub
+    return {
         "report_to": [r for r in logging.report_to if r != "none"] or "none",
         "logging_steps": logging.logging_steps,
         "logging_first_step": True,
@@ -168,12 +178,4 @@ def build_trl_config(
         "hub_model_id": hub.hub_model_id,
         "hub_private_repo": hub.private,
         "hub_revision": hub.revision,
-        "dataset_num_proc": recipe.data.num_proc,
     }
-    kwargs |= method.trl_settings(recipe.section)
-    kwargs |= dict(recipe.training.extra)
-    kwargs |= extra_kwargs or {}
-    try:
-        return method.trl_config()(**kwargs), notices
-    except (ValueError, TypeError) as err:
-        raise UserError(Problem(source="recipe", message=f"TRL refused the {method.name} settings: {err}")) from None

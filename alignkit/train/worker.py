@@ -61,24 +61,13 @@ def setup_logging(output_dir: Path) -> Path:
     return path
 
 
-def _trainer_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
-    """Launch-profile settings the Trainer needs (DeepSpeed/FSDP), when the launch module provides them."""
-    try:
-        from alignkit.launch.profiles import trainer_kwargs
-    except ImportError:
-        return {}
-    from alignkit.launch.plan import LaunchPlan
-
-    return trainer_kwargs(LaunchPlan(**plan))
-
-
 def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dict[str, Any]:
     """Train the run frozen in `output_dir` to the end and finalise it; returns the final metrics."""
     from transformers import set_seed
 
+    from alignkit.hardware import detect
     from alignkit.train.factory import build_trainer
     from alignkit.train.finalize import finalize_main, save_weights
-    from alignkit.train.hardware import detect
     from alignkit.train.progress import ProgressCallback
 
     run = RunFiles.load(output_dir)
@@ -89,7 +78,8 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
         run.recipe,
         hardware,
         output_dir=output_dir,
-        trainer_kwargs=_trainer_kwargs(run.info.get("plan", {})) if run.info.get("plan") else {},
+        # The launch profile's trainer settings (FSDP, DDP), frozen into the run file when it was prepared.
+        trainer_kwargs=run.info.get("trainer_kwargs", {}),
         callbacks=[ProgressCallback(metrics=run.recipe.method.progress_metrics), *(callbacks or [])],
     )
     trainer = built.trainer

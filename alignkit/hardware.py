@@ -1,4 +1,5 @@
-"""What the machine can do, decided once per process: the device, bf16 support, flash-attention."""
+"""What the machine can do, decided once per process (the device, bf16 support, flash-attention), and the one
+rule for which mixed precision really runs on it, shared by the launcher and the engine."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def usable_precision(wanted: str, device: str, *, bf16: bool, fp16: bool) -> str:
+    """The mixed precision that really runs: `wanted` ("no", "bf16", "fp16") where the device has it, else "no".
+
+    The launcher announces this value to the workers and the trainer sets its flags from it: transformers
+    keeps the launcher's value whenever the trainer's own flags are off, so the two must never disagree.
+    """
+    if wanted == "bf16" and not bf16:
+        return "no"
+    if wanted == "fp16" and not fp16:
+        return "no"
+    if wanted not in ("no", "bf16", "fp16"):
+        raise ValueError(f"unknown mixed precision {wanted!r}")
+    return wanted
 
 
 @cache
