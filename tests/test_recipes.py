@@ -8,7 +8,7 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from alignkit import registry
+from alignkit.library import registry
 from alignkit.methods import METHODS
 from alignkit.recipe import vocab
 from alignkit.recipe.resolve import resolve_recipe

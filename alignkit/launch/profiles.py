@@ -19,7 +19,7 @@ import yaml
 from alignkit.errors import Problem, UserError
 from alignkit.files import atomic_write
 from alignkit.launch.plan import PROFILES, LaunchPlan
-from alignkit.registry import configs_dir
+from alignkit.library.registry import configs_dir
 from alignkit.train.hardware import cpu_has_bf16
 
 DEEPSPEED = "DEEPSPEED"
@@ -214,4 +214,3 @@ def write_launch_files(plan: LaunchPlan, folder: Path) -> Path:
     path = folder / "accelerate_config.yaml"
     atomic_write(path, yaml.safe_dump(config, sort_keys=True))
     return path
-
