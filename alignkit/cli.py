@@ -93,7 +93,7 @@ def recipes_list(
 
     Example: [cyan]alignkit recipes list --method dpo[/cyan]
     """
-    from alignkit import registry
+    from alignkit.library import registry
 
     with _reported():
         _check_method(method)
@@ -152,7 +152,7 @@ def recipes_show(
 
     Example: [cyan]alignkit recipes show zephyr-7b-gemma --method sft --qlora[/cyan]
     """
-    from alignkit import registry
+    from alignkit.library import registry
     from alignkit.recipe.resolve import resolve_recipe
     from alignkit.recipe.yamlio import dump_yaml
 
@@ -181,7 +181,7 @@ def recipes_cp(
     Examples: [cyan]alignkit recipes cp zephyr-7b-beta my-zephyr/[/cyan]
     [cyan]alignkit recipes cp zephyr-7b-beta:qlora my_sft.yaml --method sft[/cyan]
     """
-    from alignkit.library import copy_recipe
+    from alignkit.library.copying import copy_recipe
 
     with _reported():
         _check_method(method)
@@ -288,7 +288,10 @@ for _name in METHODS:
 
 @app.command("run")
 def run_pipeline(
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="A recipe family with stages (pipeline.yaml).")],
+    recipe: Annotated[
+        str,
+        typer.Option("--recipe", "-r", help="A recipe family with stages (pipeline.yaml), or NAME:scan for its scan."),
+    ],
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base + LoRA in every stage.")] = False,
     overrides: Annotated[
         list[str] | None,
@@ -296,7 +299,10 @@ def run_pipeline(
     ] = None,
     mirror: Annotated[str | None, typer.Option("--mirror", help=_MIRROR_HELP)] = None,
     output_dir: Annotated[
-        str | None, typer.Option("--output-dir", "-o", help="Root folder: stage S writes to DIR/S.")
+        str | None,
+        typer.Option(
+            "--output-dir", "-o", help="Root folder: stage S writes to DIR/S, a scan point to DIR/<its folder name>."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate every stage and print the stage table; load nothing.")
@@ -316,16 +322,19 @@ def run_pipeline(
 ) -> None:
     """Run a recipe family's stages in order (e.g. sft then dpo from the sft output), skipping finished ones.
 
-    A rerun resumes at the first unfinished stage.
+    With NAME:scan, run every point of the family's scan.yaml (a grid of --set overrides) one after another.
+    A rerun resumes at the first unfinished stage or point.
 
     Examples:
 
       [cyan]alignkit run --recipe zephyr-7b-beta --dry-run[/cyan]
 
       [cyan]alignkit run --recipe zephyr-7b-beta:qlora --set dpo:dpo.beta=0.05 --output-dir runs/zephyr[/cyan]
+
+      [cyan]alignkit run --recipe pref-align-scan:scan --dry-run[/cyan]
     """
     from alignkit.launch.plan import LaunchOptions
-    from alignkit.pipeline_run import execute, plan_run, print_plan
+    from alignkit.pipeline.execute import execute, plan_run, print_plan
     from alignkit.recipe.mirrors import selected_mirrors
 
     with _reported():

@@ -8,14 +8,13 @@ A run directory holds the frozen recipe (`alignkit_recipe.yaml`, re-runnable as 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.files import atomic_write
 from alignkit.recipe.schema import RecipeBase
 
 RECIPE_FILE = "alignkit_recipe.yaml"
@@ -40,19 +39,6 @@ def looks_like_secret(override: str) -> bool:
     return bool(_HEX40.search(value)) and not path.strip().endswith("revision")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def checkpoints(output_dir: Path) -> list[Path]:
     """checkpoint-N folders, oldest first."""
     found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
@@ -74,7 +60,7 @@ class RunFiles:
 
     @property
     def finished(self) -> bool:
-        return bool(self.info.get("finished"))
+        return says_finished(self.info)
 
     def mark_finished(self, metrics: dict[str, Any]) -> None:
         self.info.update(finished=True, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), metrics=metrics)
@@ -101,6 +87,17 @@ def read_info(output_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return info if isinstance(info, dict) else None
+
+
+def says_finished(info: dict[str, Any] | None) -> bool:
+    """The one "run finished" rule: the run file says `"finished": true` (a real true, nothing truthy)."""
+    return info is not None and info.get("finished") is True
+
+
+def is_finished(output_dir: str | Path) -> bool:
+    """Whether `output_dir` holds a finished run; missing, unreadable or half-written run files are not."""
+    return says_finished(read_info(Path(output_dir)))

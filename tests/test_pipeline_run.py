@@ -1,4 +1,4 @@
-"""`alignkit run` (stage order, skipping, resuming, stale stages, dry runs) and mirror files, without training.
+"""`alignkit run` (stage order, skipping, resuming, stale stages, dry runs, scans) and mirror files, without training.
 
 The training engine is replaced by a stand-in that records each stage and marks it finished as a real run
 does; tests/test_recipe_smoke.py trains the real pipeline on the tiny model.
@@ -7,6 +7,7 @@ does; tests/test_recipe_smoke.py trains the real pipeline on the tiny model.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,11 @@ def test_run_errors(cli, tmp_path):
     assert bad_stage.exit_code == 2 and "no stage 'orpo' in this pipeline; stages: sft, dpo" in bad_stage.stderr
     bad_launch = cli("run", "--recipe", "zephyr-7b-beta", "--launch", "zero4", "--dry-run")
     assert bad_launch.exit_code == 2 and "unknown profile 'zero4'; did you mean zero3?" in bad_launch.stderr
+    unknown = cli("run", "--recipe", "zephyr-7b-bta", "--dry-run")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip() == (
+        "error: --recipe: unknown recipe 'zephyr-7b-bta'; did you mean zephyr-7b-beta? (see `alignkit recipes list`)"
+    )
 
 
 def test_run_and_dry_runs_stay_light():
@@ -155,12 +161,143 @@ def test_run_and_dry_runs_stay_light():
     code = (
         "import sys\nfrom alignkit.cli import app\n"
         "for args in (['run', '--recipe', 'zephyr-7b-beta', '--dry-run'], ['run', '--recipe', 'smollm3', '--dry-run',"
-        " '--json']):\n"
+        " '--json'], ['run', '--recipe', 'pref-align-scan:scan', '--dry-run']):\n"
         "    try:\n        app(args, standalone_mode=False)\n    except SystemExit:\n        pass\n"
         f"print(sorted({heavy} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---- alignkit run NAME:scan ----
+
+SCAN = "pref-align-scan:scan"
+
+
+def test_scan_dry_run_lists_every_point_and_the_next_command(cli, tmp_path):
+    _finish(tmp_path / "pref-align-scan-sigmoid-beta-0.01")
+    result = cli("run", "--recipe", SCAN, "-o", tmp_path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].rstrip() == (
+        f"scan {SCAN}: the handbook's preference-alignment scan, 2 recipes x 3 losses x 10 betas"
+    )
+    rows = [line for line in lines if line.startswith("│ ")]
+    assert len(rows) == 60
+    cells = [[cell.strip() for cell in row.strip("│ ").split("│")] for row in rows]
+    assert cells[0] == [
+        "1",
+        "pref-align-scan",
+        "dpo.loss_type=sigmoid dpo.beta=0.01",
+        str(tmp_path / "pref-align-scan-sigmoid-beta-0.01"),
+        "zero3, 1 process(es)",
+        "finished, skipped",
+    ]
+    assert cells[59][:3] == ["60", "pref-align-scan:openhermes", "dpo.loss_type=ipo dpo.beta=0.9"]
+    assert [c[5] for c in cells[1:]] == ["train"] * 59
+    assert lines[-3:] == [
+        "dry run: every point valid; next: 2.",
+        "59 of 60 points train, one after another; point 2 alone:",
+        "alignkit dpo --recipe pref-align-scan --set dpo.loss_type=sigmoid --set dpo.beta=0.1"
+        f" --set hub.revision=sigmoid-0.1 --output-dir {tmp_path / 'pref-align-scan-sigmoid-beta-0.1'}",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pref-align-scan-sigmoid-beta-0.01"], "writes nothing"
+
+
+def test_scan_dry_run_json(cli, tmp_path):
+    result = cli("run", "--recipe", SCAN, "--qlora", "--set", "training.max_steps=5", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["scan"], document["next"]) == (SCAN, 1)
+    points = document["points"]
+    assert [p["point"] for p in points] == list(range(1, 61))
+    last = {key: value for key, value in points[-1].items() if key != "launch"}
+    assert last == {
+        "point": 60,
+        "method": "dpo",
+        "recipe": "pref-align-scan:openhermes",
+        "settings": ["dpo.loss_type=ipo", "dpo.beta=0.9"],
+        "output_dir": "outputs/pref-align-scan-openhermes-ipo-beta-0.9",
+        "command": "alignkit dpo --recipe pref-align-scan:openhermes --qlora --set dpo.loss_type=ipo"
+        " --set dpo.beta=0.9 --set hub.revision=ipo-0.9 --set training.max_steps=5"
+        " --output-dir outputs/pref-align-scan-openhermes-ipo-beta-0.9",
+        "finished": False,
+        "runs": True,
+    }
+    assert points[-1]["launch"]["world_size"] == 1
+    # The qlora notices are said once per recipe, not once per point.
+    assert len([n for n in document["notices"] if n.startswith("pref-align-scan:openhermes: ")]) == len(
+        [n for n in document["notices"] if n.startswith("pref-align-scan: ")]
+    )
+    assert len(document["notices"]) == len(set(document["notices"])) > 0
+
+
+def test_scan_trains_its_points_in_order_and_a_rerun_skips_the_finished(cli, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(resolved, plan, options, *, overwrite=False, argv=None, echo=print):
+        dpo = resolved.recipe.dpo
+        calls.append((resolved.output_dir.name, dpo.loss_type, dpo.beta, resolved.recipe.hub.revision, argv))
+        _finish(resolved.output_dir)
+
+    monkeypatch.setattr("alignkit.launch.run.run", fake_run)
+    _finish(tmp_path / "pref-align-scan-sigmoid-beta-0.01")
+    _finish(tmp_path / "pref-align-scan-sigmoid-beta-0.1", finished=False)  # interrupted: it trains again
+    result = cli("run", "--recipe", SCAN, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 59
+    first = tmp_path / "pref-align-scan-sigmoid-beta-0.1"
+    assert calls[0] == (
+        first.name,
+        "sigmoid",
+        0.1,
+        "sigmoid-0.1",
+        shlex.split(
+            "alignkit dpo --recipe pref-align-scan --set dpo.loss_type=sigmoid --set dpo.beta=0.1"
+            f" --set hub.revision=sigmoid-0.1 --output-dir {first}"
+        ),
+    )
+    assert calls[-1][:4] == ("pref-align-scan-openhermes-ipo-beta-0.9", "ipo", 0.9, "ipo-0.9")
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
+        "point 1/60: finished, skipped",
+        f"point 2/60: dpo with recipe pref-align-scan, dpo.loss_type=sigmoid dpo.beta=0.1 -> {first}",
+    ]
+    assert lines[-1] == f"scan {SCAN}: all 60 points finished"
+    again = cli("run", "--recipe", SCAN, "-o", tmp_path)
+    assert again.exit_code == 0, again.output
+    assert len(calls) == 59, "nothing trains twice"
+    assert again.stdout.splitlines() == [f"point {n}/60: finished, skipped" for n in range(1, 61)] + [
+        f"scan {SCAN}: all 60 points finished"
+    ]
+
+
+def test_scan_errors(cli):
+    def fails(args, message):
+        result = cli("run", "--recipe", *args, "--dry-run")
+        assert result.exit_code == 2
+        assert result.stderr.strip() == message
+
+    fails(
+        ["pref-algn-scan:scan"],
+        "error: --recipe: unknown recipe 'pref-algn-scan:scan'; did you mean pref-align-scan:scan?"
+        " (see `alignkit recipes list`)",
+    )
+    fails(
+        ["zephyr-7b-beta:scan"],
+        "error: --recipe: recipe 'zephyr-7b-beta' has no scan (scan.yaml); the scans are: pref-align-scan:scan",
+    )
+    fails(
+        ["pref-align-scan"],
+        "error: --recipe: recipe 'pref-align-scan' has no pipeline (pipeline.yaml); run its stage directly:"
+        " `alignkit dpo --recipe pref-align-scan`, or its scan: `alignkit run --recipe pref-align-scan:scan`",
+    )
+    fails(
+        [SCAN, "--set", "dpo.beta=0.3", "--set", "dpo:dpo.beta=0.3"],
+        "error: --set dpo.beta=0.3: the scan varies dpo.beta (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9);"
+        " to train one value, run `alignkit dpo --recipe pref-align-scan --set dpo.beta=0.3`\n"
+        "error: --set dpo:dpo.beta=0.3: a scan has no stages; give PATH=VALUE, which reaches every point",
+    )
 
 
 # ---- mirrors ----

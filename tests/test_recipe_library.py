@@ -10,8 +10,9 @@ import sys
 import pytest
 from conftest import shared_dir
 
-from alignkit import library, pipeline, registry
 from alignkit.errors import UserError
+from alignkit.library import registry
+from alignkit.pipeline import scan, spec
 from alignkit.recipe.resolve import resolve_recipe
 
 UF = "HuggingFaceH4/ultrafeedback_binarized"
@@ -484,6 +485,19 @@ def test_recipes_cp_refuses_to_overwrite(cli, tmp_path):
     assert not (tmp_path / "both" / "sft.yaml").exists()
 
 
+def test_an_unknown_name_reads_the_same_in_every_command(cli, tmp_path):
+    tail = "unknown recipe 'smolm'; did you mean smollm? (see `alignkit recipes list`"
+    cases = {
+        ("recipes", "cp", "smolm", tmp_path / "x"): f"error: alignkit recipes cp: {tail})",
+        ("run", "--recipe", "smolm", "--dry-run"): f"error: --recipe: {tail})",
+        ("sft", "--recipe", "smolm", "--dry-run"): f"error: --recipe: {tail}; a path must end in .yaml)",
+        ("recipes", "show", "smolm", "--method", "sft"): f"error: --recipe: {tail}; a path must end in .yaml)",
+    }
+    for args, message in cases.items():
+        result = cli(*args)
+        assert (result.exit_code, result.stderr.strip()) == (2, message), args
+
+
 def test_recipes_cp_errors(cli, tmp_path):
     several = cli("recipes", "cp", "zephyr-7b-beta", tmp_path / "one.yaml")
     assert several.exit_code == 2
@@ -491,7 +505,8 @@ def test_recipes_cp_errors(cli, tmp_path):
     unknown = cli("recipes", "cp", "zephyr-7b-bta", tmp_path / "x")
     assert unknown.exit_code == 2 and "did you mean zephyr-7b-beta" in unknown.stderr
     missing = cli("recipes", "cp", "smollm", tmp_path / "x", "--method", "dpo")
-    assert missing.exit_code == 2 and "recipe 'smollm' has no dpo stage; it has sft" in missing.stderr
+    assert missing.exit_code == 2
+    assert missing.stderr.strip() == "error: --method: recipe 'smollm' has no dpo stage; it has sft"
     assert not (tmp_path / "x").exists()
 
 
@@ -499,7 +514,7 @@ def test_recipes_cp_errors(cli, tmp_path):
 
 
 def test_scan_expands_to_the_handbook_grid():
-    runs = library.expand_scan(library.load_scan(library.scan_file("pref-align-scan")))
+    runs = scan.expand_scan(scan.load_scan(scan.scan_file("pref-align-scan")))
     assert len(runs) == 2 * 3 * 10
     assert {r.recipe for r in runs} == {"pref-align-scan", "pref-align-scan:openhermes"}
     first = runs[0]
@@ -513,7 +528,7 @@ def test_scan_expands_to_the_handbook_grid():
 
 
 def test_every_scan_run_resolves():
-    for run in library.expand_scan(library.load_scan(library.scan_file("pref-align-scan"))):
+    for run in scan.expand_scan(scan.load_scan(scan.scan_file("pref-align-scan"))):
         recipe = resolve_recipe(run.method, run.recipe, overrides=run.overrides, output_dir=run.output_dir).recipe
         loss, beta = run.overrides[0].split("=")[1], float(run.overrides[1].split("=")[1])
         assert (recipe.dpo.loss_type, recipe.dpo.beta, recipe.hub.revision) == (loss, beta, f"{loss}-{beta:g}")
@@ -529,17 +544,30 @@ def test_a_bad_scan_file_is_refused(tmp_path):
     path = tmp_path / "scan.yaml"
     path.write_text("method: dpo\nrecipes: [smollm]\ngrid: {dpo.beta: []}\noutput_dir: x\n")
     with pytest.raises(UserError, match=r"grid axes without values: dpo\.beta"):
-        library.load_scan(path)
+        scan.load_scan(path)
     path.write_text("method: dpo\nrecipes: [smollm]\ngrid: {dpo.beta: [1]}\noutput_dir: 'o/{nope}'\n")
     with pytest.raises(UserError, match="unknown placeholder"):
-        library.expand_scan(library.load_scan(path))
+        scan.expand_scan(scan.load_scan(path))
+
+
+def test_scan_points_sharing_a_folder_are_refused(tmp_path, monkeypatch):
+    path = tmp_path / "scan.yaml"
+    path.write_text("method: dpo\nrecipes: [smollm2]\ngrid: {dpo.beta: [0.1, 0.2]}\noutput_dir: 'o/{dpo.beta}/model'\n")
+    monkeypatch.setattr(scan, "scan_file", lambda name: path)
+    assert [str(p.output_dir) for p in scan.plan_scan("smollm2:scan")[1]] == ["o/0.1/model", "o/0.2/model"]
+    with pytest.raises(UserError) as caught:
+        scan.plan_scan("smollm2:scan", output_root=tmp_path / "runs")
+    assert str(caught.value) == (
+        f"--output-dir: points 1 and 2 would both write to {tmp_path / 'runs' / 'model'}; give the scan's points"
+        " distinct folder names"
+    )
 
 
 # ---- pipelines ----
 
 
 def test_zephyr_pipeline_wires_dpo_to_the_sft_output():
-    plan = pipeline.plan_pipeline("zephyr-7b-beta")
+    plan = spec.plan_pipeline("zephyr-7b-beta")
     assert [(s.name, s.method, s.recipe_name, s.from_stage) for s in plan] == [
         ("sft", "sft", "zephyr-7b-beta", None),
         ("dpo", "dpo", "zephyr-7b-beta", "sft"),
@@ -550,16 +578,16 @@ def test_zephyr_pipeline_wires_dpo_to_the_sft_output():
 
 
 def test_pipeline_under_a_variant():
-    qlora = pipeline.plan_pipeline("zephyr-7b-beta:qlora")
+    qlora = spec.plan_pipeline("zephyr-7b-beta:qlora")
     assert [s.resolved.source.name for s in qlora] == ["sft.qlora.yaml", "dpo.qlora.yaml"]
     assert qlora[1].model == "outputs/zephyr-7b-beta-qlora-sft"
-    grok = pipeline.plan_pipeline("constitutional-ai:grok")
+    grok = spec.plan_pipeline("constitutional-ai:grok")
     assert [s.recipe_name for s in grok] == ["constitutional-ai:grok", "constitutional-ai"]
     assert str(grok[1].output_dir) == "outputs/constitutional-ai-grok-dpo", "never the base pipeline's folder"
 
 
 def test_smollm3_pipeline_pins_its_stages(tmp_path):
-    plan = pipeline.plan_pipeline("smollm3", output_root=tmp_path)
+    plan = spec.plan_pipeline("smollm3", output_root=tmp_path)
     assert [(s.name, s.recipe_name, s.method) for s in plan] == [
         ("mid", "smollm3:mid", "sft"),
         ("sft", "smollm3", "sft"),
@@ -571,7 +599,7 @@ def test_smollm3_pipeline_pins_its_stages(tmp_path):
 
 
 def test_pipeline_overrides(tmp_path):
-    plan = pipeline.plan_pipeline(
+    plan = spec.plan_pipeline(
         "zephyr-7b-beta",
         overrides=["model.name_or_path=tiny", "dpo.beta=0.2", "sft:training.max_steps=3", "dpo:model.dtype=bf16"],
         output_root=tmp_path,
@@ -581,10 +609,10 @@ def test_pipeline_overrides(tmp_path):
     assert plan[1].resolved.recipe.dpo.beta == 0.2
     assert (plan[0].resolved.recipe.training.max_steps, plan[1].resolved.recipe.training.max_steps) == (3, -1)
     assert plan[1].resolved.recipe.model.dtype == "bfloat16"
-    pinned = pipeline.plan_pipeline("zephyr-7b-beta", overrides=["dpo:model.name_or_path=elsewhere"])
+    pinned = spec.plan_pipeline("zephyr-7b-beta", overrides=["dpo:model.name_or_path=elsewhere"])
     assert pinned[1].model == "elsewhere"
     with pytest.raises(UserError, match="no stage 'orpo' in this pipeline; stages: sft, dpo"):
-        pipeline.plan_pipeline("zephyr-7b-beta", overrides=["orpo:orpo.beta=0.1"])
+        spec.plan_pipeline("zephyr-7b-beta", overrides=["orpo:orpo.beta=0.1"])
 
 
 def test_finished_stages_are_skipped(tmp_path):
@@ -592,23 +620,23 @@ def test_finished_stages_are_skipped(tmp_path):
         (tmp_path / stage).mkdir(exist_ok=True)
         (tmp_path / stage / "alignkit_run.json").write_text(text)
 
-    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "cpt"
+    assert spec.next_stage(spec.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "cpt"
     run_file("cpt", json.dumps({"method": "cpt", "finished": True}))
     run_file("sft", json.dumps({"method": "sft", "finished": False}))
-    plan = pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)
+    plan = spec.plan_pipeline("gpt2-nl", output_root=tmp_path)
     assert [s.finished for s in plan] == [True, False, False]
-    assert pipeline.next_stage(plan).name == "sft"
+    assert spec.next_stage(plan).name == "sft"
     run_file("sft", '{"finished": tr')  # half-written: not finished
-    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "sft"
+    assert spec.next_stage(spec.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "sft"
     run_file("sft", json.dumps({"finished": True}))
     run_file("dpo", json.dumps({"finished": "yes"}))  # only a real true counts
-    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "dpo"
+    assert spec.next_stage(spec.plan_pipeline("gpt2-nl", output_root=tmp_path)).name == "dpo"
     run_file("dpo", json.dumps({"finished": True}))
-    assert pipeline.next_stage(pipeline.plan_pipeline("gpt2-nl", output_root=tmp_path)) is None
+    assert spec.next_stage(spec.plan_pipeline("gpt2-nl", output_root=tmp_path)) is None
 
 
 def test_every_pipeline_resolves():
-    names = [name for name in registry.discover() if ":" not in name and pipeline.has_pipeline(name)]
+    names = [name for name in registry.discover() if ":" not in name and spec.has_pipeline(name)]
     assert names == [
         "constitutional-ai",
         "gpt2-nl",
@@ -619,31 +647,31 @@ def test_every_pipeline_resolves():
         "zephyr-7b-gemma",
     ]
     for name in names:
-        plan = pipeline.plan_pipeline(name, qlora=True)
+        plan = spec.plan_pipeline(name, qlora=True)
         assert all(s.resolved.recipe.quantization.load_in_4bit for s in plan)
 
 
 def test_pipeline_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"recipe 'smollm' has no pipeline \(pipeline.yaml\); run its stage directly"):
-        pipeline.load_pipeline("smollm")
+        spec.load_pipeline("smollm")
     with pytest.raises(UserError, match="unknown recipe 'zephyr'"):
-        pipeline.load_pipeline("zephyr")
+        spec.load_pipeline("zephyr")
     with pytest.raises(ValueError, match="stage 'dpo' starts from 'sft', which is not an earlier stage"):
-        pipeline.PipelineSpec.model_validate(
+        spec.PipelineSpec.model_validate(
             {"stages": [{"name": "dpo", "method": "dpo", "from": "sft"}, {"name": "sft", "method": "sft"}]}
         )
     with pytest.raises(ValueError, match="stage name 'sft' is used twice"):
-        pipeline.PipelineSpec.model_validate({"stages": [{"name": "sft", "method": "sft"}] * 2})
+        spec.PipelineSpec.model_validate({"stages": [{"name": "sft", "method": "sft"}] * 2})
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
-        pipeline.PipelineSpec.model_validate({"stages": [{"name": "rl", "method": "ppo"}]})
+        spec.PipelineSpec.model_validate({"stages": [{"name": "rl", "method": "ppo"}]})
 
 
 def test_library_and_pipeline_stay_light():
     heavy = "{'torch', 'transformers', 'trl', 'datasets', 'accelerate', 'peft', 'deepspeed', 'bitsandbytes'}"
     code = (
-        "import sys\nfrom alignkit import library, pipeline\n"
-        "pipeline.plan_pipeline('smollm3', qlora=True)\n"
-        "library.expand_scan(library.load_scan(library.scan_file('pref-align-scan')))\n"
+        "import sys\nfrom alignkit.pipeline import scan, spec\n"
+        "spec.plan_pipeline('smollm3', qlora=True)\n"
+        "scan.expand_scan(scan.load_scan(scan.scan_file('pref-align-scan')))\n"
         f"print(sorted({heavy} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

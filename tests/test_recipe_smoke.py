@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alignkit import registry
+from alignkit.library import registry
 from alignkit.recipe.resolve import resolve_recipe
 
 pytestmark = pytest.mark.slow

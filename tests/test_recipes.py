@@ -8,7 +8,7 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from alignkit import registry
+from alignkit.library import registry
 from alignkit.methods import METHODS
 from alignkit.methods.dpo import DpoSection
 from alignkit.recipe import vocab

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from alignkit.rundir import looks_like_secret, redact
+import json
+
+from alignkit.rundir import RUN_FILE, is_finished, looks_like_secret, redact, says_finished
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_" + "a1B2" * 8
@@ -19,3 +21,17 @@ def test_looks_like_secret():
     assert looks_like_secret(f"logging.run_name={SHA}")
     assert not looks_like_secret(f"model.revision={SHA}")
     assert not looks_like_secret("training.learning_rate=3e-7")
+
+
+def test_only_a_real_true_in_a_whole_run_file_is_finished(tmp_path):
+    assert not is_finished(tmp_path / "none")
+    for text, finished in [
+        (json.dumps({"finished": True}), True),
+        (json.dumps({"finished": "yes"}), False),
+        (json.dumps({"finished": False}), False),
+        (json.dumps([{"finished": True}]), False),
+        ('{"finished": tr', False),
+    ]:
+        (tmp_path / RUN_FILE).write_text(text)
+        assert is_finished(tmp_path) is finished, text
+    assert says_finished({"finished": True}) and not says_finished(None) and not says_finished({"finished": 1})

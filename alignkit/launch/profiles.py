@@ -10,7 +10,6 @@ never disagree. Light on purpose: `--dry-run` prints these configs without impor
 from __future__ import annotations
 
 import json
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import yaml
 
 from alignkit.errors import Problem, UserError
+from alignkit.files import atomic_write
 from alignkit.hardware import cpu_has_bf16, usable_precision
 from alignkit.launch.plan import PROFILES, LaunchPlan
-from alignkit.registry import configs_dir
+from alignkit.library.registry import configs_dir
 
 DEEPSPEED = "DEEPSPEED"
 FSDP = "FSDP"
@@ -190,16 +190,10 @@ def write_launch_files(plan: LaunchPlan, folder: Path) -> Path:
     ds = deepspeed_config(plan)
     if ds is not None:
         ds_file = folder / "deepspeed_config.json"
-        _write_atomic(ds_file, json.dumps(ds, indent=2) + "\n")
+        atomic_write(ds_file, json.dumps(ds, indent=2) + "\n")
     config = accelerate_config(plan, ds_file.resolve() if ds_file else None)
     if config is None:
         raise ValueError("profile none runs in-process; there is no launcher config to write")
     path = folder / "accelerate_config.yaml"
-    _write_atomic(path, yaml.safe_dump(config, sort_keys=True))
+    atomic_write(path, yaml.safe_dump(config, sort_keys=True))
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from alignkit import registry
 from alignkit.errors import Problem, UserError
+from alignkit.library.lookup import locate
 from alignkit.methods import METHODS
 from alignkit.recipe import handbook
 from alignkit.recipe.mirrors import apply_mirrors, mirrors_from_env
@@ -47,35 +47,6 @@ class ResolvedRecipe:
     @property
     def output_dir(self) -> Path:
         return Path(self.recipe.training.output_dir or "")
-
-
-def locate(ref: str, method: str) -> tuple[str, Path]:
-    """Find a recipe by registry name or path; returns (name, file)."""
-    entries = registry.discover()
-    if ref in entries:
-        entry = entries[ref]
-        if method not in entry.files:
-            raise UserError(
-                Problem(
-                    source="--recipe",
-                    message=f"recipe {ref!r} has no {method} stage; it has {', '.join(entry.methods)}"
-                    f" (run `alignkit {entry.methods[0]} --recipe {ref}`)",
-                )
-            )
-        return ref, entry.files[method]
-    path = Path(ref).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref:
-        if not path.exists():
-            raise UserError(Problem(source=ref, message="recipe file not found; check the path"))
-        return path.stem, path
-    close = registry.suggest(ref, list(entries))
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise UserError(
-        Problem(
-            source="--recipe",
-            message=f"unknown recipe {ref!r}{hint} (`alignkit recipes list` shows them; a path must end in .yaml)",
-        )
-    )
 
 
 def resolve_recipe(

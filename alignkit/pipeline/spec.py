@@ -18,29 +18,29 @@ section (`dpo.beta=0.1`) reaches only the stages of that method. They apply in a
 overrides, then the `from` wiring (so `--set model.name_or_path=tiny` swaps the first model only, and later
 stages still start from the stage before), then stage overrides (so `dpo:model.name_or_path=X` wins).
 
-A stage is finished when its output_dir holds `alignkit_run.json` with `"finished": true` (written last by a
-run that saved everything), so a rerun resumes at the first unfinished stage. This module only plans: it
-resolves and validates every stage up front, loads nothing and starts nothing. Light: no torch.
+A stage is finished when its output_dir holds a finished run (alignkit.rundir.is_finished: the run file,
+written last by a run that saved everything, says so), so a rerun resumes at the first unfinished stage.
+This module only plans: it resolves and validates every stage up front, loads nothing and starts nothing.
+Light: no torch.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alignkit import registry
 from alignkit.errors import Problem, UserError
+from alignkit.library import registry
+from alignkit.library.lookup import find
 from alignkit.methods import METHODS, known_method
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
+from alignkit.rundir import is_finished
 
 PIPELINE_FILE = "pipeline.yaml"
-RUN_FILE = "alignkit_run.json"
-"""The run metadata every run writes into its output_dir (see alignkit.rundir); finished runs say so there."""
 
 
 class StageSpec(BaseModel):
@@ -90,6 +90,10 @@ class PlannedStage:
     resolved: ResolvedRecipe
     from_stage: str | None
     finished: bool
+    settings: tuple[str, ...] = ()
+    """The overrides that make a scan point what it is (empty for a pipeline stage)."""
+    command: str = ""
+    """The stand-alone `alignkit <method>` command of a scan point (empty for a pipeline stage)."""
 
     @property
     def output_dir(self) -> Path:
@@ -119,19 +123,14 @@ def load_pipeline(name: str) -> PipelineSpec:
     Raises:
         UserError: no such family, no pipeline.yaml, or a malformed one.
     """
-    entries = registry.discover()
-    if name not in entries:
-        close = registry.suggest(name, list(entries))
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise UserError(Problem(source="--recipe", message=f"unknown recipe {name!r}{hint}"))
+    methods = find(name).methods
     path = pipeline_file(name)
     if not path.is_file():
-        methods = entries[name].methods
         raise UserError(
             Problem(
                 source="--recipe",
                 message=f"recipe {name!r} has no pipeline ({PIPELINE_FILE}); run its stage directly:"
-                f" `alignkit {methods[0]} --recipe {name}`",
+                f" `alignkit {methods[0]} --recipe {name}`{_scan_hint(name)}",
             )
         )
     try:
@@ -142,6 +141,14 @@ def load_pipeline(name: str) -> PipelineSpec:
         ) from None
 
 
+def _scan_hint(name: str) -> str:
+    # Imported here: the scan module plans its points as this module's PlannedStage.
+    from alignkit.pipeline.scan import SCAN_SUFFIX, scan_file
+
+    scan = family(name) + SCAN_SUFFIX
+    return f", or its scan: `alignkit run --recipe {scan}`" if scan_file(name).is_file() else ""
+
+
 def stage_recipe(stage: StageSpec, name: str) -> str:
     """The registry name a stage runs when the pipeline is run as `name`."""
     if stage.recipe is not None:
@@ -150,16 +157,6 @@ def stage_recipe(stage: StageSpec, name: str) -> str:
     if name in entries and stage.method in entries[name].files:
         return name
     return family(name)
-
-
-def is_finished(output_dir: str | Path) -> bool:
-    """Whether `output_dir` holds a finished run (`alignkit_run.json` with `"finished": true`)."""
-    path = Path(output_dir) / RUN_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False  # missing, unreadable or half-written: not finished, the stage runs (or resumes)
-    return isinstance(info, dict) and info.get("finished") is True
 
 
 def plan_pipeline(

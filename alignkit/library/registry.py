@@ -22,10 +22,11 @@ _SIZE = re.compile(r"(?<![\w.])(\d+x)?\d+(\.\d+)?[bm](?![a-z])", re.IGNORECASE)
 
 def configs_dir() -> Path:
     """The folder holding recipes and launch profiles (inside the wheel, or at the top of a checkout)."""
-    packaged = Path(__file__).resolve().parent / "configs"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "configs"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "configs"
+    return package.parent / "configs"
 
 
 @dataclass(frozen=True)
