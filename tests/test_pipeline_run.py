@@ -35,7 +35,7 @@ def trained(monkeypatch):
         calls.append((out.name, resolved.method, resolved.recipe.model.name_or_path))
         (out / "alignkit_run.json").write_text(json.dumps({"method": resolved.method, "finished": True}))
 
-    monkeypatch.setattr("alignkit.launch.run.run", fake_run)
+    monkeypatch.setattr("alignkit.launch.start.start_training", fake_run)
     return calls
 
 
@@ -106,7 +106,7 @@ def test_a_stage_that_ends_unfinished_stops_the_pipeline(cli, monkeypatch, tmp_p
     def unfinished_run(resolved, plan, options, **kwargs):
         _finish(resolved.output_dir, finished=False)
 
-    monkeypatch.setattr("alignkit.launch.run.run", unfinished_run)
+    monkeypatch.setattr("alignkit.launch.start.start_training", unfinished_run)
     result = cli("run", "--recipe", "zephyr-7b-beta", "-o", tmp_path)
     assert result.exit_code == 1
     assert f"error: stage sft ended without marking {tmp_path / 'sft'} finished; rerun to resume" in result.stderr
@@ -240,7 +240,7 @@ def test_scan_trains_its_points_in_order_and_a_rerun_skips_the_finished(cli, mon
         calls.append((resolved.output_dir.name, dpo.loss_type, dpo.beta, resolved.recipe.hub.revision, argv))
         _finish(resolved.output_dir)
 
-    monkeypatch.setattr("alignkit.launch.run.run", fake_run)
+    monkeypatch.setattr("alignkit.launch.start.start_training", fake_run)
     _finish(tmp_path / "pref-align-scan-sigmoid-beta-0.01")
     _finish(tmp_path / "pref-align-scan-sigmoid-beta-0.1", finished=False)  # interrupted: it trains again
     result = cli("run", "--recipe", SCAN, "-o", tmp_path)

@@ -207,7 +207,7 @@ def test_a_killed_run_resumes_to_the_same_weights(cli, tiny_model_dir, data_dir,
     from transformers import TrainerCallback
 
     from alignkit.launch.plan import LaunchOptions, plan_launch
-    from alignkit.launch.run import freeze
+    from alignkit.launch.start import freeze
     from alignkit.recipe.resolve import resolve_recipe
     from alignkit.train.worker import train
 
@@ -243,7 +243,7 @@ def test_changed_recipe_does_not_resume_silently(cli, tiny_model_dir, data_dir, 
     out = tmp_path / "half"
     recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
     from alignkit.launch.plan import LaunchOptions, plan_launch
-    from alignkit.launch.run import freeze
+    from alignkit.launch.start import freeze
     from alignkit.recipe.resolve import resolve_recipe
 
     resolved = resolve_recipe("sft", str(recipe))

@@ -14,7 +14,7 @@ from pathlib import Path
 from alignkit.errors import Problem, UserError
 from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
-from alignkit.rundir import looks_like_secret
+from alignkit.run_record import looks_like_secret
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ anything trains, so a bad override or launch flag in the last one fails in secon
 Those whose output_dir holds a finished run are skipped; the first unfinished one resumes (from its last
 checkpoint when it has one, as `alignkit <method>` does) and the rest follow. `--overwrite` retrains them
 all. A finished stage that starts from a stage about to run again would be stale, so that is refused up
-front rather than silently kept. Each one goes through alignkit.launch.run.run, the same path as the
+front rather than silently kept. Each one goes through alignkit.launch.start.start_training, the same path as the
 method commands: protected output dir, frozen recipe, in-process or spawned workers. Light: no torch until
 something trains.
 """
@@ -23,7 +23,7 @@ from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.pipeline.scan import is_scan, plan_scan
 from alignkit.pipeline.spec import PlannedStage, describe, load_pipeline, plan_pipeline
 from alignkit.recipe.mirrors import unused_notices
-from alignkit.rundir import is_finished
+from alignkit.run_record import is_finished
 
 
 @dataclass(frozen=True)
@@ -175,12 +175,12 @@ def print_plan(planned: PipelineRun, *, as_json: bool, echo) -> None:
 
 
 def execute(planned: PipelineRun, options: LaunchOptions, *, overwrite: bool, argv: list[str], echo) -> None:
-    """Train the stages (or points) that need it, in order, each through alignkit.launch.run.run.
+    """Train the stages (or points) that need it, in order, each through alignkit.launch.start.start_training.
 
     Raises:
         UserError, RunError: from one run; the ones before it stay finished, so a rerun resumes there.
     """
-    from alignkit.launch.run import run
+    from alignkit.launch.start import start_training
 
     total = len(planned.stages)
     for stage, launch, runs in zip(planned.stages, planned.launches, planned.runs, strict=True):
@@ -193,7 +193,7 @@ def execute(planned: PipelineRun, options: LaunchOptions, *, overwrite: bool, ar
         echo(f"{label}: {stage.method} with recipe {stage.recipe_name}{start}{settings} -> {stage.output_dir}")
         # A scan point's run file records its own command, the one that reproduces this point alone.
         command = shlex.split(stage.command) if stage.command else argv
-        run(stage.resolved, launch, options, overwrite=overwrite, argv=command, echo=echo)
+        start_training(stage.resolved, launch, options, overwrite=overwrite, argv=command, echo=echo)
         # A later stage loads this output: make sure the run really finished (machine 0 writes the flag).
         if options.machine_rank == 0 and not is_finished(stage.output_dir):
             raise RunError(f"{label} ended without marking {stage.output_dir} finished; rerun to resume")

@@ -23,7 +23,7 @@ from alignkit.methods import known_method
 from alignkit.pipeline.spec import PlannedStage, family
 from alignkit.recipe.resolve import resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
-from alignkit.rundir import is_finished
+from alignkit.run_record import is_finished
 
 SCAN_FILE = "scan.yaml"
 SCAN_SUFFIX = ":scan"

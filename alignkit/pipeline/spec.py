@@ -18,7 +18,7 @@ section (`dpo.beta=0.1`) reaches only the stages of that method. They apply in a
 overrides, then the `from` wiring (so `--set model.name_or_path=tiny` swaps the first model only, and later
 stages still start from the stage before), then stage overrides (so `dpo:model.name_or_path=X` wins).
 
-A stage is finished when its output_dir holds a finished run (alignkit.rundir.is_finished: the run file,
+A stage is finished when its output_dir holds a finished run (alignkit.run_record.is_finished: the run file,
 written last by a run that saved everything, says so), so a rerun resumes at the first unfinished stage.
 This module only plans: it resolves and validates every stage up front, loads nothing and starts nothing.
 Light: no torch.
@@ -38,7 +38,7 @@ from alignkit.library.lookup import find
 from alignkit.methods import METHODS, known_method
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
-from alignkit.rundir import is_finished
+from alignkit.run_record import is_finished
 
 PIPELINE_FILE = "pipeline.yaml"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.hardware import detect
-from alignkit.rundir import RunFiles
+from alignkit.run_record import RunRecord
 from alignkit.train.card import render_card
 from alignkit.train.curves import plot_curves
 from alignkit.train.factory import BuiltTrainer
@@ -52,7 +52,7 @@ def save_weights(built: BuiltTrainer, output_dir: Path) -> None:
 
 def finalize_main(
     built: BuiltTrainer,
-    run: RunFiles,
+    run: RunRecord,
     *,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def finalize_main(
     return clean
 
 
-def _save_merged(built: BuiltTrainer, run: RunFiles) -> None:
+def _save_merged(built: BuiltTrainer, run: RunRecord) -> None:
     """Merge the trained adapter into a fresh, unquantized copy of its base and save it under merged/."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -103,7 +103,7 @@ def _save_merged(built: BuiltTrainer, run: RunFiles) -> None:
     built.tokenizer.save_pretrained(target)
 
 
-def _push(built: BuiltTrainer, run: RunFiles) -> None:
+def _push(built: BuiltTrainer, run: RunRecord) -> None:
     from huggingface_hub import HfApi
 
     hub = run.recipe.hub

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import UserError
-from alignkit.rundir import LOG_FILE, RunFiles, checkpoints
+from alignkit.run_record import LOG_FILE, RunRecord, checkpoints
 
 log = logging.getLogger("alignkit")
 
@@ -70,7 +70,7 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
     from alignkit.train.finalize import finalize_main, save_weights
     from alignkit.train.progress import ProgressCallback
 
-    run = RunFiles.load(output_dir)
+    run = RunRecord.load(output_dir)
     set_seed(run.recipe.training.seed)
     hardware = detect()
     main_process = _rank() == 0

@@ -1,4 +1,4 @@
-"""The output directory contract shared by the launcher and every worker.
+"""The record a run keeps in its output directory: the contract shared by the launcher and every worker.
 
 A run directory holds the frozen recipe (`alignkit_recipe.yaml`, re-runnable as it is), the run's metadata
 (`alignkit_run.json`: method, name, launch plan, command, and `finished` once everything is saved),
@@ -46,7 +46,7 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 @dataclass
-class RunFiles:
+class RunRecord:
     """A run directory's frozen recipe and metadata."""
 
     output_dir: Path
@@ -70,7 +70,7 @@ class RunFiles:
         atomic_write(self.output_dir / RUN_FILE, json.dumps(self.info, indent=2, default=str) + "\n")
 
     @classmethod
-    def load(cls, output_dir: Path) -> RunFiles:
+    def load(cls, output_dir: Path) -> RunRecord:
         """Read a run directory written by `freeze` (validating the recipe again)."""
         from alignkit.methods import METHODS
         from alignkit.recipe.yamlio import read_yaml_mapping

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from alignkit.rundir import RUN_FILE, is_finished, looks_like_secret, redact, says_finished
+from alignkit.run_record import RUN_FILE, is_finished, looks_like_secret, redact, says_finished
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_" + "a1B2" * 8

@@ -1,4 +1,5 @@
-"""Running a validated recipe: protect the output directory, freeze the recipe into it, train.
+"""Starting one training run of a validated recipe: protect the output directory, freeze the recipe into it,
+train (in this process, or across the plan's processes).
 
 A finished run is never overwritten unless asked (`--overwrite`, or the recipe's
 `training.overwrite_output_dir`); an unfinished run of the same recipe is resumed from its last checkpoint;
@@ -18,11 +19,12 @@ from typing import Any
 
 from alignkit import __version__
 from alignkit.errors import AlignkitError, Problem, RunError, UserError
+from alignkit.files import atomic_write
 from alignkit.launch.plan import LaunchOptions, LaunchPlan
 from alignkit.launch.profiles import trainer_kwargs
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.yamlio import dump_yaml
-from alignkit.rundir import RECIPE_FILE, RunFiles, atomic_write, read_info, redact
+from alignkit.run_record import RECIPE_FILE, RunRecord, read_info, redact, says_finished
 
 
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -49,7 +51,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
             )
         return "new"
     allowed = overwrite or resolved.recipe.training.overwrite_output_dir
-    if info.get("finished"):
+    if says_finished(info):
         if allowed:
             return "replace"
         raise UserError(
@@ -70,7 +72,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
             )
         )
     try:
-        previous = RunFiles.load(out).recipe.model_dump(mode="json")
+        previous = RunRecord.load(out).recipe.model_dump(mode="json")
     except (AlignkitError, OSError, ValueError):
         previous = None
     if previous is not None:
@@ -87,7 +89,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
     return "resume"
 
 
-def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previous: dict | None) -> RunFiles:
+def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previous: dict | None) -> RunRecord:
     """Write the resolved recipe and run metadata into the output directory."""
     out = resolved.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +113,12 @@ def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previ
     }
     if previous is not None:
         info["resumed_at"] = now
-    run = RunFiles(output_dir=out, name=resolved.name, recipe=resolved.recipe, info=info)
+    run = RunRecord(output_dir=out, name=resolved.name, recipe=resolved.recipe, info=info)
     run.save_info()
     return run
 
 
-def run(
+def start_training(
     resolved: ResolvedRecipe,
     plan: LaunchPlan,
     options: LaunchOptions,

@@ -1,0 +1,32 @@
+"""The `alignkit` command line: one typer app (`app.py`), its shared options (`options.py`), and the commands
+in modules named for what they do: `training` (one command per method, and `run`), `recipes`, `jobs` (slurm,
+dstack) and `diagnose` (data, env).
+
+This package is the light layer: it imports typer, rich, pydantic and yaml, never torch, transformers, TRL,
+datasets or accelerate (a test guards this), so `--help`, `recipes list` and `--dry-run` answer at once.
+Each command imports the heavy stack it needs inside itself.
+"""
+
+from __future__ import annotations
+
+from alignkit.cli import diagnose, jobs, training
+from alignkit.cli.app import app
+from alignkit.cli.recipes import recipes_app
+from alignkit.methods import METHODS
+
+app.add_typer(recipes_app, name="recipes")
+for _method in METHODS.values():
+    app.command(_method.name)(training.method_command(_method))
+app.command("run")(training.run_stages)
+app.command("env")(diagnose.env)
+app.command("slurm")(jobs.slurm)
+app.command("dstack")(jobs.dstack)
+app.command("data")(diagnose.data)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]
