@@ -81,8 +81,6 @@ def report_data(method: str, recipe_ref: str, overrides: tuple[str, ...], show: 
 
 
 def _print_text(resolved, prepared, tokenizer, show: int) -> None:
-    from rich.markup import escape
-    from rich.table import Table
     from rich.text import Text
 
     from alignkit.terminal import output_console, print_rule
@@ -100,6 +98,29 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
             f" ({resolved.source}), {state}",
         )
     )
+    console.print(_sources_table(report))
+    console.print(_facts_table(report, resolved.recipe.method.data.rows == PAIR_ROWS))
+    for notice in report.notices:
+        console.print(Text(f"note: {notice}", style="yellow"))
+    styles = {
+        "trained": "bold green",
+        "context": "dim",
+        "chosen": "bold green",
+        "rejected": "bold red",
+        "label": "italic",
+    }
+    for number, pieces in enumerate(segments(prepared, tokenizer, show), start=1):
+        print_rule(console, f"example {number} (green: trained on)")
+        text = Text()
+        for piece, kind in pieces:
+            text.append(piece, style=styles[kind])
+        console.print(text)
+
+
+def _sources_table(report):
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title="sources", title_justify="left")
     # The path folds onto several lines rather than being cut: it is what the user must recognise.
     table.add_column(escape("path [split]"), overflow="fold", ratio=1)
@@ -117,7 +138,13 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
             str(s.test_rows),
             str(s.dropped),
         )
-    console.print(table)
+    return table
+
+
+def _facts_table(report, pairs: bool):
+    from rich.markup import escape
+    from rich.table import Table
+
     lengths = report.train_lengths
     facts = Table(show_header=False, title="data", title_justify="left")
     facts.add_column("key")
@@ -132,23 +159,8 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         facts.add_row(
             "rows over max_length", f"{report.truncated} of {report.train_rows} (max_length {report.max_length})"
         )
-    if resolved.recipe.method.data.rows == PAIR_ROWS:
+    if pairs:
         facts.add_row("prompts cut from the left", str(report.prompt_truncated))
     facts.add_row("loss on", escape(report.loss))
     facts.add_row("chat template", escape(report.chat_template))
-    console.print(facts)
-    for notice in report.notices:
-        console.print(Text(f"note: {notice}", style="yellow"))
-    styles = {
-        "trained": "bold green",
-        "context": "dim",
-        "chosen": "bold green",
-        "rejected": "bold red",
-        "label": "italic",
-    }
-    for number, pieces in enumerate(segments(prepared, tokenizer, show), start=1):
-        print_rule(console, f"example {number} (green: trained on)")
-        text = Text()
-        for piece, kind in pieces:
-            text.append(piece, style=styles[kind])
-        console.print(text)
+    return facts

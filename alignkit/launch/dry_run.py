@@ -33,12 +33,32 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
         print(json.dumps(document, indent=2))
         return
     from rich.syntax import Syntax
-    from rich.table import Table
 
     from alignkit.terminal import output_console
 
     notices_to(resolved.notices)
     console = output_console()
+    _print_recipe_and_plan(console, resolved, plan, recipe, describe)
+    if launcher is not None:
+        console.print("[bold]accelerate config[/bold] (written to the output directory's launch/ folder)")
+        console.print(Syntax(dump_yaml(launcher), "yaml", background_color="default", word_wrap=True))
+    if deepspeed is not None:
+        console.print('[bold]DeepSpeed config[/bold] ("auto": filled in by the trainer from the recipe)')
+        console.print(Syntax(json.dumps(deepspeed, indent=2), "json", background_color="default", word_wrap=True))
+    if plan.effective_batch_size != plan.recipe_effective_batch_size:
+        console.print(
+            f"[yellow]note:[/yellow] the effective batch ({plan.effective_batch_size}) differs from the recipe's"
+            f" ({plan.recipe_effective_batch_size}); adjust training.gradient_accumulation_steps to match."
+        )
+    console.print("[green]dry run: recipe valid; nothing loaded or written.[/green]")
+
+
+def _print_recipe_and_plan(console, resolved, plan, recipe: dict, describe) -> None:
+    from rich.syntax import Syntax
+    from rich.table import Table
+
+    from alignkit.recipe.yamlio import dump_yaml
+
     console.print(f"[bold]{resolved.method}[/bold] recipe [bold]{resolved.name}[/bold] ({resolved.source})")
     console.print(Syntax(dump_yaml(recipe), "yaml", background_color="default", word_wrap=True))
     table = Table(title="launch plan", title_justify="left", show_header=False)
@@ -62,15 +82,3 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
-    if launcher is not None:
-        console.print("[bold]accelerate config[/bold] (written to the output directory's launch/ folder)")
-        console.print(Syntax(dump_yaml(launcher), "yaml", background_color="default", word_wrap=True))
-    if deepspeed is not None:
-        console.print('[bold]DeepSpeed config[/bold] ("auto": filled in by the trainer from the recipe)')
-        console.print(Syntax(json.dumps(deepspeed, indent=2), "json", background_color="default", word_wrap=True))
-    if plan.effective_batch_size != plan.recipe_effective_batch_size:
-        console.print(
-            f"[yellow]note:[/yellow] the effective batch ({plan.effective_batch_size}) differs from the recipe's"
-            f" ({plan.recipe_effective_batch_size}); adjust training.gradient_accumulation_steps to match."
-        )
-    console.print("[green]dry run: recipe valid; nothing loaded or written.[/green]")

@@ -82,40 +82,10 @@ def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
     Raises:
         UserError: for launch flags that contradict each other.
     """
-    problems = []
     profile = options.launch or recipe.launch.profile
-    if profile not in PROFILES:
-        close = difflib.get_close_matches(profile, PROFILES, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        problems.append(
-            Problem(source="--launch", message=f"unknown profile {profile!r}{hint} (one of {', '.join(PROFILES)})")
-        )
+    _check_options(options, profile)
     gpus = visible_gpus()
     machines = options.num_machines or 1
-    if options.num_processes is not None and options.num_processes < 1:
-        problems.append(
-            Problem(source="--num-processes", message=f"must be at least 1 (given: {options.num_processes})")
-        )
-    if machines < 1:
-        problems.append(Problem(source="--num-machines", message=f"must be at least 1 (given: {machines})"))
-    if not 0 <= options.machine_rank < max(machines, 1):
-        problems.append(
-            Problem(
-                source="--machine-rank",
-                message=f"must be between 0 and {max(machines, 1) - 1} for {machines} machine(s)"
-                f" (given: {options.machine_rank})",
-            )
-        )
-    if machines > 1 and not options.main_process_ip:
-        problems.append(
-            Problem(source="--main-process-ip", message="required with --num-machines > 1: the address of machine 0")
-        )
-    if not 1 <= options.main_process_port <= 65535:
-        problems.append(
-            Problem(source="--main-process-port", message=f"must be 1-65535 (given: {options.main_process_port})")
-        )
-    if problems:
-        raise UserError(problems)
     if options.launch == "none":
         if (options.num_processes or 1) > 1 or machines > 1:
             raise UserError(
@@ -149,6 +119,42 @@ def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
         activation_checkpointing=training.gradient_checkpointing,
         bnb_4bit_quant_storage=storage,
     )
+
+
+def _check_options(options: LaunchOptions, profile: str) -> None:
+    """Refuse launch flags that are out of range or contradict each other, all at once."""
+    problems = []
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, PROFILES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(
+            Problem(source="--launch", message=f"unknown profile {profile!r}{hint} (one of {', '.join(PROFILES)})")
+        )
+    machines = options.num_machines or 1
+    if options.num_processes is not None and options.num_processes < 1:
+        problems.append(
+            Problem(source="--num-processes", message=f"must be at least 1 (given: {options.num_processes})")
+        )
+    if machines < 1:
+        problems.append(Problem(source="--num-machines", message=f"must be at least 1 (given: {machines})"))
+    if not 0 <= options.machine_rank < max(machines, 1):
+        problems.append(
+            Problem(
+                source="--machine-rank",
+                message=f"must be between 0 and {max(machines, 1) - 1} for {machines} machine(s)"
+                f" (given: {options.machine_rank})",
+            )
+        )
+    if machines > 1 and not options.main_process_ip:
+        problems.append(
+            Problem(source="--main-process-ip", message="required with --num-machines > 1: the address of machine 0")
+        )
+    if not 1 <= options.main_process_port <= 65535:
+        problems.append(
+            Problem(source="--main-process-port", message=f"must be 1-65535 (given: {options.main_process_port})")
+        )
+    if problems:
+        raise UserError(problems)
 
 
 def _quant_storage(recipe: RecipeBase, profile: str) -> str | None:

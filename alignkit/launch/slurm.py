@@ -46,11 +46,8 @@ def check_options(options: SlurmOptions) -> None:
         raise UserError(Problem(source="--partition", message=f"{options.partition!r} is not a partition name"))
 
 
-def sbatch_script(job: Job, options: SlurmOptions) -> str:
-    """The sbatch script for `job`."""
-    check_options(options)
-    spec, plan = job.spec, job.plan
-    python = shlex.quote(sys.executable)
+def _directives(job: Job, options: SlurmOptions) -> list[str]:
+    spec = job.spec
     directives = [
         f"--job-name={job.name}",
         f"--nodes={spec.nodes}",
@@ -65,6 +62,15 @@ def sbatch_script(job: Job, options: SlurmOptions) -> str:
         directives.append(f"--partition={options.partition}")
     if options.time:
         directives.append(f"--time={options.time}")
+    return directives
+
+
+def sbatch_script(job: Job, options: SlurmOptions) -> str:
+    """The sbatch script for `job`."""
+    check_options(options)
+    spec, plan = job.spec, job.plan
+    python = shlex.quote(sys.executable)
+    directives = _directives(job, options)
     args = "\n  ".join(_argument_lines(job.argv))
     lines = [
         "#!/bin/bash",

@@ -15,6 +15,7 @@ from typing import Any
 from alignkit.errors import Problem, UserError
 from alignkit.methods import METHODS
 from alignkit.methods.method import Method
+from alignkit.recipe.handbook_data import DATA_KEYS, convert_data
 
 NATIVE_TOP_KEYS = frozenset(
     {"description", "model", "data", "training", "peft", "quantization", "launch", "logging", "hub"} | set(METHODS)
@@ -133,13 +134,10 @@ _DROPPED = {
     "group_by_length": "training.train_sampling_strategy",
 }
 
-_DATA_KEYS = {"dataset_mixer", "dataset_splits", "dataset_configs", "dataset_mixture"}
-_DATA_KEYS |= {"dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split"}
-
 
 def known_flat_keys(method: Method) -> set[str]:
     """Every key a flat config for `method` may hold."""
-    return set(_MOVES) | set(_DROPPED) | _DATA_KEYS | set(method.trl_fields)
+    return set(_MOVES) | set(_DROPPED) | DATA_KEYS | set(method.trl_fields)
 
 
 def is_flat(data: dict[str, Any]) -> bool:
@@ -183,7 +181,7 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
         out.origins[path] = flat_key
 
     for key, value in data.items():
-        if key in _DATA_KEYS:
+        if key in DATA_KEYS:
             continue
         if key in _MOVES:
             target = _MOVES[key].format(m=method.name)
@@ -206,7 +204,7 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
         else:
             problems.append(Problem(source=source, path=key, message=_unknown_key_message(key, method)))
 
-    _convert_data(data, method, source, put, out, problems)
+    convert_data(data, source, put, out, problems)
     if "use_peft" in data and not data["use_peft"]:
         out.recipe.pop("peft", None)
     if data.get("load_in_4bit") and "use_bnb_nested_quant" not in data:
@@ -267,155 +265,3 @@ def _unknown_key_message(key: str, method: Method) -> str:
     close = difflib.get_close_matches(key, sorted(known_flat_keys(method)), n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"unknown key for a flat {method.name} config (neither alignkit nor TRL reads it){hint}"
-
-
-def _convert_data(data: dict, method: Method, source: str, put, out: Converted, problems: list[Problem]) -> None:
-    if "dataset_mixture" in data:
-        _convert_mixture(data, source, put, out, problems)
-    elif "dataset_mixer" in data:
-        _convert_mixer(data, source, put, out, problems)
-    elif "dataset_name" in data:
-        _convert_named(data, source, put, out)
-    else:
-        problems.append(
-            Problem(
-                source=source,
-                path="dataset_mixture",
-                message="no data: give dataset_mixture, dataset_mixer with dataset_splits, or dataset_name",
-            )
-        )
-    stray = {"dataset_splits", "dataset_configs"} & data.keys()
-    if stray and "dataset_mixer" not in data:
-        for key in sorted(stray):
-            out.notices.append(f"dropped {key} (only read with dataset_mixer)")
-
-
-def _convert_mixture(data: dict, source: str, put, out: Converted, problems: list[Problem]) -> None:
-    mixture = data["dataset_mixture"]
-    if not isinstance(mixture, dict) or not isinstance(mixture.get("datasets"), list):
-        problems.append(
-            Problem(source=source, path="dataset_mixture", message="must be a mapping with a datasets list")
-        )
-        return
-    unknown = set(mixture) - {"datasets", "seed", "test_split_size"}
-    for key in sorted(unknown):
-        problems.append(
-            Problem(
-                source=source, path=f"dataset_mixture.{key}", message="unknown key (datasets, seed, test_split_size)"
-            )
-        )
-    sources = []
-    for index, entry in enumerate(mixture["datasets"]):
-        if not isinstance(entry, dict) or "id" not in entry:
-            problems.append(Problem(source=source, path=f"dataset_mixture.datasets.{index}", message="needs an id"))
-            continue
-        extra = set(entry) - {"id", "config", "split", "columns", "weight"}
-        for key in sorted(extra):
-            problems.append(
-                Problem(
-                    source=source,
-                    path=f"dataset_mixture.datasets.{index}.{key}",
-                    message="unknown key (id, config, split, columns, weight)",
-                )
-            )
-        weight = entry.get("weight")
-        # The new handbook pools every entry, test splits included, and re-splits by test_split_size.
-        sources.append(
-            _drop_none(
-                {
-                    "path": entry["id"],
-                    "name": entry.get("config"),
-                    "split": entry.get("split", "train"),
-                    "columns": entry.get("columns"),
-                    "weight": 1.0 if weight is None else weight,
-                    "role": "train",
-                }
-            )
-        )
-    put("data.datasets", sources, "dataset_mixture")
-    if mixture.get("test_split_size") is not None:
-        put("data.test_split_size", mixture["test_split_size"], "dataset_mixture")
-    put("data.seed", mixture.get("seed", 0), "dataset_mixture")
-    out.notices.append(
-        f"dataset_mixture -> data.datasets ({len(sources)} sources pooled"
-        + (f", re-split with test_split_size {mixture['test_split_size']})" if mixture.get("test_split_size") else ")")
-    )
-
-
-def _convert_mixer(data: dict, source: str, put, out: Converted, problems: list[Problem]) -> None:
-    mixer = data["dataset_mixer"]
-    splits = data.get("dataset_splits", ["train", "test"])
-    configs = data.get("dataset_configs")
-    if not isinstance(mixer, dict) or not mixer:
-        problems.append(Problem(source=source, path="dataset_mixer", message="must map dataset ids to fractions"))
-        return
-    if isinstance(splits, str):
-        splits = [splits]
-    if configs is not None and (not isinstance(configs, list) or len(configs) != len(mixer)):
-        problems.append(
-            Problem(
-                source=source,
-                path="dataset_configs",
-                message=f"needs one entry per dataset_mixer entry ({len(mixer)}), got {configs!r}",
-            )
-        )
-        return
-    sources = []
-    for index, (dataset_id, fraction) in enumerate(mixer.items()):
-        if not isinstance(fraction, int | float) or isinstance(fraction, bool) or fraction < 0:
-            problems.append(
-                Problem(
-                    source=source,
-                    path=f"dataset_mixer.{dataset_id}",
-                    message=f"fraction must be a number >= 0 (given: {fraction!r})",
-                )
-            )
-            continue
-        for split in splits:
-            if "train" in split:
-                role, weight = "train", fraction
-            elif "test" in split:
-                role, weight = "test", 1.0  # the old handbook used test splits whole
-            else:
-                problems.append(
-                    Problem(
-                        source=source,
-                        path="dataset_splits",
-                        message=f"split {split!r} names neither train nor test; the handbook routes splits by name",
-                    )
-                )
-                return
-            sources.append(
-                _drop_none(
-                    {
-                        "path": dataset_id,
-                        "name": configs[index] if configs else None,
-                        "split": split,
-                        "weight": weight,
-                        "role": role,
-                    }
-                )
-            )
-    put("data.datasets", sources, "dataset_mixer")
-    put("data.seed", 42, "dataset_mixer")
-    out.notices.append(
-        f"dataset_mixer + dataset_splits -> data.datasets ({len(sources)} sources; fractions of train"
-        " splits, test splits whole)"
-    )
-
-
-def _convert_named(data: dict, source: str, put, out: Converted) -> None:
-    name = data["dataset_name"]
-    config = data.get("dataset_config")
-    train_split = data.get("dataset_train_split", "train")
-    sources = [_drop_none({"path": name, "name": config, "split": train_split, "role": "train"})]
-    evaluates = data.get("eval_strategy", data.get("evaluation_strategy", "no")) != "no"
-    if evaluates:
-        test_split = data.get("dataset_test_split", "test")
-        sources.append(_drop_none({"path": name, "name": config, "split": test_split, "role": "test"}))
-    put("data.datasets", sources, "dataset_name")
-    out.notices.append(f"dataset_name -> data.datasets ({', '.join(s['split'] for s in sources)})")
-
-
-def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if v is not None}
