@@ -30,3 +30,24 @@ def test_help_list_and_dry_run_load_no_heavy_module():
         "        pass\n"
     )
     assert _loaded_after(code) == "[]"
+
+
+def _modules_after(commands: list[list[str]]) -> list[str]:
+    code = (
+        "from alignkit.cli import app\n"
+        f"for args in {commands!r}:\n"
+        "    try:\n"
+        "        app(args, standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "import sys\n"
+        "print(sorted(m for m in sys.modules if m.startswith('alignkit.methods.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(result.stdout.strip().splitlines()[-1])  # a printed list of module names
+
+
+def test_help_and_recipes_list_import_no_method_module():
+    """Listing commands and recipes needs only the method listings, not the methods' recipe models."""
+    commands = [["--help"], ["sft", "--help"], ["data", "--help"], ["recipes", "list"]]
+    assert _modules_after(commands) == ["alignkit.methods.method"]

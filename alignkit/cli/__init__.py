@@ -15,8 +15,8 @@ from alignkit.cli.recipes import recipes_app
 from alignkit.methods import METHODS
 
 app.add_typer(recipes_app, name="recipes")
-for _method in METHODS.values():
-    app.command(_method.name)(training.method_command(_method))
+for _name in METHODS:
+    app.command(_name)(training.method_command(METHODS.listing(_name)))
 app.command("run")(training.run_stages)
 app.command("env")(diagnose.env)
 app.command("slurm")(jobs.slurm)

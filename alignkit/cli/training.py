@@ -30,7 +30,7 @@ from alignkit.cli.options import (
     command_line,
     print_notices,
 )
-from alignkit.methods.method import Method
+from alignkit.methods import Listing
 
 
 def _launch_options(launch, num_processes, num_machines, machine_rank, main_process_ip, main_process_port):
@@ -46,7 +46,7 @@ def _launch_options(launch, num_processes, num_machines, machine_rank, main_proc
     )
 
 
-def method_command(method: Method):
+def method_command(method: Listing):
     """The `alignkit <method>` command: resolve the recipe, plan the launch, then dry-run or train."""
 
     def command(

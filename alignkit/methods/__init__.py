@@ -1,17 +1,82 @@
 """The training methods alignkit offers, one module each; `METHODS` is the one list of them.
 
 The CLI's commands, the recipe models, the handbook importer, `recipes list` and the tests' parametrisations
-are all derived from `METHODS`. A new method is a module here that builds a `Method` (see `method.py`),
-plus one entry below. Importing this package loads pydantic and the section models only; TRL, torch and
-datasets load when a method's trainer or config is asked for.
+are all derived from `METHODS`. A new method is a module here that builds a `Method` (see `method.py`) named
+`METHOD`, plus one `Listing` below: its name and what `--help` says of it. The listing is all the command
+line needs to show a method, so `--help` and `recipes list` import no method module (their recipe sections
+need pydantic); a method's module is imported the first time its `Method` is looked up.
 """
 
 from __future__ import annotations
 
-from alignkit.methods import cpt, dpo, orpo, sft
+import importlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
 from alignkit.methods.method import Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (cpt.METHOD, sft.METHOD, dpo.METHOD, orpo.METHOD)}
+
+@dataclass(frozen=True)
+class Listing:
+    """What the command line shows of a method before any of it is imported."""
+
+    name: str
+    """The subcommand, the recipe section key and the module's name (`alignkit.methods.<name>`)."""
+    summary: str
+    """One line for `--help`."""
+    example: str
+    """An example command for `alignkit <name> --help`."""
+
+
+class MethodTable(Mapping[str, Method]):
+    """Method name -> `Method`, in the listed order; a method's module is imported on first look-up."""
+
+    def __init__(self, *listings: Listing):
+        self._listings = {listing.name: listing for listing in listings}
+
+    def __getitem__(self, name: str) -> Method:
+        if name not in self._listings:
+            raise KeyError(name)
+        method = importlib.import_module(f"{__name__}.{name}").METHOD
+        if method.name != name:
+            raise RuntimeError(f"alignkit.methods.{name} defines the method {method.name!r}")
+        return method
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._listings  # Mapping's default would import the module to find out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listings)
+
+    def __len__(self) -> int:
+        return len(self._listings)
+
+    def listing(self, name: str) -> Listing:
+        return self._listings[name]
+
+
+METHODS = MethodTable(
+    Listing(
+        "cpt",
+        "Continued pretraining on raw text (packed causal language modelling).",
+        "alignkit cpt --recipe gpt2-nl",
+    ),
+    Listing(
+        "sft",
+        "Supervised fine-tuning on conversations or prompt/completion pairs.",
+        "alignkit sft --recipe zephyr-7b-gemma --qlora",
+    ),
+    Listing(
+        "dpo",
+        "Direct Preference Optimization on chosen/rejected pairs (IPO, APO and other losses too).",
+        "alignkit dpo --recipe zephyr-7b-gemma --set dpo.beta=0.1",
+    ),
+    Listing(
+        "orpo",
+        "Odds-Ratio Preference Optimization: SFT and preference in one step, no reference model.",
+        "alignkit orpo --recipe zephyr-141b-a35b --dry-run",
+    ),
+)
 
 
 def known_method(name: str) -> str:

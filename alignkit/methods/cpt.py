@@ -43,8 +43,6 @@ def _card_rows(section: CptSection) -> list[tuple[str, str]]:
 METHOD = Method(
     name="cpt",
     title="continued pretraining",
-    summary="Continued pretraining on raw text (packed causal language modelling).",
-    example="alignkit cpt --recipe gpt2-nl",
     section=CptSection,
     default_learning_rate=2.0e-5,
     qlora_training={"learning_rate": 2.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},

@@ -130,8 +130,6 @@ PREFERENCE_PANELS = (
 METHOD = Method(
     name="dpo",
     title="Direct Preference Optimization (DPO)",
-    summary="Direct Preference Optimization on chosen/rejected pairs (IPO, APO and other losses too).",
-    example="alignkit dpo --recipe zephyr-7b-gemma --set dpo.beta=0.1",
     section=DpoSection,
     default_learning_rate=1.0e-6,
     # The handbook's zephyr-7b-beta QLoRA DPO recipe (one GPU).

@@ -44,16 +44,12 @@ class DataNeeds:
 
 @dataclass(frozen=True, eq=False)  # one object per method: compared and hashed by identity
 class Method:
-    """A training method: its command, recipe section, TRL mapping, data needs, card rows and metrics."""
+    """A training method: its recipe section, TRL mapping, data needs, trainer, card rows and metrics."""
 
     name: str
     """The subcommand and the recipe section key (`alignkit sft`, `sft:`)."""
     title: str
     """How the model card names it, e.g. "supervised fine-tuning (SFT)"."""
-    summary: str
-    """One line for `--help` and `recipes list`."""
-    example: str
-    """An example command for `--help`."""
     section: type
     """The pydantic model of the method's recipe section."""
     default_learning_rate: float

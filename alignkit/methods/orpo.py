@@ -75,8 +75,6 @@ def _card_rows(section: OrpoSection) -> list[tuple[str, str]]:
 METHOD = Method(
     name="orpo",
     title="Odds-Ratio Preference Optimization (ORPO)",
-    summary="Odds-Ratio Preference Optimization: SFT and preference in one step, no reference model.",
-    example="alignkit orpo --recipe zephyr-141b-a35b --dry-run",
     section=OrpoSection,
     default_learning_rate=1.0e-6,
     qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},

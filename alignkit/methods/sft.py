@@ -98,8 +98,6 @@ def _card_rows(section: SftSection) -> list[tuple[str, str]]:
 METHOD = Method(
     name="sft",
     title="supervised fine-tuning (SFT)",
-    summary="Supervised fine-tuning on conversations or prompt/completion pairs.",
-    example="alignkit sft --recipe zephyr-7b-gemma --qlora",
     section=SftSection,
     default_learning_rate=2.0e-5,
     # The handbook's zephyr-7b-beta QLoRA SFT recipe (one GPU).
