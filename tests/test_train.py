@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alignkit.methods import METHODS
+
 pytestmark = pytest.mark.slow
 
 CHAT = [
@@ -52,7 +54,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Path, **sections) -> Path:
-    data_file = {"cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "orpo": "dpo.jsonl"}[method]
+    needs = METHODS[method]
+    data_file = {"text": "cpt.jsonl", "tokens": "sft.jsonl", "pairs": "dpo.jsonl"}[needs.data.rows]
     recipe = {
         "description": f"tiny {method} test",
         "model": {"name_or_path": str(model), "dtype": "float32"},
@@ -68,9 +71,10 @@ def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Pat
             "seed": 0,
         },
         "logging": {"logging_steps": 1},
-        method: {"max_length": 48}
-        if method != "dpo" and method != "orpo"
-        else {"max_length": 48, "max_prompt_length": 24},
+        method: {
+            "max_length": 48,
+            **({"max_prompt_length": 24} if "max_prompt_length" in needs.section.model_fields else {}),
+        },
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):
@@ -114,7 +118,7 @@ def _assert_finished_run(out: Path, method: str, *, adapter: bool = False):
     assert state["global_step"] == 4
 
 
-@pytest.mark.parametrize("method", ["cpt", "sft", "dpo", "orpo"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_and_saves(cli, tiny_model_dir, data_dir, tmp_path, method):
     out = tmp_path / f"{method}-run"
     recipe = write_recipe(tmp_path, method, tiny_model_dir, data_dir, out)
@@ -123,6 +127,8 @@ def test_every_method_trains_and_saves(cli, tiny_model_dir, data_dir, tmp_path, 
     # CliRunner is not a terminal: progress comes as plain periodic lines, the last one at the final step.
     assert "training: 4 steps" in result.output
     assert "step 4/4 loss " in result.output
+    # The data summary comes before training: one line per source, then the totals.
+    assert f"{method} data: 8 train rows, 0 test rows" in result.output.splitlines()
     _assert_finished_run(out, method)
     before, after = _weights(tiny_model_dir), _weights(out)
     changed = [name for name in before if not (before[name] == after[name]).all()]

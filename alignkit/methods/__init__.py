@@ -76,6 +76,11 @@ METHODS = MethodTable(
         "Odds-Ratio Preference Optimization: SFT and preference in one step, no reference model.",
         "alignkit orpo --recipe zephyr-141b-a35b --dry-run",
     ),
+    Listing(
+        "simpo",
+        "Simple Preference Optimization: length-normalised, reference-free preference loss with a margin.",
+        "alignkit simpo --recipe zephyr-7b-beta --set simpo.simpo_gamma=1.2",
+    ),
 )
 
 

@@ -21,7 +21,8 @@ NATIVE_TOP_KEYS = frozenset(
     {"description", "model", "data", "training", "peft", "quantization", "launch", "logging", "hub"} | set(METHODS)
 )
 
-# flat key -> native path; the method's own section is written as "{m}".
+# flat key -> native path, for keys of the shared sections and renamed ones; the method's own section is written
+# as "{m}". A key named like a field of a method's section needs no entry: it goes to that field.
 _MOVES: dict[str, str] = {
     "model_name_or_path": "model.name_or_path",
     "model_revision": "model.revision",
@@ -86,20 +87,6 @@ _MOVES: dict[str, str] = {
     "hub_revision": "hub.revision",
     "hub_strategy": "hub.strategy",
     "max_seq_length": "{m}.max_length",
-    "max_length": "{m}.max_length",
-    "max_prompt_length": "{m}.max_prompt_length",
-    "packing": "{m}.packing",
-    "packing_strategy": "{m}.packing_strategy",
-    "padding_free": "{m}.padding_free",
-    "assistant_only_loss": "{m}.assistant_only_loss",
-    "completion_only_loss": "{m}.completion_only_loss",
-    "eos_token": "{m}.eos_token",
-    "beta": "{m}.beta",
-    "loss_type": "{m}.loss_type",
-    "loss_weights": "{m}.loss_weights",
-    "label_smoothing": "{m}.label_smoothing",
-    "precompute_ref_log_probs": "{m}.precompute_ref_log_probs",
-    "text_column": "{m}.text_column",
     "dataset_text_field": "{m}.text_column",
 }
 
@@ -137,7 +124,20 @@ _DROPPED = {
 
 def known_flat_keys(method: Method) -> set[str]:
     """Every key a flat config for `method` may hold."""
-    return set(_MOVES) | set(_DROPPED) | DATA_KEYS | set(method.trl_fields)
+    return set(_MOVES) | set(_DROPPED) | DATA_KEYS | set(method.trl_fields) | _section_fields()
+
+
+def _section_fields() -> set[str]:
+    return {name for m in METHODS.values() for name in m.section.model_fields}
+
+
+def _target(key: str, method: Method) -> str | None:
+    """The native path of a flat key, or None when it is not a recipe field (a TRL field, dropped, unknown)."""
+    if key in _MOVES:
+        return _MOVES[key].format(m=method.name)
+    if key in _section_fields():
+        return f"{method.name}.{key}"
+    return None
 
 
 def is_flat(data: dict[str, Any]) -> bool:
@@ -183,8 +183,8 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
     for key, value in data.items():
         if key in DATA_KEYS:
             continue
-        if key in _MOVES:
-            target = _MOVES[key].format(m=method.name)
+        target = _target(key, method)
+        if target is not None:
             section, _, leaf = target.partition(".")
             if section == method.name and leaf not in method.section.model_fields:
                 problem = _other_method_key(key, leaf, method, source)
