@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alignkit.methods import METHODS
+
 pytestmark = pytest.mark.slow
 
 CHAT = [
@@ -114,7 +116,7 @@ def _assert_finished_run(out: Path, method: str, *, adapter: bool = False):
     assert state["global_step"] == 4
 
 
-@pytest.mark.parametrize("method", ["cpt", "sft", "dpo", "orpo"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_and_saves(cli, tiny_model_dir, data_dir, tmp_path, method):
     out = tmp_path / f"{method}-run"
     recipe = write_recipe(tmp_path, method, tiny_model_dir, data_dir, out)
