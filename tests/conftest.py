@@ -76,3 +76,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from alignkit.demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model", hidden_size=32, intermediate_size=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where torch sees no CUDA device (torch is imported only if one is collected)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in gpu_tests:
+        item.add_marker(skip)
