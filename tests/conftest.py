@@ -17,11 +17,12 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ.pop("ALIGNKIT_DEBUG", None)
-# Tests never read or fill the user's data cache (~/.cache/alignkit/data).
+# Tests never read or fill the user's data cache (~/.cache/alignkit/data). This session-wide one serves
+# module- and session-scoped fixtures; each test gets its own (`_own_data_cache_and_no_mirrors` below).
 os.environ["ALIGNKIT_DATA_CACHE"] = tempfile.mkdtemp(prefix="alignkit-test-cache-")
-os.environ.pop("ALIGNKIT_MIRRORS", None)
+os.environ.pop("ALIGNKIT_MIRRORS", None)  # a developer's mirror file would change every recipe the tests resolve
 # Human-readable output is laid out for a pipe in tests; a COLUMNS from the shell would re-wrap it.
-os.environ.pop("COLUMNS", None)  # a developer's mirror file would change every recipe the tests resolve
+os.environ.pop("COLUMNS", None)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,13 @@ def shared_dir() -> Path | None:
     """The ../shared folder beside the checkout (CI puts it there), if present."""
     candidate = Path(os.environ.get("ALIGNKIT_SHARED", REPO.parent / "shared"))
     return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(autouse=True)
+def _own_data_cache_and_no_mirrors(tmp_path, monkeypatch):
+    """Every test starts with its own empty data cache, `tmp_path / "cache"`, and no ALIGNKIT_MIRRORS file."""
+    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ALIGNKIT_MIRRORS", raising=False)
 
 
 @pytest.fixture
@@ -76,3 +84,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from alignkit.demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model", hidden_size=32, intermediate_size=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where torch sees no CUDA device (torch is imported only if one is collected)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in gpu_tests:
+        item.add_marker(skip)

@@ -9,6 +9,7 @@ import yaml
 from conftest import MINIMAL_SFT
 
 from alignkit import __version__
+from alignkit.methods import METHODS
 
 
 def test_version(cli):
@@ -17,14 +18,33 @@ def test_version(cli):
     assert result.stdout.strip() == f"alignkit {__version__}"
 
 
+# The commands besides one per training method.
+OTHER_COMMANDS = {"recipes", "run", "env", "slurm", "dstack", "data"}
+
+
+def _command_table(help_text: str) -> list[str]:
+    """The command names in the "Commands" panel of a rich `--help` (a row's name starts right after the border)."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("╭─ Commands "))
+    names = []
+    for line in lines[start + 1 :]:
+        if line.startswith("╰"):
+            return names
+        row = line.removeprefix("│").removesuffix("│")
+        if row[:1] == " " and row[1:2].strip():  # a continuation line is indented further
+            names.append(row.split()[0])
+    raise AssertionError("the Commands panel is not closed")
+
+
 def test_help_lists_every_command(cli):
     result = cli("--help")
     assert result.exit_code == 0
-    for command in ("cpt", "sft", "dpo", "orpo", "recipes", "env"):
-        assert command in result.stdout
+    names = _command_table(result.stdout)
+    assert len(names) == len(set(names)), names
+    assert set(names) == set(METHODS) | OTHER_COMMANDS
 
 
-@pytest.mark.parametrize("method", ["cpt", "sft", "dpo", "orpo"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_method_help_has_examples_and_launch_flags(cli, method):
     result = cli(method, "--help")
     assert result.exit_code == 0

@@ -14,11 +14,6 @@ from alignkit.demo.tiny import build_tokenizer
 from alignkit.methods import METHODS
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 def chats(count: int) -> list[dict]:
     return [
         {

@@ -16,11 +16,6 @@ CHAT = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def tokenizer_dir(tmp_path):
     """A folder with only a tokenizer: `alignkit data` must not need weights."""

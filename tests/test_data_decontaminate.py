@@ -20,11 +20,6 @@ LONG = (
 SHORT = "What is the capital of Burkina Faso?"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def benchmarks(tmp_path):
     txt = tmp_path / "bench.txt"

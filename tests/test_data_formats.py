@@ -16,11 +16,6 @@ Q = [{"role": "user", "content": "what is 2 plus 3?"}]
 HEAD = "<|im_start|>user\nwhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 def write_rows(tmp_path, rows, name="rows.jsonl"):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name

@@ -16,11 +16,6 @@ from alignkit.methods import METHODS
 from alignkit.recipe.resolve import resolve_recipe
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 def chat(tag: str, number: int) -> dict:
     return {
         "messages": [{"role": "user", "content": f"{tag} {number}"}, {"role": "assistant", "content": "yes"}],

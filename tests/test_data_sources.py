@@ -15,11 +15,6 @@ from alignkit.methods import METHODS
 ROWS = [{"prompt": f"what is {i}? ", "completion": f"{i}", "id": i} for i in range(10)]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 def prepare(source: dict, method: str = "sft", **data):
     recipe = METHODS[method].recipe.model_validate(
         {"model": {"name_or_path": "tiny"}, "data": {"datasets": [source], **data}}

@@ -67,9 +67,8 @@ def test_an_inline_template_is_installed_verbatim():
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False) == "user: hello\n"
 
 
-def test_prepare_data_refuses_a_tokenizer_that_would_still_grow(tmp_path, monkeypatch):
+def test_prepare_data_refuses_a_tokenizer_that_would_still_grow():
     from alignkit.data.prepare import prepare_data
 
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="call ensure_chat_template"):
         prepare_data(recipe(), bare_tokenizer())

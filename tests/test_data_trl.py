@@ -23,11 +23,6 @@ PAIR = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -245,7 +245,12 @@ def test_deepspeed_json_is_accepted_by_accelerates_deepspeed_plugin(tmp_path, gp
     assert plugin.deepspeed_config["gradient_accumulation_steps"] == 4
 
 
-def test_full_state_dict_for_the_final_save():
+def test_use_full_state_dict_switches_an_fsdp_plugin_and_leaves_other_runs_alone():
+    """The decision logic only, on stand-in objects: with an FSDP plugin on the trainer's accelerator state, the
+    final save is switched to FULL_STATE_DICT; without one nothing changes. Nothing here runs FSDP: the real
+    final save under FSDP is checked on a GPU by test_launch_train.py::test_fsdp_on_a_gpu_saves_one_full_state_dict.
+    """
+
     class Plugin:
         state_dict_type = "SHARDED_STATE_DICT"
 

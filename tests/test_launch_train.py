@@ -41,6 +41,7 @@ PROBE = textwrap.dedent(
         record = {
             "wrapped": type(self.model_wrapped).__name__,
             "distributed_type": str(self.accelerator.distributed_type),
+            "fsdp_version": getattr(getattr(self.accelerator.state, "fsdp_plugin", None), "fsdp_version", None),
             "num_processes": self.accelerator.num_processes,
             "global_step": self.state.global_step,
             "train_rows_seen": len(self.get_train_dataloader()) * self.args.per_device_train_batch_size,
@@ -193,6 +194,32 @@ def test_two_process_run_splits_the_data_wraps_the_model_and_saves_it_whole(
         written = json.loads((out / "launch" / "node0" / "deepspeed_config.json").read_text())["zero_optimization"]
         assert written["stage"] == (2 if profile == "zero2" else 3)
         assert ("offload_param" in written) == (profile == "zero3-offload")
+
+
+@pytest.mark.gpu
+def test_fsdp_on_a_gpu_saves_one_full_state_dict(tiny_sft_recipe, tiny_model_dir, probe, tmp_path):
+    """`--launch fsdp` on CUDA (two processes where two GPUs are visible): training really runs under FSDP2, and
+    the final save is one whole state dict that from_pretrained loads, not the sharded checkpoint format."""
+    import torch
+
+    env, records = probe
+    processes = min(2, torch.cuda.device_count())
+    out = tmp_path / "run"
+    result, seconds = _alignkit(
+        env, "sft", "--recipe", tiny_sft_recipe, "--output-dir", out, "--set", "training.max_steps=4",
+        "--launch", "fsdp", "--num-processes", processes, "--main-process-port", _free_port(), timeout=420,
+    )  # fmt: skip
+    print(f"fsdp, {processes} GPU process(es): {seconds:.1f} s")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for rank in range(processes):
+        record = json.loads((records / f"rank{rank}.json").read_text())
+        assert record["distributed_type"].endswith("FSDP") and record["fsdp_version"] == 2, record
+        assert record["num_processes"] == processes and record["global_step"] == 4
+    run = json.loads((out / "alignkit_run.json").read_text())
+    assert run["finished"] is True and run["plan"]["profile"] == "fsdp" and run["plan"]["device"] == "cuda"
+    assert (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file()
+    assert not list(out.glob("pytorch_model_fsdp*")), "the final save is sharded"
+    _loads_whole(out, tiny_model_dir)
 
 
 def test_a_worker_that_fails_ends_the_launch_with_its_error(tiny_sft_recipe, tmp_path):

@@ -19,11 +19,6 @@ from alignkit.recipe.mirrors import load_mirrors
 from alignkit.recipe.resolve import resolve_recipe
 
 
-@pytest.fixture(autouse=True)
-def _no_env_mirrors(monkeypatch):
-    monkeypatch.delenv("ALIGNKIT_MIRRORS", raising=False)
-
-
 @pytest.fixture
 def trained(monkeypatch):
     """Replace the training engine: record (stage output, method, model) and mark the run finished."""

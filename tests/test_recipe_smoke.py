@@ -210,12 +210,6 @@ def mirror_file(tmp_path_factory, smoke_model_dir) -> Path:
     return build_mirrors(tmp_path_factory.mktemp("mirrors"), smoke_model_dir)
 
 
-@pytest.fixture(autouse=True)
-def _own_data_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALIGNKIT_DATA_CACHE", str(tmp_path / "data-cache"))
-    monkeypatch.delenv("ALIGNKIT_MIRRORS", raising=False)
-
-
 def _smoke_args(name: str, method: str) -> tuple[list[str], dict[str, str]]:
     """The --set arguments of a smoke run, and the CPU switches applied with their reasons."""
     recipe = resolve_recipe(method, name, mirrors={}).recipe.model_dump(mode="json")

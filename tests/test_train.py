@@ -166,7 +166,43 @@ def test_lora_and_a_dpo_start_from_the_sft_adapter(cli, tiny_model_dir, data_dir
     assert any(not (sft_lora[k] == dpo_lora[k]).all() for k in sft_lora), "DPO trained the adapter further"
 
 
-def test_qlora_trains_on_the_cpu(cli, tiny_model_dir, data_dir, tmp_path):
+def _qlora_state(model) -> tuple[dict, dict]:
+    """Copies of the base model's linear layers (name -> class, 4-bit and frozen?, weight) and trainable tensors."""
+    import bitsandbytes as bnb
+    import torch
+
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in name and not name.endswith("lm_head"):
+            weight = module.weight
+            packed = (
+                isinstance(weight, bnb.nn.Params4bit)
+                and weight.quant_state is not None
+                and tuple(weight.quant_state.shape) == (module.out_features, module.in_features)
+                and not weight.requires_grad
+            )
+            key = name.removeprefix("base_model.model.").removesuffix(".base_layer")
+            layers[key] = (type(module), packed, weight.data.clone())
+    trainable = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return layers, trainable
+
+
+def test_qlora_trains_an_adapter_on_a_frozen_4bit_base_on_the_cpu(cli, tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import bitsandbytes as bnb
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    seen = {}
+    original = transformers.Trainer.train
+
+    def train(self, *args, **kwargs):  # what the trainer really holds, as training starts and ends
+        seen["start"] = _qlora_state(self.model)
+        result = original(self, *args, **kwargs)
+        seen["end"] = _qlora_state(self.model)
+        return result
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
     out = tmp_path / "qlora"
     recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, out)
     result = cli("sft", "--recipe", recipe, "--qlora", "--set", "training.max_steps=4", "--set", "model.dtype=float32")
@@ -174,6 +210,25 @@ def test_qlora_trains_on_the_cpu(cli, tiny_model_dir, data_dir, tmp_path):
     _assert_finished_run(out, "sft", adapter=True)
     frozen = yaml.safe_load((out / "alignkit_recipe.yaml").read_text())
     assert frozen["quantization"]["load_in_4bit"] is True
+
+    # Every linear layer of the base model (all but the output head) was a frozen bitsandbytes 4-bit layer while
+    # training, and training left it as it was.
+    (base_start, lora_start), (base_end, _) = seen["start"], seen["end"]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    linear = {n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    for layers in (base_start, base_end):
+        assert {name: (cls, packed) for name, (cls, packed, _) in layers.items()} == dict.fromkeys(
+            linear, (bnb.nn.Linear4bit, True)
+        )
+    assert all(base_start[n][2].equal(base_end[n][2]) for n in linear), "the 4-bit base weights changed"
+
+    # The saved adapter holds exactly the trained LoRA tensors; LoRA B starts at zero, so a trained one is not.
+    saved = load_file(out / "adapter_model.safetensors")
+    assert set(saved) == {name.replace(".default", "") for name in lora_start}
+    assert all(name.split(".")[-2] in ("lora_A", "lora_B") for name in saved)
+    for name, initial in lora_start.items():
+        if ".lora_B." in name:
+            assert not initial.any() and saved[name.replace(".default", "")].any(), f"{name} was not trained"
 
 
 def _hash_tree(folder: Path) -> dict[str, str]:
