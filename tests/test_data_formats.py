@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from alignkit.data import formats
 from alignkit.data.prepare import prepare_data
 from alignkit.data.templates import ensure_chat_template
 from alignkit.demo.tiny import build_tokenizer
@@ -226,7 +227,10 @@ def test_sft_refuses_preference_only_data_and_says_which_method_fits(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'rows.jsonl'}: data.datasets.0: no sft format fits: columns found:")
     assert "columns found: prompt, chosen, rejected; sft accepts messages (a list of {role, content});" in message
-    assert message.endswith("text; this is preference data: train it with dpo or orpo")
+    preference = [name for name, method in METHODS.items() if formats.PREFERENCE in method.data.formats]
+    assert message.endswith(
+        f"text; this is preference data: train it with {', '.join(preference[:-1])} or {preference[-1]}"
+    )
 
 
 def test_dpo_refuses_conversations_naming_columns_and_formats(tmp_path):
