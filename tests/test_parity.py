@@ -111,3 +111,32 @@ def test_dpo_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
     theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     assert len(ours) == len(theirs) == STEPS
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+
+
+def test_simpo_loss_matches_plain_trl_cpo(cli, tiny_model_dir, data, tmp_path):
+    """SimPO through alignkit equals TRL's CPOTrainer with loss_type simpo (no reference model on either side)."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    out = tmp_path / "alignkit-simpo"
+    training = {"max_steps": STEPS, "per_device_train_batch_size": len(CHAT)}
+    section = {"max_prompt_length": None, "beta": 2.0, "simpo_gamma": 1.2, "cpo_alpha": 0.0}
+    recipe = write_recipe(tmp_path, "simpo", tiny_model_dir, data, out, training=training, simpo=section)
+    ours = _alignkit_losses(cli, ("simpo", "--recipe", recipe), out)
+
+    set_seed(0)
+    config = CPOConfig(
+        **_trl_kwargs(tmp_path / "trl-simpo"), loss_type="simpo", beta=2.0, simpo_gamma=1.2, cpo_alpha=0.0
+    )
+    trainer = CPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=config,
+        train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert ours[-1] < ours[0]
