@@ -29,6 +29,11 @@ class Problem:
         return f"{where}: {self.message}"
 
 
+def either(names: list[str]) -> str:
+    """Alternatives as a message says them: "a", "a or b", "a, b or c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 class AlignkitError(Exception):
     """Base class of every error alignkit raises on purpose."""
 

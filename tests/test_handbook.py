@@ -157,5 +157,35 @@ def test_a_config_for_another_method_is_refused(write_recipe):
     with pytest.raises(UserError) as info:
         _convert(write_recipe, "sft", text)
     assert [p.path for p in info.value.problems] == ["beta", "max_prompt_length"]
-    assert "a dpo or orpo setting in a sft config; run `alignkit dpo --recipe" in info.value.problems[0].message
+    assert "a dpo, orpo or simpo setting in a sft config; run `alignkit dpo --recipe" in info.value.problems[0].message
     assert _convert(write_recipe, "dpo", text).recipe.dpo.beta == 0.01
+
+
+CPO_SIMPO = """\
+model_name_or_path: some/model
+dataset_name: trl-lib/ultrafeedback_binarized
+loss_type: simpo
+beta: 2.5
+simpo_gamma: 1.375
+cpo_alpha: 0.0
+max_length: 2048
+max_prompt_length: 1800
+bf16: true
+"""
+
+
+def test_a_trl_cpo_simpo_config_converts_into_the_simpo_section(write_recipe):
+    resolved = _convert(write_recipe, "simpo", CPO_SIMPO)
+    section = resolved.recipe.simpo
+    assert (section.beta, section.simpo_gamma, section.cpo_alpha) == (2.5, 1.375, 0.0)
+    assert (section.max_length, section.max_prompt_length) == (2048, 1800)
+    assert "  renamed simpo_gamma -> simpo.simpo_gamma" in resolved.notices
+    assert resolved.recipe.training.extra == {}
+
+
+def test_a_simpo_config_given_to_sft_names_simpo_first(write_recipe):
+    with pytest.raises(UserError) as err:
+        _convert(write_recipe, "sft", CPO_SIMPO)
+    by_key = {p.path: p.message for p in err.value.problems}
+    assert by_key["simpo_gamma"].startswith("a simpo setting in a sft config; run `alignkit simpo --recipe ")
+    assert by_key["beta"].startswith("a simpo, dpo or orpo setting in a sft config; run `alignkit simpo --recipe ")

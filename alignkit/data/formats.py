@@ -126,6 +126,7 @@ def _candidates(found: set[str], first_row: dict[str, Any] | None) -> list[Detec
 
 def _no_format_fits(columns: list[str], candidates: list[Detected], method: Method, text_column: str) -> str:
     """What was found, what `method` accepts, and which methods would take the data as it is."""
+    from alignkit.errors import either
     from alignkit.methods import METHODS
 
     field = method.data.text_column_field
@@ -139,9 +140,8 @@ def _no_format_fits(columns: list[str], candidates: list[Detected], method: Meth
         found = candidates[0]
         fitting = [m.name for m in METHODS.values() if found.format in m.data.formats and not m.data.text_column_field]
         if fitting:
-            named = " or ".join(fitting) if len(fitting) < 3 else f"{', '.join(fitting[:-1])} or {fitting[-1]}"
             hint = f"; this is {found.shape if found.shape == 'preference' else found.format} data: train it with"
-            hint += f" {named}"
+            hint += f" {either(fitting)}"
             if PREFERENCE in method.data.formats:
                 hint += ", or give chosen and rejected columns"
     return f"columns found: {shown}; {method.name} accepts {accepted}{hint}"

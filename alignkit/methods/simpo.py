@@ -113,7 +113,7 @@ METHOD = Method(
         trainer_adds_bos="unless_present",
     ),
     card_rows=_card_rows,
-    defining_keys=frozenset({"simpo_gamma", "cpo_alpha"}),
+    defining_keys=frozenset({"simpo_gamma", "cpo_alpha", "beta", "max_prompt_length"}),
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},
     progress_metrics=PREFERENCE_METRICS,
     curve_panels=PREFERENCE_PANELS,

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.errors import Problem, UserError
+from alignkit.errors import Problem, UserError, either
 from alignkit.methods import METHODS
 from alignkit.methods.method import Method
 from alignkit.recipe.handbook_data import DATA_KEYS, convert_data
@@ -187,7 +187,7 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
         if target is not None:
             section, _, leaf = target.partition(".")
             if section == method.name and leaf not in method.section.model_fields:
-                problem = _other_method_key(key, leaf, method, source)
+                problem = _other_method_key(key, leaf, method, source, data)
                 if problem is not None:
                     problems.append(problem)
                 else:
@@ -214,15 +214,20 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
     return out
 
 
-def _other_method_key(key: str, leaf: str, method: Method, source: str) -> Problem | None:
-    """A key that says the config was written for another method (beta in an sft config), or None."""
-    owners = [m.name for m in METHODS.values() if m is not method and leaf in m.defining_keys]
+def _other_method_key(key: str, leaf: str, method: Method, source: str, data: dict[str, Any]) -> Problem | None:
+    """A key that says the config was written for another method (beta in an sft config), or None.
+
+    Of the methods the key belongs to, the one whose keys the whole config uses most is named first.
+    """
+    owners = [m for m in METHODS.values() if m is not method and leaf in m.defining_keys]
     if not owners:
         return None
+    owners.sort(key=lambda m: -len(m.defining_keys & data.keys()))
+    owners = [m.name for m in owners]
     return Problem(
         source=source,
         path=key,
-        message=f"a {' or '.join(owners)} setting in a {method.name} config; run"
+        message=f"a {either(owners)} setting in a {method.name} config; run"
         f" `alignkit {owners[0]} --recipe {source}`, or remove the key",
     )
 
