@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,51 @@ def test_every_method_maps_onto_its_trl_config_with_known_fields():
 def test_methods_table_lists_each_module_once():
     modules = sorted(p.stem for p in (PACKAGE / "methods").glob("*.py") if p.stem not in ("__init__", "method"))
     assert modules == sorted(METHODS)
+
+
+PLUG_IN = """
+import json, sys, types
+from dataclasses import replace
+
+from alignkit.methods import METHODS, Listing
+from alignkit.methods import sft
+from alignkit.recipe.sections import Section
+
+
+class ToySection(Section):
+    max_length: int = 64
+    assistant_only_loss: bool = True
+
+
+ToySection.__module__ = "alignkit.methods.toy"
+module = types.ModuleType("alignkit.methods.toy")
+module.ToySection = ToySection
+module.METHOD = replace(sft.METHOD, name="toy", title="a toy method", section=ToySection)
+sys.modules["alignkit.methods.toy"] = module
+METHODS._listings["toy"] = Listing("toy", "A toy method added by a test.", "alignkit toy --recipe r.yaml")
+
+from alignkit.cli import app
+
+app(sys.argv[1:], standalone_mode=False)
+"""
+
+
+def test_a_method_is_one_module_and_one_listing(tmp_path):
+    """A new module and its listing are all it takes: the command and the recipe model follow from them."""
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(
+        f"model:\n  name_or_path: m\ndata:\n  datasets:\n    - path: d.jsonl\ntoy:\n  max_length: 32\n"
+        f"training:\n  output_dir: {tmp_path / 'out'}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", PLUG_IN, "toy", "--recipe", str(recipe), "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["method"] == "toy"
+    assert document["recipe"]["toy"] == {"max_length": 32, "assistant_only_loss": True}
+    assert document["recipe"]["training"]["learning_rate"] == METHODS["sft"].default_learning_rate
+    assert not (tmp_path / "out").exists()
