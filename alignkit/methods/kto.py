@@ -92,13 +92,14 @@ def _trl_settings(section: KtoSection) -> dict[str, Any]:
     }
     if section.loss_type == "kto":
         # The KL estimate pairs each row with its batch neighbours in dataset order, so KTOTrainer refuses any
-        # other sampler; the data layer has already shuffled the rows (data.seed), so the order is random.
+        # other sampler; the data layer has already shuffled the rows (data.seed), so the order is random. Set
+        # here rather than refused in the recipe: a frozen recipe spells out the training section's default.
         settings["train_sampling_strategy"] = "sequential"
     return settings
 
 
 def _recipe_rules(recipe) -> None:
-    """Refuse the settings KTOTrainer would refuse only after the model is loaded (or never, but learn badly)."""
+    """Refuse what KTOTrainer would refuse only once the model is loaded."""
     section, training = recipe.section, recipe.training
     if section.loss_type != "kto":
         return  # apo_zero_unpaired has no KL term
@@ -109,15 +110,6 @@ def _recipe_rules(recipe) -> None:
                 "is 1, but KTO estimates its KL reference point from the other rows of each device's batch; set"
                 " it to 2 or more (lower gradient_accumulation_steps to keep the effective batch), or set"
                 " kto.loss_type to apo_zero_unpaired, which has no KL term",
-            )
-        )
-    strategy = training.train_sampling_strategy
-    if "train_sampling_strategy" in training.model_fields_set and strategy != "sequential":
-        raise ValueError(
-            at(
-                "training.train_sampling_strategy",
-                f"is {strategy}, but KTO's KL estimate needs the rows in dataset order (the data layer shuffles"
-                " them already); remove the setting or set it to sequential",
             )
         )
 
