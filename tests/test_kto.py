@@ -9,6 +9,7 @@ import json
 import pytest
 from test_data_formats import HEAD, Q, prepare, write_rows
 
+from alignkit.data import formats
 from alignkit.data.prepare import prepare_data
 from alignkit.demo.tiny import build_tokenizer
 from alignkit.errors import UserError
@@ -20,6 +21,16 @@ SIX = [{"role": "assistant", "content": "6"}]
 
 def _rows(prepared) -> list[tuple]:
     return sorted((r["prompt"], r["completion"], r["label"]) for r in prepared.train)
+
+
+def test_detection_reads_the_label_for_kto_and_leaves_prompt_completion_to_sft():
+    row = {"prompt": "a", "completion": "b", "label": True}
+    unpaired = formats.Detected(formats.UNPAIRED, ("prompt", "completion", "label"))
+    assert formats.detect(list(row), row, METHODS["kto"]) == unpaired
+    assert unpaired.shape == "unpaired"
+    assert formats.detect(list(row), row, METHODS["sft"]).format == formats.PROMPT_COMPLETION
+    pair = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    assert formats.detect(list(pair), pair, METHODS["kto"]).format == formats.PREFERENCE
 
 
 def test_unpaired_rows_are_named_and_rendered_for_the_trainer(tmp_path):
