@@ -137,3 +137,41 @@ def test_a_tokenizer_that_adds_bos_itself_gets_exactly_one(tmp_path, tiny_model_
     row = text.train[0]
     assert tokenizer.convert_ids_to_tokens(row["input_ids"]) == ["<s>", "hello", " ", "world", "<|im_end|>"]
     assert row["assistant_masks"] == [0, 1, 1, 1, 1]
+
+
+def test_kto_trainer_sees_one_eos_per_completion_and_the_pair_split_in_two(tmp_path, model_and_tokenizer):
+    from trl import KTOConfig, KTOTrainer
+
+    model, tokenizer = model_and_tokenizer
+    data = prepared(tmp_path, tokenizer, "kto", [PAIR], {"max_length": 64, "max_prompt_length": 32})
+    config = KTOConfig(max_length=64, per_device_train_batch_size=2, **common(tmp_path))
+    trainer = KTOTrainer(model=model, args=config, train_dataset=data.train, processing_class=tokenizer)
+    rows = {row["label"]: row for row in trainer.train_dataset}
+    assert tokenizer.convert_ids_to_tokens(rows[True]["completion_ids"]) == ["5", "<|im_end|>"]
+    assert tokenizer.convert_ids_to_tokens(rows[False]["completion_ids"]) == ["6", "<|im_end|>"]
+    assert tokenizer.convert_ids_to_tokens(rows[True]["prompt_ids"])[:2] == ["<|im_start|>", "user"]
+
+
+def test_kto_with_a_tokenizer_that_adds_bos_itself_gets_exactly_one(tmp_path, tiny_model_dir, model_and_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    from alignkit.chat_templates import CHATML
+
+    model, _ = model_and_tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    row = {"prompt": PAIR["prompt"], "completion": PAIR["chosen"], "label": True}
+    data = prepared(
+        tmp_path, tokenizer, "kto", [row], {"max_prompt_length": 8}, chat_template="{{ bos_token }}" + CHATML
+    )
+    assert data.train[0]["prompt"] == "3?<|im_end|>\n<|im_start|>assistant\n"
+    config = KTOConfig(max_length=64, per_device_train_batch_size=2, **common(tmp_path))
+    trainer = KTOTrainer(model=model, args=config, train_dataset=data.train, processing_class=tokenizer)
+    prompt_ids = tokenizer.convert_ids_to_tokens(trainer.train_dataset[0]["prompt_ids"])
+    assert prompt_ids.count("<s>") == 1 and prompt_ids[0] == "<s>"
+    assert len(prompt_ids) == 8  # max_prompt_length counts the BOS the trainer adds
+    assert tokenizer.convert_ids_to_tokens(trainer.train_dataset[0]["completion_ids"]) == ["5", "<|im_end|>"]

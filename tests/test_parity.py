@@ -140,3 +140,44 @@ def test_simpo_loss_matches_plain_trl_cpo(cli, tiny_model_dir, data, tmp_path):
     assert len(ours) == len(theirs) == STEPS
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert ours[-1] < ours[0]
+
+
+# One prompt for every row: KTO's KL estimate pairs each prompt with the completion of the row before it in
+# the batch, and with a single prompt that set of pairs is the same in any row order (alignkit shuffles the
+# rows, TRL keeps the file's order), so the whole-batch loss can be compared exactly.
+KTO_PROMPT = "question: what is the answer? answer:"
+
+
+@pytest.mark.parametrize("layout", ["unpaired", "pairs"])
+def test_kto_loss_matches_plain_trl(cli, tiny_model_dir, tmp_path, layout):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import KTOConfig, KTOTrainer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if layout == "unpaired":
+        rows = [{"prompt": KTO_PROMPT, "completion": f" {a}", "label": n % 2 == 0} for n, (_, a) in enumerate(CHAT)]
+    else:  # KTOTrainer splits the pairs itself; alignkit's data layer does it before
+        rows = [{"prompt": KTO_PROMPT, "chosen": f" {a}", "rejected": f" not {a}"} for _, a in CHAT]
+    _jsonl(folder / "kto.jsonl", rows)
+    batch = len(CHAT) * (2 if layout == "pairs" else 1)  # the whole data set in each step
+    out = tmp_path / "alignkit-kto"
+    training = {"max_steps": STEPS, "per_device_train_batch_size": batch}
+    section = {"max_prompt_length": None, "beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}
+    recipe = write_recipe(tmp_path, "kto", tiny_model_dir, folder, out, training=training, kto=section)
+    ours = _alignkit_losses(cli, ("kto", "--recipe", recipe), out)
+
+    set_seed(0)
+    kwargs = {**_trl_kwargs(tmp_path / "trl-kto"), "per_device_train_batch_size": batch}
+    trainer = KTOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=KTOConfig(**kwargs, beta=0.1, loss_type="kto"),
+        train_dataset=load_dataset("json", data_files=str(folder / "kto.jsonl"), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert ours[-1] < ours[0]

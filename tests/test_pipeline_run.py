@@ -175,7 +175,7 @@ def test_scan_dry_run_lists_every_point_and_the_next_command(cli, tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].rstrip() == (
-        f"scan {SCAN}: the handbook's preference-alignment scan, 2 recipes x 3 losses x 10 betas"
+        f"scan {SCAN}: the handbook's preference-alignment scan, 2 recipes x (DPO, IPO, KTO) x 10 betas"
     )
     rows = [line for line in lines if line.startswith("│ ")]
     assert len(rows) == 60
@@ -188,7 +188,8 @@ def test_scan_dry_run_lists_every_point_and_the_next_command(cli, tmp_path):
         "zero3, 1 process(es)",
         "finished, skipped",
     ]
-    assert cells[59][:3] == ["60", "pref-align-scan:openhermes", "dpo.loss_type=ipo dpo.beta=0.9"]
+    assert cells[39][:3] == ["40", "pref-align-scan:openhermes", "dpo.loss_type=ipo dpo.beta=0.9"]
+    assert cells[59][:3] == ["60", "pref-align-scan:openhermes", "kto.beta=0.9"]
     assert [c[5] for c in cells[1:]] == ["train"] * 59
     assert lines[-3:] == [
         "dry run: every point valid; next: 2.",
@@ -200,25 +201,32 @@ def test_scan_dry_run_lists_every_point_and_the_next_command(cli, tmp_path):
 
 
 def test_scan_dry_run_json(cli, tmp_path):
-    result = cli("run", "--recipe", SCAN, "--qlora", "--set", "training.max_steps=5", "--dry-run", "--json")
+    sets = ("--set", "training.max_steps=5", "--set", "dpo.max_length=768")
+    result = cli("run", "--recipe", SCAN, "--qlora", *sets, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert (document["scan"], document["next"]) == (SCAN, 1)
     points = document["points"]
     assert [p["point"] for p in points] == list(range(1, 61))
     last = {key: value for key, value in points[-1].items() if key != "launch"}
+    # A method's section in --set (dpo.max_length) reaches only that method's points.
     assert last == {
         "point": 60,
-        "method": "dpo",
+        "method": "kto",
         "recipe": "pref-align-scan:openhermes",
-        "settings": ["dpo.loss_type=ipo", "dpo.beta=0.9"],
-        "output_dir": "outputs/pref-align-scan-openhermes-ipo-beta-0.9",
-        "command": "alignkit dpo --recipe pref-align-scan:openhermes --qlora --set dpo.loss_type=ipo"
-        " --set dpo.beta=0.9 --set hub.revision=ipo-0.9 --set training.max_steps=5"
-        " --output-dir outputs/pref-align-scan-openhermes-ipo-beta-0.9",
+        "settings": ["kto.beta=0.9"],
+        "output_dir": "outputs/pref-align-scan-openhermes-kto-beta-0.9",
+        "command": "alignkit kto --recipe pref-align-scan:openhermes --qlora --set kto.beta=0.9"
+        " --set hub.revision=kto-0.9 --set training.max_steps=5"
+        " --output-dir outputs/pref-align-scan-openhermes-kto-beta-0.9",
         "finished": False,
         "runs": True,
     }
+    assert points[39]["command"] == (
+        "alignkit dpo --recipe pref-align-scan:openhermes --qlora --set dpo.loss_type=ipo --set dpo.beta=0.9"
+        " --set hub.revision=ipo-0.9 --set training.max_steps=5 --set dpo.max_length=768"
+        " --output-dir outputs/pref-align-scan-openhermes-ipo-beta-0.9"
+    )
     assert points[-1]["launch"]["world_size"] == 1
     # The qlora notices are said once per recipe, not once per point.
     assert len([n for n in document["notices"] if n.startswith("pref-align-scan:openhermes: ")]) == len(
@@ -231,8 +239,8 @@ def test_scan_trains_its_points_in_order_and_a_rerun_skips_the_finished(cli, mon
     calls = []
 
     def fake_run(resolved, plan, options, *, overwrite=False, argv=None, echo=print):
-        dpo = resolved.recipe.dpo
-        calls.append((resolved.output_dir.name, dpo.loss_type, dpo.beta, resolved.recipe.hub.revision, argv))
+        section = resolved.recipe.section
+        calls.append((resolved.output_dir.name, section.loss_type, section.beta, resolved.recipe.hub.revision, argv))
         _finish(resolved.output_dir)
 
     monkeypatch.setattr("alignkit.launch.start.start_training", fake_run)
@@ -252,7 +260,8 @@ def test_scan_trains_its_points_in_order_and_a_rerun_skips_the_finished(cli, mon
             f" --set hub.revision=sigmoid-0.1 --output-dir {first}"
         ),
     )
-    assert calls[-1][:4] == ("pref-align-scan-openhermes-ipo-beta-0.9", "ipo", 0.9, "ipo-0.9")
+    assert calls[38][:4] == ("pref-align-scan-openhermes-ipo-beta-0.9", "ipo", 0.9, "ipo-0.9")
+    assert calls[-1][:4] == ("pref-align-scan-openhermes-kto-beta-0.9", "kto", 0.9, "kto-0.9")
     lines = result.stdout.splitlines()
     assert lines[:2] == [
         "point 1/60: finished, skipped",

@@ -58,6 +58,8 @@ LIBRARY = {
     ),
     ("pref-align-scan", "dpo"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
     ("pref-align-scan:openhermes", "dpo"): ("teknium/OpenHermes-2.5-Mistral-7B", ["HuggingFaceH4/orca_dpo_pairs"]),
+    ("pref-align-scan", "kto"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
+    ("pref-align-scan:openhermes", "kto"): ("teknium/OpenHermes-2.5-Mistral-7B", ["HuggingFaceH4/orca_dpo_pairs"]),
     ("smollm", "sft"): ("HuggingFaceTB/SmolLM-360M", SMOLLM_SFT),
     ("smollm2", "sft"): ("HuggingFaceTB/SmolLM2-1.7B", ["HuggingFaceTB/smoltalk"]),
     ("smollm2", "dpo"): ("loubnabnl/smollm2-1.7B-sft", [UF]),
@@ -518,14 +520,21 @@ def test_recipes_cp_errors(cli, tmp_path):
 
 def test_scan_expands_to_the_handbook_grid():
     runs = scan.expand_scan(scan.load_scan(scan.scan_file("pref-align-scan")))
-    assert len(runs) == 2 * 3 * 10
+    assert len(runs) == 2 * (2 + 1) * 10
     assert {r.recipe for r in runs} == {"pref-align-scan", "pref-align-scan:openhermes"}
+    # DPO and IPO through DPOTrainer, KTO through its own trainer (no bco_pair stand-in any more)
+    assert [r.method for r in runs] == ["dpo"] * 40 + ["kto"] * 20
+    assert {r.overrides[0] for r in runs if r.method == "dpo"} == {"dpo.loss_type=sigmoid", "dpo.loss_type=ipo"}
     first = runs[0]
     assert first.overrides == ("dpo.loss_type=sigmoid", "dpo.beta=0.01", "hub.revision=sigmoid-0.01")
     assert first.output_dir == "outputs/pref-align-scan-sigmoid-beta-0.01"
-    assert runs[-1].command == (
+    assert runs[39].command == (
         "alignkit dpo --recipe pref-align-scan:openhermes --set dpo.loss_type=ipo --set dpo.beta=0.9"
         " --set hub.revision=ipo-0.9 --output-dir outputs/pref-align-scan-openhermes-ipo-beta-0.9"
+    )
+    assert runs[-1].command == (
+        "alignkit kto --recipe pref-align-scan:openhermes --set kto.beta=0.9 --set hub.revision=kto-0.9"
+        " --output-dir outputs/pref-align-scan-openhermes-kto-beta-0.9"
     )
     assert len({r.output_dir for r in runs}) == len(runs)
 
@@ -533,8 +542,10 @@ def test_scan_expands_to_the_handbook_grid():
 def test_every_scan_run_resolves():
     for run in scan.expand_scan(scan.load_scan(scan.scan_file("pref-align-scan"))):
         recipe = resolve_recipe(run.method, run.recipe, overrides=run.overrides, output_dir=run.output_dir).recipe
-        loss, beta = run.overrides[0].split("=")[1], float(run.overrides[1].split("=")[1])
-        assert (recipe.dpo.loss_type, recipe.dpo.beta, recipe.hub.revision) == (loss, beta, f"{loss}-{beta:g}")
+        settings = dict(o.split("=") for o in run.overrides)
+        beta = float(settings[f"{run.method}.beta"])
+        loss = settings.get("dpo.loss_type", "kto")
+        assert (recipe.section.loss_type, recipe.section.beta, recipe.hub.revision) == (loss, beta, f"{loss}-{beta:g}")
 
 
 def test_kto_pair_is_gone_from_trl(cli):

@@ -26,6 +26,17 @@ CHAT = [
 ]
 
 
+# Unpaired rows: half desirable, half undesirable (a weighted ratio of 1:1).
+KTO_ROWS = [
+    {
+        "prompt": [{"role": "user", "content": q}],
+        "completion": [{"role": "assistant", "content": a if n % 2 == 0 else "no bad wrong"}],
+        "label": n % 2 == 0,
+    }
+    for n, (q, a) in enumerate(CHAT)
+]
+
+
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -50,12 +61,15 @@ def data_dir(tmp_path_factory) -> Path:
         ],
     )
     _jsonl(folder / "cpt.jsonl", [{"text": f"{q} {a}. the sun and the rain."} for q, a in CHAT])
+    _jsonl(folder / "kto.jsonl", KTO_ROWS)
     return folder
 
 
 def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Path, **sections) -> Path:
     needs = METHODS[method]
-    data_file = {"text": "cpt.jsonl", "tokens": "sft.jsonl", "pairs": "dpo.jsonl"}[needs.data.rows]
+    data_file = {"text": "cpt.jsonl", "tokens": "sft.jsonl", "pairs": "dpo.jsonl", "unpaired": "kto.jsonl"}[
+        needs.data.rows
+    ]
     recipe = {
         "description": f"tiny {method} test",
         "model": {"name_or_path": str(model), "dtype": "float32"},

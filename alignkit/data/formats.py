@@ -6,6 +6,7 @@ Every accepted format becomes one of four shapes the rest of the data layer work
     prompt-completion  prompt, completion: strings or messages  (prompt/completion, Alpaca)
     text               text: a string                           (plain text, cpt)
     preference         prompt, chosen, rejected: messages       (explicit prompt, or full conversations)
+    unpaired           prompt, completion: strings or messages, label: desirable or not (KTO-style data)
 
 A format is named in the logs and the report, so a user sees how each source was read. Row problems raise
 `RowError` (a plain ValueError, picklable across worker processes); the caller adds the source's name.
@@ -27,6 +28,7 @@ PROMPT_COMPLETION = "prompt-completion"
 TEXT = "text"
 PREFERENCE = "preference"
 PREFERENCE_IMPLICIT = "preference-conversations"
+UNPAIRED = "unpaired"
 TEMPLATE_CONTEXT = ("tools", "chat_template_kwargs")
 """Columns the chat template reads beside the messages; never training text themselves."""
 
@@ -38,6 +40,7 @@ DESCRIPTIONS = {
     TEXT: "text",
     PREFERENCE: "prompt + chosen + rejected (strings or message lists)",
     PREFERENCE_IMPLICIT: "chosen + rejected full conversations (the shared beginning becomes the prompt)",
+    UNPAIRED: "prompt + completion (strings or message lists) + label (true: desirable, false: undesirable)",
 }
 
 SHAREGPT_ROLES = {
@@ -75,6 +78,8 @@ class Detected:
             return "prompt-completion"
         if self.format in (PREFERENCE, PREFERENCE_IMPLICIT):
             return "preference"
+        if self.format == UNPAIRED:
+            return "unpaired"
         return "text"
 
 
@@ -109,6 +114,8 @@ def _candidates(found: set[str], first_row: dict[str, Any] | None) -> list[Detec
         sample = (first_row or {}).get("conversations")
         is_sharegpt = not sample or (isinstance(sample[0], dict) and "from" in sample[0])
         candidates.append(Detected(SHAREGPT if is_sharegpt else MESSAGES, ("conversations",)))
+    if {"prompt", "completion", "label"} <= found:  # before prompt-completion: the label is what it adds
+        candidates.append(Detected(UNPAIRED, ("prompt", "completion", "label")))
     if {"prompt", "completion"} <= found:
         candidates.append(Detected(PROMPT_COMPLETION, ("prompt", "completion")))
     if {"instruction", "output"} <= found:
@@ -308,6 +315,21 @@ def preference(row: dict[str, Any], detected: Detected) -> tuple[list, list, lis
     if not prompt:
         raise RowError("the prompt is empty")
     return prompt, chosen, rejected
+
+
+_LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def label_of(row: dict[str, Any]) -> bool:
+    """The desirability label of an unpaired row: a boolean, 0/1, or true/false (yes/no) as text (CSV)."""
+    value = row.get("label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABEL_WORDS:
+        return _LABEL_WORDS[value.strip().lower()]
+    raise RowError(f"label must be true (desirable) or false (undesirable), found {value!r}")
 
 
 def _turns(value: Any, column: str, role: str) -> list[dict[str, str]]:

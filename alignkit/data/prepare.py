@@ -11,6 +11,7 @@ re-tokenizing):
     text     text                                  the trainer tokenizes (and packs) it
     tokens   input_ids, assistant_masks            the trainer folds the mask into labels (any flags)
     pairs    prompt, chosen, rejected (strings)    the trainer tokenizes; no BOS/EOS is doubled
+    unpaired prompt, completion (strings), label   the same; a pair gives two rows (see unpaired.py)
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.chat_templates import CHATML
-from alignkit.data import cache, formats, mixture, sources
+from alignkit.data import cache, formats, mixture, sources, unpaired
 from alignkit.data.decontaminate import Benchmarks, load_benchmarks
 from alignkit.data.report import DataReport, LengthStats, SourceReport
 from alignkit.data.rows import KEEP, OUTPUT_COLUMNS, Contaminated, Preprocessor, RowFailure, features, text_column
 from alignkit.data.templates import ensure_chat_template
 from alignkit.errors import Problem, UserError
-from alignkit.methods.method import PAIR_ROWS, TOKEN_ROWS
+from alignkit.methods.method import PAIR_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
 
 logger = logging.getLogger("alignkit.data")
 
@@ -54,6 +55,10 @@ def prepare_data(recipe, tokenizer) -> PreparedData:
     if recipe.method.data.chat_template and ensure_chat_template(tokenizer, recipe):
         raise RuntimeError("call ensure_chat_template(tokenizer, recipe) before loading the model: it adds tokens")
     prepared = _main_process_first(lambda: _prepare(recipe, tokenizer))
+    # Notices on settings the cache key leaves out (a loss weight): made on every run, never cached.
+    method_notices = recipe.method.data_notices(recipe.section, prepared.report)
+    prepared.report.notices += method_notices
+    prepared.notices += method_notices
     origin = "from the cache" if prepared.report.cached else "prepared"
     logger.info("%s data %s (fingerprint %s)", recipe.method.name, origin, prepared.report.fingerprint)
     for line in prepared.notices:
@@ -128,6 +133,8 @@ def _prepare(recipe, tokenizer) -> PreparedData:
                 parts.append((len(report.sources), processed))
             report.sources.append(source_report)
         train, test, meta = _pool(recipe, parts, report)
+        if method.data.rows == UNPAIRED_ROWS:
+            train, test, meta = unpaired.flatten(train, test, meta, report, data.seed)
         packing = section.packing_strategy if getattr(section, "packing", False) else None
         _finish_report(report, train, test, method.data.rows, meta, packing=packing)
         # The method's columns only, always in the same order (datasets keeps updated columns where they were).
@@ -373,7 +380,7 @@ def _finish_report(report: DataReport, train, test, rows: str, meta: dict[str, A
     report.train_lengths = LengthStats.of(lengths)
     if report.max_length:
         report.truncated = int((lengths > report.max_length).sum())
-    if rows == PAIR_ROWS:
+    if rows in (PAIR_ROWS, UNPAIRED_ROWS):
         report.prompt_truncated = int(meta["_cut"].astype(bool).sum())
     if report.truncated:
         what = "cut to it" if rows == TOKEN_ROWS else "cut by the trainer"

@@ -79,6 +79,10 @@ class DataReport:
     """Training rows longer than max_length (cut to it for sft; cut by the trainer for dpo/orpo)."""
     prompt_truncated: int = 0
     """dpo/orpo: prompts cut from the left to max_prompt_length."""
+    desirable_rows: int = 0
+    """Unpaired rows: training rows labelled desirable (a pair's chosen response counts here)."""
+    undesirable_rows: int = 0
+    """Unpaired rows: training rows labelled undesirable (a pair's rejected response counts here)."""
     chat_template: str = ""
     """Where the chat template came from: recipe, tokenizer, chatml fallback, or none (cpt)."""
     loss: str = ""
@@ -126,13 +130,24 @@ def trained_spans(tokenizer, input_ids: list[int], mask: list[int]) -> tuple[str
 
 
 def examples(prepared, tokenizer, count: int) -> list[dict[str, Any]]:
-    """The first `count` training rows as {text, trained} (plus prompt/chosen/rejected for preference data)."""
+    """The first `count` training rows as {text, trained} (plus prompt/chosen/rejected for preference data,
+    prompt/completion/label for unpaired rows)."""
     dataset = prepared.train
     out: list[dict[str, Any]] = []
     for row in dataset.select(range(min(count, len(dataset)))):
         if "input_ids" in row:
             text, runs = trained_spans(tokenizer, row["input_ids"], row["assistant_masks"])
             out.append({"text": text, "trained": runs})
+        elif "label" in row:
+            out.append(
+                {
+                    "text": row["prompt"] + row["completion"],
+                    "trained": [row["completion"]],
+                    "prompt": row["prompt"],
+                    "completion": row["completion"],
+                    "label": row["label"],
+                }
+            )
         elif "chosen" in row:
             out.append(
                 {

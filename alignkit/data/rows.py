@@ -1,16 +1,16 @@
 """Per-batch row work for one source: normalise, render and tokenize, as `datasets.map` calls it.
 
 The rows come out in the shape the recipe's method asks for (`DataNeeds.rows`): raw text, token ids with a
-loss mask, or rendered preference pairs. Runs inside `data.num_proc` worker processes, so everything here
-pickles: the tokenizer, the loss policy, the detected format. A refused row raises
-`RowFailure(position, message)`; `prepare` adds the source's name. Besides the output columns each batch
-returns `_length` (tokens before truncation), `_drop` (KEEP, or why the row is dropped) and `_cut`
-(truncated), which `prepare` reads for the report and then removes.
+loss mask, rendered preference pairs, or labelled unpaired completions (grouped until `unpaired.flatten`).
+Runs inside `data.num_proc` worker processes, so everything here pickles: the tokenizer, the loss policy,
+the detected format. A refused row raises `RowFailure(position, message)`; `prepare` adds the source's name.
+Besides the output columns each batch returns `_length` (tokens before truncation), `_drop` (KEEP, or why
+the row is dropped) and `_cut` (truncated), which `prepare` reads for the report and then removes.
 """
 
 from __future__ import annotations
 
-from alignkit.data import formats
+from alignkit.data import formats, unpaired
 from alignkit.data.decontaminate import Benchmarks, row_text
 from alignkit.data.masking import (
     LossPolicy,
@@ -21,7 +21,7 @@ from alignkit.data.masking import (
 )
 from alignkit.data.preference import TrainerTokens, raw_pair, render_pair
 from alignkit.data.templates import TemplateRowError, adds_bos_on_encode
-from alignkit.methods.method import PAIR_ROWS, TEXT_ROWS, TOKEN_ROWS
+from alignkit.methods.method import PAIR_ROWS, TEXT_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
 
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes (the `_drop` column): kept, no token left to train on, empty or identical responses."""
@@ -30,6 +30,7 @@ OUTPUT_COLUMNS = {
     TEXT_ROWS: ["text"],
     TOKEN_ROWS: ["input_ids", "assistant_masks"],
     PAIR_ROWS: ["prompt", "chosen", "rejected"],
+    UNPAIRED_ROWS: unpaired.OUTPUT_COLUMNS,
 }
 """The columns handed to the trainer, per shape of prepared rows."""
 
@@ -45,6 +46,8 @@ def features(rows: str):
     meta = {"_length": Value("int32"), "_drop": Value("int8"), "_cut": Value("bool")}
     if rows == TOKEN_ROWS:
         columns = {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int8"))}
+    elif rows == UNPAIRED_ROWS:
+        columns = unpaired.group_features()
     else:
         columns = {name: Value("string") for name in OUTPUT_COLUMNS[rows]}
     return Features({**columns, **meta})
@@ -87,7 +90,7 @@ class Preprocessor:
         self.max_prompt_length = getattr(section, "max_prompt_length", None)
         self.text_column = text_column
         self.pair_tokens = None
-        if self.rows == PAIR_ROWS:
+        if self.rows in (PAIR_ROWS, UNPAIRED_ROWS):
             self.pair_tokens = TrainerTokens(
                 bos_rule=needs.trainer_adds_bos,
                 bos=tokenizer.bos_token,
@@ -115,6 +118,10 @@ class Preprocessor:
             return "text: every token"
         if self.rows == PAIR_ROWS:
             return "preference: chosen and rejected responses"
+        if self.rows == UNPAIRED_ROWS and shape == "preference":
+            return "preference: chosen as desirable, rejected as undesirable completions"
+        if self.rows == UNPAIRED_ROWS:
+            return "unpaired: each completion, desirable or undesirable by its label"
         if shape == "prompt-completion":
             if self.policy.completion_only:
                 return "prompt-completion: the completion only"
@@ -147,6 +154,8 @@ class _Bound:
             return self._tokens(rows, detected, indices)
         if pre.rows == PAIR_ROWS:
             return self._pairs(rows, detected, indices)
+        if pre.rows == UNPAIRED_ROWS:
+            return self._unpaired(rows, detected, indices)
         raise ValueError(f"unknown shape of prepared rows {pre.rows!r}")
 
     def _text(self, rows, detected) -> dict[str, list]:
@@ -246,6 +255,16 @@ class _Bound:
             except (formats.RowError, TemplateRowError) as err:
                 raise RowFailure(indices[position], str(err)) from None
             self._keep_pair(out, pair)
+        return out
+
+    def _unpaired(self, rows, detected, indices) -> dict[str, list]:
+        out: dict[str, list] = {name: [] for name in (*unpaired.GROUP_COLUMNS, "_length", "_drop", "_cut")}
+        for position, row in enumerate(rows):
+            try:
+                group = unpaired.group_of(self.pre, row, detected)
+            except (formats.RowError, TemplateRowError) as err:
+                raise RowFailure(indices[position], str(err)) from None
+            unpaired.add_group(out, group, KEEP, EMPTY)
         return out
 
     @staticmethod

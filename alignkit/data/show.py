@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alignkit.methods.method import PAIR_ROWS
+from alignkit.methods.method import PAIR_ROWS, UNPAIRED_ROWS
 
 
 def segments(prepared, tokenizer, count: int) -> list[list[tuple[str, str]]]:
-    """The first `count` training rows as (text, style) pieces: 'trained', 'context', 'chosen' or 'rejected'."""
+    """The first `count` training rows as (text, style) pieces: 'trained', 'context', 'chosen', 'rejected' or
+    'label' (an unpaired row's completion is styled chosen when desirable, rejected when not)."""
     dataset = prepared.train
     out = []
     for row in dataset.select(range(min(count, len(dataset)))):
@@ -28,6 +29,10 @@ def segments(prepared, tokenizer, count: int) -> list[list[tuple[str, str]]]:
                     pieces.append((text, "trained" if mask[start] else "context"))
                     start = position
             out.append(pieces)
+        elif "label" in row:
+            kind = "chosen" if row["label"] else "rejected"
+            tag = "\n--- desirable ---" if row["label"] else "\n--- undesirable ---"
+            out.append([(row["prompt"], "context"), (row["completion"], kind), (tag, "label")])
         elif "chosen" in row:
             out.append(
                 [
@@ -99,7 +104,7 @@ def _print_text(resolved, prepared, tokenizer, show: int) -> None:
         )
     )
     console.print(_sources_table(report))
-    console.print(_facts_table(report, resolved.recipe.method.data.rows == PAIR_ROWS))
+    console.print(_facts_table(report, resolved.recipe.method.data.rows in (PAIR_ROWS, UNPAIRED_ROWS)))
     for notice in report.notices:
         console.print(Text(f"note: {notice}", style="yellow"))
     styles = {
@@ -161,6 +166,8 @@ def _facts_table(report, pairs: bool):
         )
     if pairs:
         facts.add_row("prompts cut from the left", str(report.prompt_truncated))
+    if report.desirable_rows or report.undesirable_rows:
+        facts.add_row("desirable / undesirable rows", f"{report.desirable_rows} / {report.undesirable_rows}")
     facts.add_row("loss on", escape(report.loss))
     facts.add_row("chat template", escape(report.chat_template))
     return facts

@@ -81,6 +81,11 @@ METHODS = MethodTable(
         "Simple Preference Optimization: length-normalised, reference-free preference loss with a margin.",
         "alignkit simpo --recipe zephyr-7b-beta --set simpo.simpo_gamma=1.2",
     ),
+    Listing(
+        "kto",
+        "Kahneman-Tversky Optimization on completions labelled desirable or undesirable (pairs are split).",
+        "alignkit kto --recipe pref-align-scan --set kto.beta=0.1",
+    ),
 )
 
 

@@ -18,8 +18,11 @@ TOKEN_ROWS = "tokens"
 """Prepared rows are token ids with a loss mask (`input_ids`, `assistant_masks`), cut to max_length."""
 PAIR_ROWS = "pairs"
 """Prepared rows are rendered preference pairs (`prompt`, `chosen`, `rejected`); the trainer tokenizes."""
+UNPAIRED_ROWS = "unpaired"
+"""Prepared rows are rendered single completions with a desirability label (`prompt`, `completion`, `label`);
+a preference pair becomes two rows, one desirable and one undesirable. The trainer tokenizes."""
 
-RowKind = Literal["text", "tokens", "pairs"]
+RowKind = Literal["text", "tokens", "pairs", "unpaired"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class DataNeeds:
     formats: tuple[str, ...]
     """Accepted data formats (names in `alignkit.data.formats`), in the order tried when several fit."""
     rows: RowKind
-    """The shape of the prepared rows (TEXT_ROWS, TOKEN_ROWS or PAIR_ROWS)."""
+    """The shape of the prepared rows (TEXT_ROWS, TOKEN_ROWS, PAIR_ROWS or UNPAIRED_ROWS)."""
     chat_template: bool = True
     """Whether rows are rendered with a chat template (raw-text methods need none)."""
     text_column_field: str | None = None
@@ -74,6 +77,12 @@ class Method:
     """Logged metrics the progress line shows after loss, learning rate and grad norm."""
     curve_panels: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(panel title, logged keys) the training-curves PNG draws after loss and learning rate."""
+    recipe_rules: Callable[[Any], None] = lambda recipe: None
+    """Rules across the recipe's sections (the method's and the shared ones), run when a recipe is validated:
+    raise ValueError tagged with the field's path (`alignkit.recipe.sections.at`) to refuse it."""
+    data_notices: Callable[[Any, Any], list[str]] = lambda section, report: []
+    """(section, DataReport) -> notices about the prepared data under the section's settings; computed on every
+    run, so they follow the settings even when the prepared data comes from the cache."""
 
     @property
     def recipe(self) -> type:

@@ -1,7 +1,9 @@
 """Scans (`configs/recipes/<name>/scan.yaml`): a grid of `--set` overrides over one or more recipes.
 
 Every combination of the grid's values is one point of the scan, an ordinary
-`alignkit <method> --recipe ... --set ... --output-dir ...` run. `alignkit run --recipe <name>:scan` plans
+`alignkit <method> --recipe ... --set ... --output-dir ...` run. A scan over several methods (DPO and KTO
+over the same betas) lists one arm per method under `arms:`; a scan of one method may give its arm's keys at
+the top level. `alignkit run --recipe <name>:scan` plans
 every point up front (resolved, validated, finished or not) as a pipeline plans its stages, and trains the
 unfinished points one after another through the same path (alignkit.pipeline.execute). Light: no torch.
 """
@@ -14,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit.errors import Problem, UserError
 from alignkit.library import registry
 from alignkit.library.lookup import refuse_unknown
 from alignkit.methods import known_method
-from alignkit.pipeline.spec import PlannedStage, family
+from alignkit.pipeline.spec import PlannedStage, _applies, family
 from alignkit.recipe.resolve import resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
 from alignkit.run_record import is_finished
@@ -30,12 +32,11 @@ SCAN_SUFFIX = ":scan"
 """`alignkit run --recipe <family>:scan` runs the family's scan.yaml."""
 
 
-class ScanSpec(BaseModel):
-    """A grid of overrides over some recipes: every combination of the grid's values is one point."""
+class ScanArm(BaseModel):
+    """A grid of overrides over some recipes of one method: every combination of the grid's values is one point."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    description: str = ""
     method: str
     recipes: list[str] = Field(min_length=1)
     grid: dict[str, list[Any]] = Field(min_length=1)
@@ -56,6 +57,25 @@ class ScanSpec(BaseModel):
         return value
 
 
+class ScanSpec(BaseModel):
+    """A scan: its arms (one per method), run one after another in the order given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    arms: list[ScanArm] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_arm_at_the_top(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "arms" not in data:
+            return {
+                "description": data.get("description", ""),
+                "arms": [{k: v for k, v in data.items() if k != "description"}],
+            }
+        return data
+
+
 @dataclass(frozen=True)
 class ScanPoint:
     """One point of a scan: a recipe and the overrides that make it this point."""
@@ -65,6 +85,8 @@ class ScanPoint:
     overrides: tuple[str, ...]
     output_dir: str
     qlora: bool = False
+    varied: int = 0
+    """How many of `overrides`, from the start, are the grid's values (the rest: its `set`, then `--set`)."""
 
     @property
     def command(self) -> str:
@@ -129,15 +151,20 @@ def load_named_scan(name: str) -> ScanSpec:
 
 
 def expand_scan(spec: ScanSpec) -> list[ScanPoint]:
-    """Every point of a scan, recipe by recipe, in grid order."""
+    """Every point of a scan, arm by arm, then recipe by recipe, in grid order."""
     points = []
-    keys = list(spec.grid)
-    for recipe in spec.recipes:
-        for values in itertools.product(*(spec.grid[k] for k in keys)):
-            fields = {"recipe": recipe.replace(":", "-"), **{k: _text(v) for k, v in zip(keys, values, strict=True)}}
-            overrides = [f"{k}={fields[k]}" for k in keys]
-            overrides += [f"{k}={_format(template, fields)}" for k, template in spec.set.items()]
-            points.append(ScanPoint(spec.method, recipe, tuple(overrides), _format(spec.output_dir, fields)))
+    for arm in spec.arms:
+        keys = list(arm.grid)
+        for recipe in arm.recipes:
+            for values in itertools.product(*(arm.grid[k] for k in keys)):
+                fields = {
+                    "recipe": recipe.replace(":", "-"),
+                    **{k: _text(v) for k, v in zip(keys, values, strict=True)},
+                }
+                overrides = [f"{k}={fields[k]}" for k in keys]
+                overrides += [f"{k}={_format(template, fields)}" for k, template in arm.set.items()]
+                output_dir = _format(arm.output_dir, fields)
+                points.append(ScanPoint(arm.method, recipe, tuple(overrides), output_dir, varied=len(keys)))
     return points
 
 
@@ -163,7 +190,9 @@ def plan_scan(
     planned: list[PlannedStage] = []
     for index, point in enumerate(expand_scan(spec), start=1):
         out = str(Path(output_root) / Path(point.output_dir).name) if output_root is not None else point.output_dir
-        point = ScanPoint(point.method, point.recipe, (*point.overrides, *overrides), out, qlora)
+        # A method's section in --set (`dpo.max_length=512`) reaches only that method's points.
+        sets = (*point.overrides, *(o for o in overrides if _applies(o, point.method)))
+        point = ScanPoint(point.method, point.recipe, sets, out, qlora, point.varied)
         resolved = resolve_recipe(
             point.method, point.recipe, qlora=qlora, overrides=point.overrides, output_dir=out, mirrors=mirrors
         )
@@ -175,7 +204,7 @@ def plan_scan(
                 resolved=resolved,
                 from_stage=None,
                 finished=is_finished(out),
-                settings=point.overrides[: len(spec.grid)],
+                settings=point.overrides[: point.varied],
                 command=point.command,
             )
         )
@@ -189,11 +218,11 @@ def _refuse_overrides(spec: ScanSpec, overrides: list[str] | tuple[str, ...]) ->
         key = text.partition("=")[0].strip()
         if ":" in key:
             message = "a scan has no stages; give PATH=VALUE, which reaches every point"
-        elif key in spec.grid:
-            values = ", ".join(_text(v) for v in spec.grid[key])
+        elif arm := next((arm for arm in spec.arms if key in arm.grid), None):
+            values = ", ".join(_text(v) for v in arm.grid[key])
             message = (
                 f"the scan varies {key} ({values}); to train one value, run"
-                f" `alignkit {spec.method} --recipe {spec.recipes[0]} --set {text}`"
+                f" `alignkit {arm.method} --recipe {arm.recipes[0]} --set {text}`"
             )
         else:
             continue

@@ -67,6 +67,7 @@ class RecipeBase(Section):
                     " data.test_split_size, or set eval_strategy to 'no'",
                 )
             )
+        self.method.recipe_rules(self)  # the method's own rules across sections (a batch size it needs, ...)
         return self
 
 
