@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from alignkit.library import registry
+from alignkit.methods import METHODS
 from alignkit.recipe.resolve import resolve_recipe
 
 pytestmark = pytest.mark.slow
@@ -34,12 +35,17 @@ SMOKE_SETS = {
     # Preprocessing workers: the recipes' 8-48 processes for 16 rows would cost more than the training.
     "data.num_proc": 1,
 }
-LENGTHS = {
-    "cpt": {"cpt.max_length": 64},
-    "sft": {"sft.max_length": 64},
-    "dpo": {"dpo.max_length": 64, "dpo.max_prompt_length": 32},
-    "orpo": {"orpo.max_length": 64, "orpo.max_prompt_length": 32},
-}
+
+
+def _lengths(method: str) -> dict[str, int]:
+    """Short rows for every method: max_length 64 (and prompts of 32 tokens where the method cuts prompts)."""
+    fields = METHODS[method].section.model_fields
+    lengths = {f"{method}.max_length": 64}
+    if "max_prompt_length" in fields:
+        lengths[f"{method}.max_prompt_length"] = 32
+    return lengths
+
+
 # SmolLM3's template writes a ~450-token system preamble (metadata, reasoning instructions) into every
 # conversation; at 64 tokens no assistant turn would be left to train on.
 LONG_TEMPLATE = {("smollm3", "sft"): {"sft.max_length": 512}}
@@ -213,7 +219,7 @@ def mirror_file(tmp_path_factory, smoke_model_dir) -> Path:
 def _smoke_args(name: str, method: str) -> tuple[list[str], dict[str, str]]:
     """The --set arguments of a smoke run, and the CPU switches applied with their reasons."""
     recipe = resolve_recipe(method, name, mirrors={}).recipe.model_dump(mode="json")
-    sets = {**SMOKE_SETS, **LENGTHS[method], **LONG_TEMPLATE.get((name, method), {})}
+    sets = {**SMOKE_SETS, **_lengths(method), **LONG_TEMPLATE.get((name, method), {})}
     switched = {}
     for path, (value, why) in CPU_SWITCHES.items():
         section, key = path.split(".")
@@ -265,7 +271,7 @@ def test_recipe_smoke_trains_on_the_cpu(cli, mirror_file, smoke_model_dir, tmp_p
         (d["name"], d["split"], d["weight"], d["role"]) for d in shipped["data"]["datasets"]
     ]
     # Everything else is the recipe's own, but for the sizes and the listed CPU switches.
-    changed = {*SMOKE_SETS, *LENGTHS[method], *switched, "training.output_dir"}
+    changed = {*SMOKE_SETS, *_lengths(method), *switched, "training.output_dir"}
     changed |= {"model.name_or_path", "model.tokenizer_name_or_path", "model.revision"}
     mine, theirs = _without(frozen, changed), _without(shipped, changed)
     mine["data"].pop("datasets"), theirs["data"].pop("datasets")
@@ -289,9 +295,9 @@ def test_cpu_switches_name_recipes_that_use_them():
 def test_zephyr_pipeline_runs_sft_then_dpo_and_a_rerun_skips_both(cli, mirror_file, smoke_model_dir, tmp_path):
     root = tmp_path / "zephyr"
     sets = []
-    for path, value in {**SMOKE_SETS, **LENGTHS["sft"]}.items():
+    for path, value in {**SMOKE_SETS, **_lengths("sft")}.items():
         sets += ["--set", f"sft:{path}={value}"]
-    for path, value in {**SMOKE_SETS, **LENGTHS["dpo"]}.items():
+    for path, value in {**SMOKE_SETS, **_lengths("dpo")}.items():
         sets += ["--set", f"dpo:{path}={value}"]
     args = ["run", "--recipe", "zephyr-7b-beta", "--mirror", mirror_file, "--launch", "none", "-o", root, *sets]
     first = cli(*args)
