@@ -81,6 +81,11 @@ METHODS = MethodTable(
         "Simple Preference Optimization: length-normalised, reference-free preference loss with a margin.",
         "alignkit simpo --recipe zephyr-7b-beta --set simpo.simpo_gamma=1.2",
     ),
+    Listing(
+        "rm",
+        "Reward modelling: a one-output sequence classifier trained on chosen/rejected pairs (Bradley-Terry).",
+        "alignkit rm --recipe zephyr-7b-beta",
+    ),
 )
 
 
