@@ -181,3 +181,30 @@ def test_kto_loss_matches_plain_trl(cli, tiny_model_dir, tmp_path, layout):
     assert len(ours) == len(theirs) == STEPS
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert ours[-1] < ours[0]
+
+
+def test_rm_loss_matches_plain_trl_reward_trainer(cli, tiny_model_dir, data, tmp_path):
+    """A reward model through alignkit equals TRL's RewardTrainer on the same sequence classifier: the new score
+    head is drawn from the same seed on both sides, and the plain-text pairs are tokenized alike."""
+    from datasets import load_dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    out = tmp_path / "alignkit-rm"
+    training = {"max_steps": STEPS, "per_device_train_batch_size": len(CHAT)}
+    section = {"max_prompt_length": None, "center_rewards_coefficient": 0.01}
+    recipe = write_recipe(tmp_path, "rm", tiny_model_dir, data, out, training=training, rm=section)
+    ours = _alignkit_losses(cli, ("rm", "--recipe", recipe), out)
+
+    set_seed(0)
+    trainer = RewardTrainer(
+        model=AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1),
+        args=RewardConfig(**_trl_kwargs(tmp_path / "trl-rm"), center_rewards_coefficient=0.01),
+        train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert ours[-1] < ours[0]

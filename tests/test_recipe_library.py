@@ -37,6 +37,7 @@ LIBRARY = {
     ("zephyr-7b-beta", "sft"): ("mistralai/Mistral-7B-v0.1", [UC]),
     ("zephyr-7b-beta", "dpo"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
     ("zephyr-7b-beta", "simpo"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
+    ("zephyr-7b-beta", "rm"): ("alignment-handbook/zephyr-7b-sft-full", [UF]),
     ("zephyr-7b-beta:qlora", "sft"): ("mistralai/Mistral-7B-v0.1", [UC]),
     ("zephyr-7b-beta:qlora", "dpo"): ("alignment-handbook/zephyr-7b-sft-qlora", [UF]),
     ("zephyr-7b-gemma", "sft"): ("google/gemma-7b", ["HuggingFaceH4/deita-10k-v0-sft"]),
@@ -65,6 +66,7 @@ LIBRARY = {
     ("smollm2", "dpo"): ("loubnabnl/smollm2-1.7B-sft", [UF]),
     ("smollm2:smol", "sft"): ("HuggingFaceTB/SmolLM2-360M", ["HuggingFaceTB/smol-smoltalk"]),
     ("smollm2:smol", "dpo"): ("loubnabnl/smollm2-360M-sft", [UF]),
+    ("smollm2:smol", "rm"): ("loubnabnl/smollm2-360M-sft", [UF]),
     ("smollm3:mid", "sft"): ("HuggingFaceTB/SmolLM3-3B-Base", ["HuggingFaceTB/smoltalk2"]),
     ("smollm3", "sft"): ("HuggingFaceTB/SmolLM3-3B-checkpoints", ["HuggingFaceTB/smoltalk2"]),
     ("smollm3", "dpo"): ("HuggingFaceTB/SmolLM3-3B-checkpoints", ["HuggingFaceTB/smoltalk2"]),
@@ -84,7 +86,7 @@ def _distinct(paths):
 
 def test_the_library_is_complete():
     shipped = {(name, m) for name, entry in registry.discover().items() for m in entry.methods}
-    assert set(LIBRARY) == shipped - {("tiny-demo", "sft"), ("tiny-demo", "dpo")}
+    assert set(LIBRARY) == shipped - {("tiny-demo", "sft"), ("tiny-demo", "dpo"), ("tiny-demo", "rm")}
 
 
 @pytest.mark.parametrize(("name", "method"), sorted(LIBRARY))
@@ -117,7 +119,8 @@ def test_every_recipe_file_names_its_hardware_and_source(name, method):
     assert f"alignkit {method} --recipe {name}" in header
     assert "GPU" in header, "the opening comment says what hardware the recipe was made for"
     assert "Values from " in header, "the opening comment names where the values come from"
-    if method != "simpo":  # the handbook has no SimPO recipe; that one cites the SimPO paper's config
+    # The handbook has no SimPO or reward recipe; those cite the SimPO paper's config and TRL's reward example.
+    if method not in ("simpo", "rm"):
         assert "Alignment Handbook recipe" in header, "the opening comment names the handbook file"
     recipe = _recipe(method, name)
     assert recipe.description

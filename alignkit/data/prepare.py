@@ -136,7 +136,7 @@ def _prepare(recipe, tokenizer) -> PreparedData:
         if method.data.rows == UNPAIRED_ROWS:
             train, test, meta = unpaired.flatten(train, test, meta, report, data.seed)
         packing = section.packing_strategy if getattr(section, "packing", False) else None
-        _finish_report(report, train, test, method.data.rows, meta, packing=packing)
+        _finish_report(report, train, test, method.data.rows, meta, packing=packing, too_long=method.data.too_long)
         # The method's columns only, always in the same order (datasets keeps updated columns where they were).
         columns = OUTPUT_COLUMNS[method.data.rows]
         train = train.select_columns(columns)
@@ -373,7 +373,9 @@ def _empty(which: str, report: DataReport) -> UserError:
     )
 
 
-def _finish_report(report: DataReport, train, test, rows: str, meta: dict[str, Any], packing: bool = False) -> None:
+def _finish_report(
+    report: DataReport, train, test, rows: str, meta: dict[str, Any], packing: bool = False, too_long: str = "cut"
+) -> None:
     report.train_rows = len(train)
     report.test_rows = len(test) if test is not None else 0
     lengths = meta["_length"]
@@ -383,7 +385,7 @@ def _finish_report(report: DataReport, train, test, rows: str, meta: dict[str, A
     if rows in (PAIR_ROWS, UNPAIRED_ROWS):
         report.prompt_truncated = int(meta["_cut"].astype(bool).sum())
     if report.truncated:
-        what = "cut to it" if rows == TOKEN_ROWS else "cut by the trainer"
+        what = "cut to it" if rows == TOKEN_ROWS else f"{too_long} by the trainer"
         if packing in ("wrapped", "bfd_split"):
             what = f"{packing} packing carries the rest into the next sequences"
         report.notices.append(f"{report.truncated} of {report.train_rows} training rows exceed max_length ({what})")

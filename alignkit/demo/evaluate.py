@@ -1,5 +1,6 @@
-"""Held-out metrics of the demo task: exact-match accuracy of greedy answers, and preference accuracy (how
-often the model gives the right sum a higher likelihood than the wrong one)."""
+"""Held-out metrics of the demo task: exact-match accuracy of greedy answers, preference accuracy (how often
+the model gives the right sum a higher likelihood than the wrong one), and a reward model's pairwise accuracy
+(how often it scores the right sum above the wrong one)."""
 
 from __future__ import annotations
 
@@ -64,4 +65,28 @@ def preference_accuracy(model_dir: Path, pairs_path: Path) -> float:
             token_scores = logprobs[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
             scores.append(float(token_scores.sum()))
         wins += scores[0] > scores[1]
+    return wins / len(rows)
+
+
+def reward_accuracy(model_dir: Path, pairs_path: Path, *, batch_size: int = 100) -> float:
+    """Fraction of held-out pairs where the reward model scores chosen above rejected (ties count as misses)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignkit.methods.rm import reward_text
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model.eval()
+    rows = _rows(pairs_path)
+    wins = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        texts = [reward_text(tokenizer, row["prompt"] + row[key]) for key in ("chosen", "rejected") for row in batch]
+        # Padded on the right, as in training: the model reads each reward at the last token before the padding.
+        encoded = tokenizer(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            rewards = model(**encoded).logits[:, 0]
+        chosen, rejected = rewards[: len(batch)], rewards[len(batch) :]
+        wins += int((chosen > rejected).sum())
     return wins / len(rows)

@@ -86,6 +86,11 @@ METHODS = MethodTable(
         "Kahneman-Tversky Optimization on completions labelled desirable or undesirable (pairs are split).",
         "alignkit kto --recipe pref-align-scan --set kto.beta=0.1",
     ),
+    Listing(
+        "rm",
+        "Reward modelling: a one-output sequence classifier trained on chosen/rejected pairs (Bradley-Terry).",
+        "alignkit rm --recipe zephyr-7b-beta",
+    ),
 )
 
 

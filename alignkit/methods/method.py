@@ -43,6 +43,32 @@ class DataNeeds:
     """(section, tokenizer) -> masking.LossPolicy, for methods whose tokens alignkit masks itself."""
     trainer_adds_bos: Literal["on_encode", "unless_present"] = "on_encode"
     """How the trainer puts BOS before a prompt: as the tokenizer's encode does, or unless one is there."""
+    too_long: Literal["cut", "dropped"] = "cut"
+    """What the trainer does with a row longer than max_length: cuts it, or leaves it out (RewardTrainer)."""
+
+
+@dataclass(frozen=True)
+class ModelNeeds:
+    """Which kind of model a method trains; every method starts from a causal LM checkpoint (or an adapter).
+
+    The defaults describe a causal language model. A method that trains something else on top of the same
+    weights (a reward model: a sequence classifier with one output) names its transformers Auto class, the
+    extra `from_pretrained` arguments, the LoRA task type and the new head that LoRA must train in full.
+    """
+
+    auto_class: str = "AutoModelForCausalLM"
+    """The transformers Auto class that loads the model, and that loads the saved result."""
+    init_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Extra `from_pretrained` arguments (e.g. num_labels=1)."""
+    lora_task_type: str = "CAUSAL_LM"
+    """peft's task type; an adapter of another type given as the model is merged into its base first."""
+    head_modules: tuple[str, ...] = ("lm_head",)
+    """The output head; under LoRA it is trained in full when new tokens or a new head need it."""
+    new_head: bool = False
+    """Whether the head starts untrained (not in the checkpoint), so LoRA always trains it in full."""
+    generates: bool = True
+    """Whether the model generates text; one that does not reads its output at the last non-pad token, so
+    its config needs a pad token id (the end-of-sequence token when the tokenizer has no pad token)."""
 
 
 @dataclass(frozen=True, eq=False)  # one object per method: compared and hashed by identity
@@ -83,6 +109,8 @@ class Method:
     data_notices: Callable[[Any, Any], list[str]] = lambda section, report: []
     """(section, DataReport) -> notices about the prepared data under the section's settings; computed on every
     run, so they follow the settings even when the prepared data comes from the cache."""
+    model: ModelNeeds = ModelNeeds()
+    """The kind of model it trains (a causal LM unless the method says otherwise)."""
 
     @property
     def recipe(self) -> type:

@@ -112,7 +112,7 @@ _DROPPED = {
     "truncation_side": "alignkit truncates prompts from the left for the preference methods",
     "base_model_revision": "the adapter's base is loaded at the revision it records",
     "model_code_revision": "unused by the handbook",
-    "lora_task_type": "alignkit trains causal language models (CAUSAL_LM)",
+    "lora_task_type": "the method sets it: CAUSAL_LM, or SEQ_CLS for a reward model",
     "use_peft": "the LoRA keys become a peft section",
     "dataset_streaming": "alignkit prepares data once and caches it",
     "env": "set environment variables in your shell or launcher",

@@ -87,18 +87,21 @@ def finalize_main(
 
 def _save_merged(built: BuiltTrainer, run: RunRecord) -> None:
     """Merge the trained adapter into a fresh, unquantized copy of its base and save it under merged/."""
+    import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     target = run.output_dir / "merged"
     dtype, _ = resolve_dtype(run.recipe, detect())
-    base = AutoModelForCausalLM.from_pretrained(
-        built.loaded.base_model, dtype=dtype, trust_remote_code=run.recipe.model.trust_remote_code
+    needs = run.recipe.method.model
+    base = getattr(transformers, needs.auto_class).from_pretrained(
+        built.loaded.base_model, dtype=dtype, trust_remote_code=run.recipe.model.trust_remote_code, **needs.init_kwargs
     )
     if base.get_input_embeddings().weight.shape[0] != len(built.tokenizer):
         base.resize_token_embeddings(len(built.tokenizer), pad_to_multiple_of=8)
     merged = PeftModel.from_pretrained(base, run.output_dir).merge_and_unload()
     merged.config.use_cache = True
+    if built.tokenizer.pad_token_id is not None:  # a classifier finds each sequence's end by it, as save_weights sets
+        merged.config.pad_token_id = built.tokenizer.pad_token_id
     merged.save_pretrained(target, safe_serialization=True)
     built.tokenizer.save_pretrained(target)
 

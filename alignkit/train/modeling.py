@@ -82,10 +82,14 @@ def lora_config(recipe: RecipeBase, *, new_tokens: bool):
         return None
     from peft import LoraConfig
 
+    needs = recipe.method.model
     modules_to_save = list(section.modules_to_save) if section.modules_to_save else None
     if new_tokens and modules_to_save is None:
         # Rows added for new special tokens start random; they must be trained, or the template tokens mean nothing.
-        modules_to_save = ["embed_tokens", "lm_head"]
+        modules_to_save = ["embed_tokens", *needs.head_modules]
+    if needs.new_head:
+        # A head the checkpoint lacks (a reward model's score) starts random: LoRA alone would never train it.
+        modules_to_save = list(dict.fromkeys([*(modules_to_save or []), *needs.head_modules]))
     return LoraConfig(
         r=section.r,
         lora_alpha=section.alpha,
@@ -95,15 +99,20 @@ def lora_config(recipe: RecipeBase, *, new_tokens: bool):
         use_dora=section.use_dora,
         use_rslora=section.use_rslora,
         bias=section.bias,
-        task_type="CAUSAL_LM",
+        task_type=needs.lora_task_type,
     )
 
 
 def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens: bool) -> LoadedModel:
-    """Load the model (or adapter and its base) as the recipe says, ready to hand to a TRL trainer."""
-    from transformers import AutoModelForCausalLM
+    """Load the model (or adapter and its base) as the recipe says, ready to hand to a TRL trainer.
+
+    The method says which kind of model (`Method.model`): a causal LM, or e.g. a sequence classifier built
+    on a causal LM checkpoint, whose new head is initialised from the seed set before this call.
+    """
+    import transformers
 
     spec = recipe.model
+    needs = recipe.method.model
     notices: list[str] = []
     dtype, more = resolve_dtype(recipe, hardware)
     notices += more
@@ -116,6 +125,7 @@ def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens:
         "attn_implementation": attention,
         "trust_remote_code": spec.trust_remote_code,
         "use_cache": not recipe.training.gradient_checkpointing,
+        **needs.init_kwargs,
     }
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -124,7 +134,8 @@ def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens:
             kwargs["device_map"] = device_map
     source = base or spec.name_or_path
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, revision="main" if base else spec.revision, **kwargs)
+        auto_class = getattr(transformers, needs.auto_class)
+        model = auto_class.from_pretrained(source, revision="main" if base else spec.revision, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(
             Problem(source="recipe", path="model.name_or_path", message=f"cannot load {source!r}: {err}")
@@ -133,21 +144,29 @@ def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens:
     if new_tokens or len(tokenizer) > model.config.get_text_config().vocab_size:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
         notices.append(f"resized the embeddings to {len(tokenizer)} tokens for the chat template's special tokens")
-    _align_special_tokens(model, tokenizer)
+    _align_special_tokens(model, tokenizer, generates=needs.generates)
     peft_config = lora_config(recipe, new_tokens=new_tokens)
     if base is not None:
-        model, peft_config, more = _attach_adapter(model, spec, peft_config)
+        model, peft_config, more = _attach_adapter(model, spec, peft_config, needs.lora_task_type)
         notices += more
     return LoadedModel(model=model, peft_config=peft_config, base_model=source, notices=notices)
 
 
-def _attach_adapter(model, spec, peft_config):
-    from peft import PeftModel
+def _attach_adapter(model, spec, peft_config, task_type: str):
+    from peft import PeftConfig, PeftModel
 
-    if spec.merge_adapter:
-        merged = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision).merge_and_unload()
+    config = PeftConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
+    kind = config.task_type
+    # An adapter trained for another task (an SFT adapter under a reward model) cannot be trained further
+    # as this one: its weights are merged into the base, and the method's own model is trained from there.
+    if spec.merge_adapter or (kind is not None and kind != task_type):
+        if kind != task_type:
+            config.task_type = None  # a plain PeftModel: the task's wrapper expects the adapter's model class
+        merged = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision, config=config)
+        merged = merged.merge_and_unload()
         what = "a new LoRA adapter" if peft_config is not None else "all weights"
-        return merged, peft_config, [f"merged the adapter {spec.name_or_path} into its base; training {what}"]
+        why = "" if spec.merge_adapter else f" (a {kind} adapter, and this method trains {task_type})"
+        return merged, peft_config, [f"merged the adapter {spec.name_or_path} into its base{why}; training {what}"]
     adapted = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision, is_trainable=True)
     notices = [f"continuing to train the LoRA adapter {spec.name_or_path}"]
     if peft_config is not None:
@@ -180,7 +199,10 @@ def match_adapter_dtype(model, recipe: RecipeBase) -> None:
     disagree with the packed base weights they are sharded beside.
     """
     quant = recipe.quantization
-    if quant is None or not quant.load_in_4bit or not sharded_by_engine():
+    if quant is None or not quant.load_in_4bit:
+        return
+    if not sharded_by_engine():
+        _full_modules_in_model_dtype(model, recipe)
         return
     import torch
 
@@ -190,13 +212,32 @@ def match_adapter_dtype(model, recipe: RecipeBase) -> None:
             param.data = param.data.to(storage)
 
 
-def _align_special_tokens(model, tokenizer) -> None:
-    """Make the model's and the generation config's eos/pad/bos agree with the tokenizer."""
-    for config in (model.config, model.generation_config):
+def _full_modules_in_model_dtype(model, recipe: RecipeBase) -> None:
+    """Keep the modules QLoRA trains in full (a new head, resized embeddings) in the dtype of the hidden states.
+
+    TRL casts a quantized model's trainable weights to bfloat16. LoRA layers cast their input to match, but a
+    module trained in full takes the hidden states as they come: in a float32 model the two would disagree.
+    """
+    from alignkit.hardware import detect
+
+    dtype, _ = resolve_dtype(recipe, detect())
+    for name, param in model.named_parameters():
+        if param.requires_grad and ".modules_to_save." in name and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def _align_special_tokens(model, tokenizer, *, generates: bool = True) -> None:
+    """Make the model's and the generation config's eos/pad/bos agree with the tokenizer.
+
+    A model that does not generate (a sequence classifier) finds each sequence's end by its pad token id, so
+    it always gets one: the tokenizer's pad token, else its end-of-sequence token (as TRL pads then).
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None or generates else tokenizer.eos_token_id
+    for config in (model.config, getattr(model, "generation_config", None)):
         if config is None:
             continue
         config.eos_token_id = tokenizer.eos_token_id
-        if tokenizer.pad_token_id is not None:
-            config.pad_token_id = tokenizer.pad_token_id
+        if pad is not None:
+            config.pad_token_id = pad
         if tokenizer.bos_token_id is not None:
             config.bos_token_id = tokenizer.bos_token_id

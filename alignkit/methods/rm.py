@@ -1,0 +1,142 @@
+"""rm: reward modelling with TRL's RewardTrainer: a sequence classifier with one output, trained on
+chosen/rejected pairs with the Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)).
+
+The model is any causal LM checkpoint (an SFT output, or an SFT LoRA adapter, which is merged into its base
+first) loaded as `AutoModelForSequenceClassification` with `num_labels=1`; its `score` head is new, so under
+LoRA it is trained in full. `center_rewards_coefficient` adds the mean squared reward to the loss, which
+keeps rewards near zero (Eisenstein et al., 2023).
+
+Rows are rendered pairs like dpo's. RewardTrainer joins prompt and response into one string, appends the
+end-of-sequence token unless the response ends with one, and tokenizes with the tokenizer's special tokens;
+pairs longer than max_length are left out, not cut. The reward is read at the sequence's last token, so a
+conversation is scored as the trainer saw it: rendered by the chat template, trailing whitespace removed,
+ending with the end-of-sequence token (`reward_text`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PositiveInt, model_validator
+
+from alignkit.data import formats
+from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, ModelNeeds
+from alignkit.recipe.sections import Section, check_prompt_length
+from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
+
+# RewardConfig of TRL 1.16.
+TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
+    {
+        "activation_offloading",
+        "center_rewards_coefficient",
+        "chat_template_path",
+        "dataset_num_proc",
+        "disable_dropout",
+        "eos_token",
+        "max_length",
+        "model_init_kwargs",
+        "pad_to_multiple_of",
+        "pad_token",
+        "trust_remote_code",
+    }
+)
+
+
+class RmSection(Section):
+    """Reward modelling: a one-output sequence classifier trained on preference pairs (Bradley-Terry)."""
+
+    max_length: PositiveInt = 1024
+    """Pairs whose chosen or rejected sequence (prompt included) is longer are left out of training."""
+    max_prompt_length: PositiveInt | None = None
+    """Prompts longer than this are cut from the left, so their pairs fit max_length; unset: never cut."""
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+    """Weight of the mean squared reward added to the loss (keeps rewards centred on zero); 0.01 is usual."""
+    disable_dropout: bool = True
+    """Turn dropout off in the model, so a pair's two rewards are computed alike."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> RmSection:
+        check_prompt_length(self.max_prompt_length, self.max_length)
+        return self
+
+
+def _config() -> type:
+    from trl import RewardConfig
+
+    return RewardConfig
+
+
+def _trainer() -> type:
+    from trl import RewardTrainer
+
+    return RewardTrainer
+
+
+def _trl_settings(section: RmSection) -> dict[str, Any]:
+    return {
+        "max_length": section.max_length,
+        "center_rewards_coefficient": section.center_rewards_coefficient,
+        "disable_dropout": section.disable_dropout,
+    }
+
+
+def _card_rows(section: RmSection) -> list[tuple[str, str]]:
+    centring = section.center_rewards_coefficient
+    loss = "Bradley-Terry" + (f" + {centring:g} x mean squared reward" if centring else "")
+    return [
+        ("loss", loss),
+        ("max length", f"{section.max_length} (longer pairs left out)"),
+        ("reward", "one score per sequence, read at its last token: end the text with the end-of-sequence token"),
+        (
+            "loading",
+            "AutoModelForSequenceClassification; an adapter: AutoPeftModelForSequenceClassification, num_labels=1",
+        ),
+    ]
+
+
+def reward_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A conversation rendered as the reward model saw it in training: the chat template's text without trailing
+    whitespace, ending with the end-of-sequence token (tokenize it with the tokenizer's special tokens)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False).rstrip()
+    eos = tokenizer.eos_token
+    return text if not eos or text.endswith(eos) else text + eos
+
+
+METHOD = Method(
+    name="rm",
+    title="reward modelling (RM)",
+    section=RmSection,
+    # TRL's reward example trains all weights at 1e-5.
+    default_learning_rate=1.0e-5,
+    # TRL's LoRA reward example: 1e-4 and an effective batch of 8 (4 x 2 leaves room for long pairs on one GPU).
+    qlora_training={"learning_rate": 1.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+    trl_fields=TRL_FIELDS,
+    trl_config=_config,
+    trl_settings=_trl_settings,
+    trainer=_trainer,
+    data=DataNeeds(
+        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
+        rows=PAIR_ROWS,
+        row_fields=("max_length", "max_prompt_length"),
+        # RewardTrainer encodes prompt + response with the tokenizer's special tokens.
+        trainer_adds_bos="on_encode",
+        too_long="dropped",
+    ),
+    model=ModelNeeds(
+        auto_class="AutoModelForSequenceClassification",
+        init_kwargs={"num_labels": 1},
+        lora_task_type="SEQ_CLS",
+        head_modules=("score",),
+        new_head=True,
+        generates=False,
+    ),
+    card_rows=_card_rows,
+    defining_keys=frozenset({"center_rewards_coefficient"}),
+    flat_key_reasons={"max_seq_length": "its length limit is max_length"},
+    progress_metrics=("accuracy", "margin"),
+    curve_panels=(
+        ("rewards", ("min_reward", "mean_reward", "max_reward")),
+        ("reward margin", ("margin", "eval_margin")),
+        ("pairwise accuracy", ("accuracy", "eval_accuracy")),
+    ),
+)
