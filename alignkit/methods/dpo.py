@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from alignkit.data import formats
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method
+from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -92,18 +92,6 @@ class DpoSection(Section):
         return self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
 
 
-def _config() -> type:
-    from trl import DPOConfig
-
-    return DPOConfig
-
-
-def _trainer() -> type:
-    from trl import DPOTrainer
-
-    return DPOTrainer
-
-
 def _trl_settings(section: DpoSection) -> dict[str, Any]:
     return {
         "beta": section.beta,
@@ -135,9 +123,9 @@ METHOD = Method(
     # The handbook's zephyr-7b-beta QLoRA DPO recipe (one GPU).
     qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
     trl_fields=TRL_FIELDS,
-    trl_config=_config,
+    trl_config=imported("trl", "DPOConfig"),
     trl_settings=_trl_settings,
-    trainer=_trainer,
+    trainer=imported("trl", "DPOTrainer"),
     data=DataNeeds(
         formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
         rows=PAIR_ROWS,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from alignkit.data import formats
-from alignkit.methods.method import UNPAIRED_ROWS, DataNeeds, Method
+from alignkit.methods.method import UNPAIRED_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.sections import Section, at, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -67,18 +67,6 @@ class KtoSection(Section):
     def _lengths(self) -> KtoSection:
         check_prompt_length(self.max_prompt_length, self.max_length)
         return self
-
-
-def _config() -> type:
-    from trl import KTOConfig
-
-    return KTOConfig
-
-
-def _trainer() -> type:
-    from trl import KTOTrainer
-
-    return KTOTrainer
 
 
 def _trl_settings(section: KtoSection) -> dict[str, Any]:
@@ -162,9 +150,9 @@ METHOD = Method(
     # The handbook's QLoRA preference values (zephyr-7b-beta DPO), inside KTO's range; the batch is above 1.
     qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
     trl_fields=TRL_FIELDS,
-    trl_config=_config,
+    trl_config=imported("trl", "KTOConfig"),
     trl_settings=_trl_settings,
-    trainer=_trainer,
+    trainer=imported("trl", "KTOTrainer"),
     data=DataNeeds(
         formats=(formats.UNPAIRED, formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
         rows=UNPAIRED_ROWS,

@@ -8,6 +8,7 @@ Plain data and functions: importing this module loads nothing heavy.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,16 @@ UNPAIRED_ROWS = "unpaired"
 a preference pair becomes two rows, one desirable and one undesirable. The trainer tokenizes."""
 
 RowKind = Literal["text", "tokens", "pairs", "unpaired"]
+
+
+def imported(module: str, name: str) -> Callable[[], type]:
+    """A function that imports `module.name` when called: TRL's classes load only when a run needs them."""
+
+    def load() -> type:
+        return getattr(importlib.import_module(module), name)
+
+    load.__qualname__ = f"imported({module}.{name})"
+    return load
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field, PositiveInt, model_validator
 
 from alignkit.data import formats
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, ModelNeeds
+from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, ModelNeeds, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -58,18 +58,6 @@ class RmSection(Section):
     def _lengths(self) -> RmSection:
         check_prompt_length(self.max_prompt_length, self.max_length)
         return self
-
-
-def _config() -> type:
-    from trl import RewardConfig
-
-    return RewardConfig
-
-
-def _trainer() -> type:
-    from trl import RewardTrainer
-
-    return RewardTrainer
 
 
 def _trl_settings(section: RmSection) -> dict[str, Any]:
@@ -111,9 +99,9 @@ METHOD = Method(
     # TRL's LoRA reward example: 1e-4 and an effective batch of 8 (4 x 2 leaves room for long pairs on one GPU).
     qlora_training={"learning_rate": 1.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
     trl_fields=TRL_FIELDS,
-    trl_config=_config,
+    trl_config=imported("trl", "RewardConfig"),
     trl_settings=_trl_settings,
-    trainer=_trainer,
+    trainer=imported("trl", "RewardTrainer"),
     data=DataNeeds(
         formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
         rows=PAIR_ROWS,

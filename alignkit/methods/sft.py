@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import PositiveInt
 
 from alignkit.data import formats
-from alignkit.methods.method import TOKEN_ROWS, DataNeeds, Method
+from alignkit.methods.method import TOKEN_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.sections import Section
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -59,16 +59,9 @@ class SftSection(Section):
     eos_token: str | None = None
 
 
-def sft_config() -> type:
-    from trl import SFTConfig
-
-    return SFTConfig
-
-
-def sft_trainer() -> type:
-    from trl import SFTTrainer
-
-    return SFTTrainer
+# Continued pretraining trains with the same TRL classes.
+sft_config = imported("trl", "SFTConfig")
+sft_trainer = imported("trl", "SFTTrainer")
 
 
 def _trl_settings(section: SftSection) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from alignkit.data import formats
 from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method
+from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -62,18 +62,6 @@ class SimpoSection(Section):
         return self
 
 
-def _config() -> type:
-    from trl.experimental.cpo import CPOConfig
-
-    return CPOConfig
-
-
-def _trainer() -> type:
-    from trl.experimental.cpo import CPOTrainer
-
-    return CPOTrainer
-
-
 def _trl_settings(section: SimpoSection) -> dict[str, Any]:
     completion = section.max_length - (section.max_prompt_length or 0)
     return {
@@ -103,9 +91,9 @@ METHOD = Method(
     default_learning_rate=5.0e-7,
     qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
     trl_fields=TRL_FIELDS,
-    trl_config=_config,
+    trl_config=imported("trl.experimental.cpo", "CPOConfig"),
     trl_settings=_trl_settings,
-    trainer=_trainer,
+    trainer=imported("trl.experimental.cpo", "CPOTrainer"),
     data=DataNeeds(
         formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
         rows=PAIR_ROWS,
