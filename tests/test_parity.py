@@ -28,6 +28,16 @@ def _alignkit_losses(cli, recipe, out) -> list[float]:
     return [row["loss"] for row in history if "loss" in row]
 
 
+def _assert_same_losses(ours: list[float], trainer, *, falling: bool) -> None:
+    """Train the plain TRL trainer and compare its logged losses with alignkit's, step by step."""
+    trainer.train()
+    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    if falling:
+        assert ours[-1] < ours[0]
+
+
 def _trl_kwargs(out) -> dict:
     return {
         "output_dir": str(out),
@@ -81,11 +91,7 @@ def test_sft_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
         train_dataset=load_dataset("json", data_files=str(data / "sft.jsonl"), split="train"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
-    trainer.train()
-    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert len(ours) == len(theirs) == STEPS
-    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
-    assert ours[-1] < ours[0]
+    _assert_same_losses(ours, trainer, falling=True)
 
 
 def test_dpo_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
@@ -107,10 +113,7 @@ def test_dpo_loss_matches_plain_trl(cli, tiny_model_dir, data, tmp_path):
         train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
-    trainer.train()
-    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert len(ours) == len(theirs) == STEPS
-    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    _assert_same_losses(ours, trainer, falling=False)
 
 
 def test_simpo_loss_matches_plain_trl_cpo(cli, tiny_model_dir, data, tmp_path):
@@ -135,11 +138,7 @@ def test_simpo_loss_matches_plain_trl_cpo(cli, tiny_model_dir, data, tmp_path):
         train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
-    trainer.train()
-    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert len(ours) == len(theirs) == STEPS
-    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
-    assert ours[-1] < ours[0]
+    _assert_same_losses(ours, trainer, falling=True)
 
 
 # One prompt for every row: KTO's KL estimate pairs each prompt with the completion of the row before it in
@@ -176,11 +175,7 @@ def test_kto_loss_matches_plain_trl(cli, tiny_model_dir, tmp_path, layout):
         train_dataset=load_dataset("json", data_files=str(folder / "kto.jsonl"), split="train"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
-    trainer.train()
-    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert len(ours) == len(theirs) == STEPS
-    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
-    assert ours[-1] < ours[0]
+    _assert_same_losses(ours, trainer, falling=True)
 
 
 def test_rm_loss_matches_plain_trl_reward_trainer(cli, tiny_model_dir, data, tmp_path):
@@ -203,8 +198,4 @@ def test_rm_loss_matches_plain_trl_reward_trainer(cli, tiny_model_dir, data, tmp
         train_dataset=load_dataset("json", data_files=str(data / "dpo.jsonl"), split="train"),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
-    trainer.train()
-    theirs = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert len(ours) == len(theirs) == STEPS
-    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
-    assert ours[-1] < ours[0]
+    _assert_same_losses(ours, trainer, falling=True)

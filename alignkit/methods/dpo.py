@@ -108,6 +108,17 @@ def _card_rows(section: DpoSection) -> list[tuple[str, str]]:
     return [("beta / loss", f"{section.beta:g} / {', '.join(section.losses)}"), ("max length", str(section.max_length))]
 
 
+def pair_data(**needs: Any) -> DataNeeds:
+    """What the preference-pair methods read: every preference layout, as rendered (prompt, chosen, rejected)
+    strings, cut to the section's max_length and max_prompt_length; `needs` says how their trainer differs."""
+    return DataNeeds(
+        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
+        rows=PAIR_ROWS,
+        row_fields=("max_length", "max_prompt_length"),
+        **needs,
+    )
+
+
 PREFERENCE_METRICS = ("rewards/accuracies", "rewards/margins")
 PREFERENCE_PANELS = (
     ("rewards", ("rewards/chosen", "rewards/rejected")),
@@ -126,13 +137,8 @@ METHOD = Method(
     trl_config=imported("trl", "DPOConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl", "DPOTrainer"),
-    data=DataNeeds(
-        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
-        rows=PAIR_ROWS,
-        row_fields=("max_length", "max_prompt_length"),
-        # DPOTrainer encodes the prompt with the tokenizer's special tokens.
-        trainer_adds_bos="on_encode",
-    ),
+    # DPOTrainer encodes the prompt with the tokenizer's special tokens.
+    data=pair_data(trainer_adds_bos="on_encode"),
     card_rows=_card_rows,
     defining_keys=frozenset({"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}),
     # DPO never had max_seq_length; the handbook's key meant the pair's length limit.

@@ -11,9 +11,8 @@ from typing import Any
 
 from pydantic import Field, PositiveInt, model_validator
 
-from alignkit.data import formats
-from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
+from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS, pair_data
+from alignkit.methods.method import Method, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -70,12 +69,7 @@ METHOD = Method(
     trl_config=imported("trl.experimental.orpo", "ORPOConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl.experimental.orpo", "ORPOTrainer"),
-    data=DataNeeds(
-        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
-        rows=PAIR_ROWS,
-        row_fields=("max_length", "max_prompt_length"),
-        trainer_adds_bos="unless_present",
-    ),
+    data=pair_data(trainer_adds_bos="unless_present"),
     card_rows=_card_rows,
     defining_keys=frozenset({"beta", "max_prompt_length"}),
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import Field, PositiveInt, model_validator
 
-from alignkit.data import formats
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, ModelNeeds, imported
+from alignkit.methods.dpo import pair_data
+from alignkit.methods.method import Method, ModelNeeds, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -102,14 +102,8 @@ METHOD = Method(
     trl_config=imported("trl", "RewardConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl", "RewardTrainer"),
-    data=DataNeeds(
-        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
-        rows=PAIR_ROWS,
-        row_fields=("max_length", "max_prompt_length"),
-        # RewardTrainer encodes prompt + response with the tokenizer's special tokens.
-        trainer_adds_bos="on_encode",
-        too_long="dropped",
-    ),
+    # RewardTrainer encodes prompt + response with the tokenizer's special tokens, and leaves long pairs out.
+    data=pair_data(trainer_adds_bos="on_encode", too_long="dropped"),
     model=ModelNeeds(
         auto_class="AutoModelForSequenceClassification",
         init_kwargs={"num_labels": 1},

@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from alignkit.data import formats
-from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS
-from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
+from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS, pair_data
+from alignkit.methods.method import Method, imported
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -94,12 +93,7 @@ METHOD = Method(
     trl_config=imported("trl.experimental.cpo", "CPOConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl.experimental.cpo", "CPOTrainer"),
-    data=DataNeeds(
-        formats=(formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
-        rows=PAIR_ROWS,
-        row_fields=("max_length", "max_prompt_length"),
-        trainer_adds_bos="unless_present",
-    ),
+    data=pair_data(trainer_adds_bos="unless_present"),
     card_rows=_card_rows,
     defining_keys=frozenset({"simpo_gamma", "cpo_alpha", "beta", "max_prompt_length"}),
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},
