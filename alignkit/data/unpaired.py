@@ -68,15 +68,7 @@ def group_of(pre, row: dict[str, Any], detected: formats.Detected) -> Group:
         prompt, chosen, rejected = formats.preference(row, detected)
         if not chosen or not rejected:
             return Group("", (), (), (), False, keep=False)
-        pair = render_pair(
-            pre.tokenizer,
-            formats.with_system(prompt, pre.system_prompt),
-            chosen,
-            rejected,
-            pre.pair_tokens,
-            pre.max_prompt_length,
-            formats.template_context(row, detected),
-        )
+        pair = _render_messages(pre, row, detected, prompt, chosen, rejected)
     return Group(
         prompt=pair.prompt,
         completions=(pair.chosen, pair.rejected),
@@ -97,15 +89,7 @@ def _unpaired(pre, row: dict[str, Any], detected: formats.Detected) -> Group:
     else:
         if not completion:
             return Group("", (), (), (), False, keep=False)
-        rendered = render_pair(
-            pre.tokenizer,
-            formats.with_system(prompt, pre.system_prompt),
-            completion,
-            completion,
-            pre.pair_tokens,
-            pre.max_prompt_length,
-            formats.template_context(row, detected),
-        )
+        rendered = _render_messages(pre, row, detected, prompt, completion, completion)
     return Group(
         prompt=rendered.prompt,
         completions=(rendered.chosen,),
@@ -113,6 +97,19 @@ def _unpaired(pre, row: dict[str, Any], detected: formats.Detected) -> Group:
         lengths=(rendered.prompt_tokens + rendered.chosen_tokens,),
         prompt_cut=rendered.prompt_cut,
         keep=bool(rendered.chosen.strip()),
+    )
+
+
+def _render_messages(pre, row: dict[str, Any], detected: formats.Detected, prompt, first, second):
+    """Message lists rendered with the chat template, the recipe's system prompt and the row's template inputs."""
+    return render_pair(
+        pre.tokenizer,
+        formats.with_system(prompt, pre.system_prompt),
+        first,
+        second,
+        pre.pair_tokens,
+        pre.max_prompt_length,
+        formats.template_context(row, detected),
     )
 
 
