@@ -1,6 +1,6 @@
 """The offline demo learns as promised: exact match from about 0% to at least 60% after SFT, DPO keeps it while
 its preference accuracy reaches at least 90%, and the reward model scores the right sum above the wrong one in
-more held-out pairs than chance would (at least 55%). Runs the real `python -m alignkit.demo` in a scratch
+at least 70% of the held-out pairs. Runs the real `python -m alignkit.demo` in a scratch
 folder (a few minutes on two CPU cores)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_demo_learns(tmp_path):
     assert table["after DPO"][1] >= 90.0
     reward = re.search(r"│ reward model\s*│\s*n/a\s*│\s*([\d.]+)%", result.stdout)
     assert reward is not None, result.stdout[-2000:]
-    assert float(reward[1]) >= 55.0
+    assert float(reward[1]) >= 70.0
     for stage in ("sft", "dpo", "rm"):
         run = tmp_path / "outputs" / f"tiny-demo-{stage}"
         assert (run / "model.safetensors").is_file()

@@ -23,9 +23,9 @@ DEMO_DIR = Path("alignkit-demo")
 MODEL_SHAPE = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4}
 TARGET_EXACT_MATCH = 0.60
 TARGET_PREFERENCE = 0.90
-# Above chance, not 90%: the 3-layer model would have to re-learn addition at the final token to score a sum
-# off by one below the right one, which takes far longer than the demo runs (its recipe says more).
-TARGET_REWARD = 0.55
+# Below DPO's 90%: the 3-layer reward model must recompute the sum at the final token to score a sum off by one
+# below the right one; it reaches about 85% in the demo's steps (its recipe says more).
+TARGET_REWARD = 0.70
 
 
 def _train(method: str, extra: list[str]) -> None:
