@@ -99,6 +99,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
     seed: int = 0,
 ) -> Path:
     """Write a randomly initialised Llama and its tokenizer to `path` and return it."""
@@ -114,7 +115,7 @@ def build_tiny_model(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=512,
+        max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
