@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from alignkit.recipe.automatic import decide, planned_facts
+
 
 def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     """Print the resolved recipe and its launch plan (with the generated launcher configs), or one JSON document.
@@ -17,6 +19,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     from alignkit.recipe.yamlio import dump_yaml
 
     recipe = resolved.recipe.model_dump(mode="json")
+    settings = decide(resolved.recipe, planned_facts(plan.device))
     launcher = accelerate_config(plan)
     deepspeed = deepspeed_config(plan)
     if as_json:
@@ -28,6 +31,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
             "launch": plan.as_dict(),
             "accelerate_config": launcher,
             "deepspeed_config": deepspeed,
+            "settings": [setting.as_dict() for setting in settings],
             "notices": resolved.notices,
         }
         print(json.dumps(document, indent=2))
@@ -39,6 +43,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     notices_to(resolved.notices)
     console = output_console()
     _print_recipe_and_plan(console, resolved, plan, recipe, describe)
+    _print_settings(console, settings, plan.device)
     if launcher is not None:
         console.print("[bold]accelerate config[/bold] (written to the output directory's launch/ folder)")
         console.print(Syntax(dump_yaml(launcher), "yaml", background_color="default", word_wrap=True))
@@ -51,6 +56,18 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
             f" ({plan.recipe_effective_batch_size}); adjust training.gradient_accumulation_steps to match."
         )
     console.print("[green]dry run: recipe valid; nothing loaded or written.[/green]")
+
+
+def _print_settings(console, settings, device: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"speed settings (as decided on this machine: {device})", title_justify="left")
+    for column in ("setting", "value", "by", "why"):
+        table.add_column(column, overflow="fold")
+    for setting in settings:
+        value = str(setting.value).lower() if isinstance(setting.value, bool) else str(setting.value)
+        table.add_row(setting.path, value, "auto" if setting.automatic else "recipe", setting.reason)
+    console.print(table)
 
 
 def _print_recipe_and_plan(console, resolved, plan, recipe: dict, describe) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import get_args
 
 from alignkit.errors import Problem, UserError
+from alignkit.recipe.automatic import decide, planned_facts
 from alignkit.recipe.schema import RecipeBase
 from alignkit.recipe.sections import LaunchProfile
 
@@ -99,24 +100,26 @@ def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
     world = per_machine * machines
     storage = _quant_storage(recipe, profile)
     training = recipe.training
+    device = "cuda" if gpus else "cpu"
+    decided = {setting.path: setting.value for setting in decide(recipe, planned_facts(device))}
     batch = training.per_device_train_batch_size * training.gradient_accumulation_steps
     recipe_gpus = recipe.launch.gpus * recipe.launch.nodes
     return LaunchPlan(
         profile=profile,
-        device="cuda" if gpus else "cpu",
+        device=device,
         num_machines=machines,
         processes_per_machine=per_machine,
         world_size=world,
         machine_rank=options.machine_rank,
         main_process_ip=options.main_process_ip,
         main_process_port=options.main_process_port,
-        mixed_precision=training.mixed_precision,
+        mixed_precision=decided["training.mixed_precision"],
         per_device_train_batch_size=training.per_device_train_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         effective_batch_size=batch * world,
         recipe_gpus=recipe_gpus,
         recipe_effective_batch_size=batch * recipe_gpus,
-        activation_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing=decided["training.gradient_checkpointing"],
         bnb_4bit_quant_storage=storage,
     )
 

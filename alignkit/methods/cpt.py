@@ -58,5 +58,7 @@ METHOD = Method(
         row_fields=("text_column", "max_length"),
     ),
     card_rows=_card_rows,
+    packs=lambda section: section.packing,
+    groups_by_length=True,
     progress_metrics=("mean_token_accuracy",),
 )

@@ -77,7 +77,8 @@ class DpoSection(Section):
     max_length: PositiveInt = 1024
     max_prompt_length: PositiveInt | None = 512
     """Prompts longer than this are cut from the left before the pair is truncated to max_length."""
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool | None = None
+    """Compute the reference model's log-probs once before training, cached on disk. Unset: on."""
     padding_free: bool = False
 
     @model_validator(mode="after")
@@ -102,6 +103,29 @@ def _trl_settings(section: DpoSection) -> dict[str, Any]:
         "precompute_ref_log_probs": section.precompute_ref_log_probs,
         "padding_free": section.padding_free,
     }
+
+
+def _automatic(section: DpoSection, facts) -> list:
+    return [cached_reference(section.precompute_ref_log_probs, "dpo")]
+
+
+def cached_reference(chosen: bool | None, section_name: str):
+    """The automatic `precompute_ref_log_probs` of the methods with a frozen reference model."""
+    from alignkit.recipe.automatic import Setting
+
+    path = f"{section_name}.precompute_ref_log_probs"
+    if chosen is not None:
+        return Setting(path, chosen, "set in the recipe", automatic=False)
+    return Setting(
+        path,
+        True,
+        "the reference model runs once over the data, not once per step, and its log-probs are cached on disk"
+        " (keyed by the data and the reference weights), so reruns, resumed runs and scan arms reuse them",
+    )
+
+
+def _pair_length(row) -> int:
+    return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
 
 
 def _card_rows(section: DpoSection) -> list[tuple[str, str]]:
@@ -140,6 +164,9 @@ METHOD = Method(
     # DPOTrainer encodes the prompt with the tokenizer's special tokens.
     data=pair_data(trainer_adds_bos="on_encode"),
     card_rows=_card_rows,
+    groups_by_length=True,
+    batch_length=_pair_length,
+    automatic=_automatic,
     defining_keys=frozenset({"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}),
     # DPO never had max_seq_length; the handbook's key meant the pair's length limit.
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},

@@ -122,6 +122,15 @@ class Method:
     run, so they follow the settings even when the prepared data comes from the cache."""
     model: ModelNeeds = ModelNeeds()
     """The kind of model it trains (a causal LM unless the method says otherwise)."""
+    packs: Callable[[Any], bool] = lambda section: False
+    """Whether the section's settings pack rows (then batches carry no padding to avoid by grouping)."""
+    batch_length: Callable[[Mapping[str, Any]], int] | None = None
+    """The length of one row of TRL's tokenized dataset, where TRL's own rows have no `input_ids` to read it
+    from; None when the trainer reads `input_ids` itself or its rows cannot be grouped by length."""
+    groups_by_length: bool = False
+    """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
+    automatic: Callable[[Any, Any], list] = lambda section, facts: []
+    """(section, automatic.Facts) -> automatic.Setting list for the method's own fields left unset."""
 
     @property
     def recipe(self) -> type:

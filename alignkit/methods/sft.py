@@ -51,7 +51,9 @@ class SftSection(Section):
     max_length: PositiveInt | None = 1024
     packing: bool = False
     packing_strategy: PackingStrategy = "bfd"
-    padding_free: bool = False
+    padding_free: bool | None = None
+    """Flatten each batch into one padding-free row (needs a flash-attention kernel). Unset: on where one is
+    installed and rows are not packed."""
     assistant_only_loss: bool = False
     """Train on assistant turns only (works with any template)."""
     completion_only_loss: bool | None = None
@@ -72,6 +74,26 @@ def _trl_settings(section: SftSection) -> dict[str, Any]:
         "padding_free": section.padding_free,
         "eos_token": section.eos_token,
     }
+
+
+def _packs(section: SftSection) -> bool:
+    # getattr: a method built on sft's record (a plug-in) may bring a section without the packing fields.
+    return bool(getattr(section, "packing", False) or getattr(section, "padding_free", False))
+
+
+def _automatic(section: SftSection, facts) -> list:
+    from alignkit.recipe.automatic import Setting
+
+    path = "sft.padding_free"
+    if not hasattr(section, "padding_free"):
+        return []
+    if section.padding_free is not None:
+        return [Setting(path, section.padding_free, "set in the recipe", automatic=False)]
+    if section.packing:
+        return [Setting(path, False, "packed rows are already free of padding")]
+    if not facts.flash_attn:
+        return [Setting(path, False, "needs flash-attention's variable-length kernel; SDPA would attend across rows")]
+    return [Setting(path, True, "each batch becomes one row with no padding; flash-attention keeps rows apart")]
 
 
 def _loss_policy(section: SftSection, tokenizer):
@@ -106,6 +128,9 @@ METHOD = Method(
         loss_policy=_loss_policy,
     ),
     card_rows=_card_rows,
+    packs=lambda section: _packs(section),
+    groups_by_length=True,
+    automatic=_automatic,
     defining_keys=frozenset({"assistant_only_loss", "completion_only_loss", "packing_strategy"}),
     progress_metrics=("mean_token_accuracy",),
     curve_panels=(("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy")),),

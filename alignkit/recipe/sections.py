@@ -147,18 +147,24 @@ class TrainingSection(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     seed: int = 42
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    """Autocast precision; falls back to no on a CPU without bf16 support."""
-    gradient_checkpointing: bool = True
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision. auto: bf16 where the device computes it natively, else none."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass. Unset: only when the memory plan says they would not fit."""
     gradient_checkpointing_kwargs: dict[str, Any] = Field(default_factory=lambda: {"use_reentrant": False})
-    train_sampling_strategy: Literal["random", "sequential", "group_by_length"] = "random"
+    train_sampling_strategy: Literal["random", "sequential", "group_by_length"] | None = None
+    """Unset: group_by_length when rows are not packed and the method allows it, else random."""
+    drop_padding_mask: bool | None = None
+    """Leave out the padding mask of right-padded batches so SDPA runs its causal kernel (exact). Unset: on
+    unless a flash-attention kernel is used."""
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     eval_steps: Annotated[int | float, Field(gt=0)] | None = None
     """Evaluate every N steps (a fraction below 1: of the total steps)."""
     save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
     save_steps: Annotated[int | float, Field(gt=0)] = 500
     save_total_limit: PositiveInt | None = 2
-    use_liger_kernel: bool = False
+    use_liger_kernel: bool | None = None
+    """Unset: on for CUDA when liger-kernel is installed."""
     ddp_timeout: PositiveInt = 1800
     """Seconds a rank waits for the others (long preprocessing on rank 0 needs more)."""
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.hardware import Hardware
+from alignkit.recipe.automatic import Facts, Setting, apply, decide
 from alignkit.recipe.schema import RecipeBase
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
+from alignkit.train.padding_mask import drop_padding_mask
 from alignkit.train.trl_config import build_trl_config, check_extra
 
 
@@ -28,6 +30,10 @@ class BuiltTrainer:
     loaded: LoadedModel
     data: Any
     """The data layer's PreparedData (train/test datasets and their report)."""
+    recipe: RecipeBase
+    """The recipe with its automatic settings decided (what the run really used)."""
+    settings: list[Setting] = field(default_factory=list)
+    """Every automatic setting and its reason."""
     notices: list[str] = field(default_factory=list)
 
 
@@ -38,6 +44,7 @@ def build_trainer(
     output_dir: Path,
     trainer_kwargs: dict[str, Any] | None = None,
     callbacks: list | None = None,
+    facts: Facts | None = None,
 ) -> BuiltTrainer:
     """Build the TRL trainer of the recipe's method."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -47,6 +54,8 @@ def build_trainer(
 
     method = recipe.method
     check_extra(recipe)
+    settings = decide(recipe, facts or Facts.of(hardware))
+    recipe = apply(recipe, settings)
     config, notices = build_trl_config(
         recipe,
         hardware,
@@ -56,6 +65,8 @@ def build_trainer(
     tokenizer = load_tokenizer(recipe)
     new_tokens = ensure_chat_template(tokenizer, recipe) if method.data.chat_template else False
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
+    if recipe.training.drop_padding_mask:
+        drop_padding_mask(loaded.model)
     notices += loaded.notices
     data = prepare_data(recipe, tokenizer)
     if config.dataset_num_proc:
@@ -70,9 +81,27 @@ def build_trainer(
         "peft_config": loaded.peft_config,
         "callbacks": callbacks or [],
     }
+    if method.batch_length is not None and recipe.training.train_sampling_strategy == "group_by_length":
+        # The length column must reach the sampler, and TRL's column pruning keeps only its model inputs.
+        config.remove_unused_columns = False
     trainer = method.trainer()(model=loaded.model, **common)
+    if method.batch_length is not None and recipe.training.train_sampling_strategy == "group_by_length":
+        trainer.train_dataset = _with_lengths(trainer.train_dataset, method.batch_length, config.length_column_name)
     match_adapter_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; ProgressCallback reports instead
-    return BuiltTrainer(trainer=trainer, tokenizer=tokenizer, loaded=loaded, data=data, notices=notices)
+    return BuiltTrainer(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        loaded=loaded,
+        data=data,
+        recipe=recipe,
+        settings=settings,
+        notices=notices,
+    )
+
+
+def _with_lengths(dataset, batch_length, column: str):
+    """`dataset` with the length of each row, for batches grouped by length, computed from TRL's own rows."""
+    return dataset.map(lambda row: {column: batch_length(row)}, desc="Measuring rows")

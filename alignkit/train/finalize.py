@@ -57,7 +57,7 @@ def finalize_main(
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """Main-process finalisation; returns the metrics written."""
-    trainer, recipe, output_dir = built.trainer, run.recipe, run.output_dir
+    trainer, recipe, output_dir = built.trainer, built.recipe, run.output_dir
     built.tokenizer.save_pretrained(output_dir)
     trainer.save_state()
     clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -13,6 +13,7 @@ from typing import Any
 
 from alignkit.errors import Problem, UserError
 from alignkit.hardware import Hardware, usable_precision
+from alignkit.recipe.automatic import Facts, apply, decide
 from alignkit.recipe.schema import RecipeBase
 
 # Fields alignkit sets from the recipe or the run; `training.extra` may not change them behind its back.
@@ -118,6 +119,7 @@ def build_trl_config(
         extra_kwargs: launch-profile kwargs (DeepSpeed/FSDP), merged last.
     """
     method = recipe.method
+    recipe = apply(recipe, decide(recipe, Facts.of(hardware)))  # a no-op for a recipe already decided
     precision, notices = precision_flags(recipe, hardware)
     kwargs = {"output_dir": str(output_dir), **_training_kwargs(recipe), **precision, **_logging_kwargs(recipe)}
     kwargs |= method.trl_settings(recipe.section)

@@ -83,7 +83,12 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
         callbacks=[ProgressCallback(metrics=run.recipe.method.progress_metrics), *(callbacks or [])],
     )
     trainer = built.trainer
+    for setting in built.settings:
+        log.info("setting %s", setting.line())
     if main_process:
+        for setting in built.settings:
+            if setting.automatic:
+                echo(f"auto: {setting.line()}")
         for notice in built.notices:
             echo(f"note: {notice}")
         for line in built.data.report.summary_lines():

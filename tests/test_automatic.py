@@ -1,0 +1,167 @@
+"""Automatic settings: what alignkit decides when a recipe leaves a speed setting unset, and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from alignkit.cli import app
+from alignkit.hardware import Hardware
+from alignkit.methods import METHODS
+from alignkit.recipe.automatic import Facts, apply, decide
+from alignkit.train.trl_config import build_trl_config
+
+CPU = Facts(device="cpu", bf16=True, flash_attn=False, liger=False, activations_fit=True, memory_reason="1 of 8 GiB")
+GPU = Facts(device="cuda", bf16=True, flash_attn=True, liger=True, activations_fit=False, memory_reason="90 of 80 GiB")
+
+
+def recipe(method: str, **sections):
+    base = {"model": {"name_or_path": "m"}, "data": {"datasets": [{"path": "d.jsonl"}]}, **sections}
+    return METHODS[method].recipe.model_validate(base)
+
+
+def decided(method: str, facts: Facts, **sections) -> dict:
+    return {s.path: (s.value, s.automatic, s.reason) for s in decide(recipe(method, **sections), facts)}
+
+
+def test_a_cpu_with_room_and_bf16_gets_grouped_batches_no_recomputation_and_bf16():
+    settings = decided("sft", CPU)
+    assert settings["training.train_sampling_strategy"][:2] == ("group_by_length", True)
+    assert settings["training.gradient_checkpointing"][:2] == (False, True)
+    assert "1 of 8 GiB" in settings["training.gradient_checkpointing"][2]
+    assert settings["training.mixed_precision"][:2] == ("bf16", True)
+    assert settings["training.use_liger_kernel"][:2] == (False, True)
+    assert settings["training.drop_padding_mask"][:2] == (True, True)
+    assert settings["sft.padding_free"][:2] == (False, True)
+    assert all(reason for _, _, reason in settings.values())
+
+
+def test_a_gpu_with_flash_attention_and_liger_gets_padding_free_batches_liger_and_recomputation():
+    settings = decided("sft", GPU)
+    assert settings["sft.padding_free"][:2] == (True, True)
+    # Padding-free rows carry no padding: nothing to group, and flash-attention needs the mask itself.
+    assert settings["training.train_sampling_strategy"][0] == "random"
+    assert settings["training.drop_padding_mask"][0] is False
+    assert settings["training.use_liger_kernel"][0] is True
+    assert settings["training.gradient_checkpointing"][0] is True
+    assert "90 of 80 GiB" in settings["training.gradient_checkpointing"][2]
+
+
+def test_no_memory_plan_keeps_recomputation_and_a_cpu_without_bf16_trains_in_float32():
+    facts = Facts(device="cpu", bf16=False, flash_attn=False, liger=False)
+    settings = decided("sft", facts)
+    assert settings["training.gradient_checkpointing"][0] is True
+    assert settings["training.mixed_precision"][0] == "no"
+
+
+def test_recipe_values_win_and_are_listed_as_the_recipes():
+    sections = {
+        "training": {"gradient_checkpointing": True, "train_sampling_strategy": "random", "mixed_precision": "no"},
+        "sft": {"packing": True},
+    }
+    settings = decided("sft", CPU, **sections)
+    assert settings["training.gradient_checkpointing"][:2] == (True, False)
+    assert settings["training.train_sampling_strategy"][:2] == ("random", False)
+    assert settings["training.mixed_precision"][:2] == ("no", False)
+    assert settings["sft.padding_free"][0] is False  # packed rows need no padding-free batches
+
+
+def test_a_preference_method_caches_reference_log_probs_and_groups_pairs_by_length():
+    settings = decided("dpo", CPU)
+    assert settings["dpo.precompute_ref_log_probs"][:2] == (True, True)
+    assert settings["training.train_sampling_strategy"][0] == "group_by_length"
+    assert decided("dpo", CPU, dpo={"precompute_ref_log_probs": False})["dpo.precompute_ref_log_probs"][:2] == (
+        False,
+        False,
+    )
+
+
+def test_apply_writes_the_decisions_into_the_recipe_and_leaves_recipe_values():
+    original = recipe("dpo", training={"mixed_precision": "no"})
+    applied = apply(original, decide(original, CPU))
+    assert applied.training.gradient_checkpointing is False
+    assert applied.training.train_sampling_strategy == "group_by_length"
+    assert applied.training.mixed_precision == "no"
+    assert applied.section.precompute_ref_log_probs is True
+    assert original.training.gradient_checkpointing is None  # the user's recipe is not changed
+
+
+def test_the_trl_config_gets_the_decided_values():
+    cpu = Hardware(device="cpu", bf16=True, fp16=False, flash_attn=False)
+    built, _ = build_trl_config(recipe("sft", training={"learning_rate": 1e-5}), cpu, output_dir=Path("/tmp/automatic"))
+    assert built.train_sampling_strategy == "group_by_length"
+    assert built.bf16 is True
+    assert built.use_liger_kernel is False
+
+
+def test_the_dry_run_shows_every_setting_with_its_reason(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"model:\n  name_or_path: m\ndata:\n  datasets:\n    - path: d\ntraining:\n  output_dir: {tmp_path / 'o'}\n"
+        "  gradient_checkpointing: true\n"
+    )
+    result = CliRunner().invoke(app, ["sft", "--recipe", str(path), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    settings = {s["path"]: s for s in json.loads(result.stdout)["settings"]}
+    assert settings["training.gradient_checkpointing"] == {
+        "path": "training.gradient_checkpointing",
+        "value": True,
+        "reason": "set in the recipe",
+        "automatic": False,
+    }
+    assert settings["training.train_sampling_strategy"]["automatic"] is True
+    human = CliRunner().invoke(app, ["sft", "--recipe", str(path), "--dry-run"], terminal_width=200)
+    assert "speed settings" in human.stdout
+    assert "train_sampling_strategy" in human.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.demo.tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+
+
+def _batch(padding_side: str):
+    import torch
+
+    ids = torch.randint(5, 60, (3, 12))
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate((0, 4, 7)):
+        if pad:
+            if padding_side == "right":
+                mask[row, -pad:] = 0
+            else:
+                mask[row, :pad] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_leaving_out_the_padding_mask_changes_no_real_tokens_output(tiny_model, padding_side):
+    import copy
+
+    import torch
+
+    from alignkit.train.padding_mask import drop_padding_mask
+
+    ids, mask = _batch(padding_side)
+    with torch.no_grad():
+        reference = tiny_model(input_ids=ids, attention_mask=mask).logits
+    hooked = copy.deepcopy(tiny_model)
+    drop_padding_mask(hooked)
+    seen = []
+    hooked.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    with torch.no_grad():
+        logits = hooked(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(logits[real], reference[real], atol=1e-5)
+    # Right padding: the mask is left out; left padding: it is kept, since later tokens would see the pads.
+    assert (seen[0] is None) == (padding_side == "right")
