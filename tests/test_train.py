@@ -358,3 +358,29 @@ def test_merged_copy_and_a_merged_adapter_start(cli, tiny_model_dir, data_dir, t
     assert result.exit_code == 0, result.output
     assert "merged the adapter" in result.output
     assert json.loads((dpo_out / "adapter_config.json").read_text())["r"] == 2
+
+
+def test_dpo_reference_log_probs_are_computed_once_and_reused_by_a_rerun(
+    cli, tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    """Unset, precompute_ref_log_probs is on: the first run writes the reference log-probs beside the
+    prepared data, and a rerun of the same recipe (here over the finished run) reads them back."""
+    from trl import DPOTrainer
+
+    passes = []
+    original = DPOTrainer.compute_ref_log_probs
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", counted)
+    recipe = write_recipe(tmp_path, "dpo", tiny_model_dir, data_dir, tmp_path / "out")
+    result = cli("dpo", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    assert "dpo.precompute_ref_log_probs = true" in result.output
+    assert passes, "the reference model ran over the data"
+    passes.clear()
+    result = cli("dpo", "--recipe", recipe, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert passes == [], "the rerun read the cached reference log-probs"
