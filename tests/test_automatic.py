@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_apply_writes_the_decisions_into_the_recipe_and_leaves_recipe_values():
 def test_the_trl_config_gets_the_decided_values():
     cpu = Hardware(device="cpu", bf16=True, fp16=False, flash_attn=False)
     built, _ = build_trl_config(recipe("sft", training={"learning_rate": 1e-5}), cpu, output_dir=Path("/tmp/automatic"))
-    assert built.train_sampling_strategy == "group_by_length"
+    assert built.train_sampling_strategy == "random"  # alignkit groups (alignkit.train.batching)
     assert built.bf16 is True
     assert built.use_liger_kernel is False
 
@@ -165,3 +166,38 @@ def test_leaving_out_the_padding_mask_changes_no_real_tokens_output(tiny_model, 
     assert torch.allclose(logits[real], reference[real], atol=1e-5)
     # Right padding: the mask is left out; left padding: it is kept, since later tokens would see the pads.
     assert (seen[0] is None) == (padding_side == "right")
+
+
+def test_length_grouped_batches_hold_similar_lengths_in_a_random_batch_order():
+    from alignkit.train.batching import LengthGroupedBatches
+
+    # Two kinds of rows whose length tells them apart, like sums with two and with three digits.
+    lengths = [10 if n % 3 else 14 for n in range(3200)]
+    sampler = LengthGroupedBatches(lengths, group=8, seed=0)
+    batches = sampler.batches()
+    served = [i for batch in batches for i in batch]
+    assert sorted(served) == list(range(3200)) and list(sampler) == served
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    assert padding <= 4 * 8 * 14  # only a block's one mixed batch pads
+    kinds = [lengths[batch[0]] for batch in batches]
+    longest_run = max(len(list(run)) for _, run in itertools.groupby(kinds))
+    assert longest_run < 15, "batches of one kind are interleaved, not served in long sorted runs"
+    again = LengthGroupedBatches(lengths, group=8, seed=0)
+    assert again.batches() == batches  # a resumed run skips exactly the batches it trained on
+    again.set_epoch(1)
+    assert again.batches() != batches
+
+
+def test_grouping_is_kept_only_where_random_batches_would_be_mostly_padding():
+    from alignkit.train.batching import grouping_verdict
+
+    # The demo's sums: lengths 24 and 25, random batches are about 2% padding; grouping would only sort kinds.
+    worth, reason = grouping_verdict([24 + n % 2 for n in range(4000)], group=64, seed=0)
+    assert not worth and "only 2% padding" in reason
+    # Chat data with log-normal lengths: random batches are mostly padding.
+    import random
+
+    rng = random.Random(0)
+    lengths = [min(1024, int(rng.lognormvariate(5, 0.8))) for _ in range(1024)]
+    worth, reason = grouping_verdict(lengths, group=8, seed=0)
+    assert worth and "would be" in reason

@@ -125,8 +125,8 @@ class Method:
     packs: Callable[[Any], bool] = lambda section: False
     """Whether the section's settings pack rows (then batches carry no padding to avoid by grouping)."""
     batch_length: Callable[[Mapping[str, Any]], int] | None = None
-    """The length of one row of TRL's tokenized dataset, where TRL's own rows have no `input_ids` to read it
-    from; None when the trainer reads `input_ids` itself or its rows cannot be grouped by length."""
+    """The padded length one row of TRL's tokenized dataset takes in a batch, where the rows have no
+    `input_ids` to read it from (None: the length of `input_ids`)."""
     groups_by_length: bool = False
     """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
     automatic: Callable[[Any, Any], list] = lambda section, facts: []

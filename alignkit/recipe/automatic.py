@@ -122,7 +122,8 @@ def _sampling(method, section, chosen: str | None) -> Setting:
     return Setting(
         path,
         "group_by_length",
-        "rows of similar length share a batch, so little compute goes to padding (same rows, same loss)",
+        "rows of similar length share a batch, so little compute goes to padding; kept at the start of the"
+        " run only if random batches of the prepared rows would be a sixth or more padding",
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from alignkit.hardware import Hardware
 from alignkit.recipe.automatic import Facts, Setting, apply, decide
 from alignkit.recipe.schema import RecipeBase
+from alignkit.train.batching import group_by_length, grouping_verdict
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.padding_mask import drop_padding_mask
 from alignkit.train.trl_config import build_trl_config, check_extra
@@ -81,12 +82,9 @@ def build_trainer(
         "peft_config": loaded.peft_config,
         "callbacks": callbacks or [],
     }
-    if method.batch_length is not None and recipe.training.train_sampling_strategy == "group_by_length":
-        # The length column must reach the sampler, and TRL's column pruning keeps only its model inputs.
-        config.remove_unused_columns = False
     trainer = method.trainer()(model=loaded.model, **common)
-    if method.batch_length is not None and recipe.training.train_sampling_strategy == "group_by_length":
-        trainer.train_dataset = _with_lengths(trainer.train_dataset, method.batch_length, config.length_column_name)
+    if recipe.training.train_sampling_strategy == "group_by_length":
+        settings = _group_by_length(trainer, method, config, settings)
     match_adapter_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 
@@ -102,6 +100,19 @@ def build_trainer(
     )
 
 
-def _with_lengths(dataset, batch_length, column: str):
-    """`dataset` with the length of each row, for batches grouped by length, computed from TRL's own rows."""
-    return dataset.map(lambda row: {column: batch_length(row)}, desc="Measuring rows")
+def _group_by_length(trainer, method, config, settings: list[Setting]) -> list[Setting]:
+    """Install alignkit's length-grouped sampler; an automatic choice is first checked against the data."""
+    measure = method.batch_length or (lambda row: len(row["input_ids"]))
+    lengths = [measure(row) for row in trainer.train_dataset]
+    group = config.per_device_train_batch_size * config.world_size
+    path = "training.train_sampling_strategy"
+    chosen = next(s for s in settings if s.path == path)
+    if chosen.automatic:
+        worth, reason = grouping_verdict(lengths, group, config.seed)
+        settings = [
+            Setting(path, "group_by_length" if worth else "random", reason) if s is chosen else s for s in settings
+        ]
+        if not worth:
+            return settings
+    group_by_length(trainer, lengths, group, config.seed)
+    return settings
