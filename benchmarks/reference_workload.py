@@ -151,7 +151,9 @@ def main() -> int:
                         flush=True,
                     )
             report["summary"][method] = _summary(report["runs"], method)
-    print(f"\n{'method':<6} {'TRL defaults':>13} {'alignkit':>9} {'speed-up':>9} {'loss TRL':>9} {'alignkit':>9} {'diff':>7}")
+    print(
+        f"\n{'method':<6} {'TRL defaults':>13} {'alignkit':>9} {'speed-up':>9} {'loss TRL':>9} {'alignkit':>9} {'diff':>7}"
+    )
     for method, s in report["summary"].items():
         print(
             f"{method:<6} {s['trl_runtime']:>12.1f}s {s['alignkit_runtime']:>8.1f}s {s['speedup']:>8.2f}x"
