@@ -23,6 +23,10 @@ _BEING_WRITTEN_SECONDS = 10
 """A lock file not yet holding its record is taken for one being written this long, then for a dead one."""
 
 
+def _not_a_folder(out: Path) -> Problem:
+    return Problem(source=str(out), message="is a file, not a folder; choose another --output-dir")
+
+
 def make_output_folder(out: Path) -> bool:
     """Create the output folder and its parents; False when it was there already.
 
@@ -36,7 +40,7 @@ def make_output_folder(out: Path) -> bool:
         message = f"is a symbolic link to {os.readlink(out)}, which does not exist; choose another --output-dir"
         raise UserError(Problem(source=str(out), message=message))
     if out.exists():
-        raise UserError(Problem(source=str(out), message="is a file, not a folder; choose another --output-dir"))
+        raise UserError(_not_a_folder(out))
     blocker = next((parent for parent in out.parents if parent.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserError(
@@ -44,6 +48,10 @@ def make_output_folder(out: Path) -> bool:
         )
     try:
         out.mkdir(parents=True)
+    except FileExistsError:
+        if out.is_dir():
+            return False  # made by another process meanwhile: the launcher of another machine, on a shared disk
+        raise UserError(_not_a_folder(out)) from None
     except OSError as err:
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
         raise UserError(

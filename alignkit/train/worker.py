@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as err:
         log.exception("rank %d failed", _rank())
-        if not report_failure(f"{type(err).__name__}: {err}", traceback.format_exc()):
+        summary = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if not report_failure(f"{type(err).__name__}: {summary}", traceback.format_exc()):
             raise
         return EXIT_RUN_ERROR
     return 0
