@@ -2,7 +2,8 @@
 
 A `UserError` is a mistake in what the user gave us (a recipe, an override, a path, data): the CLI prints
 its problems one per line and exits 2, never with a traceback. A `RunError` is a failure while running
-(exit 1): one summary line and where the full log is.
+(exit 1): one summary line and where the full log is. An `Interrupted` run (Ctrl-C) exits 130, as shells
+report a command ended by SIGINT.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,9 @@ class RunError(AlignkitError):
     """Training or launching failed after the input was accepted."""
 
     exit_code = EXIT_RUN_ERROR
+
+
+class Interrupted(RunError):
+    """The user stopped the run (Ctrl-C); what was saved stays, so the same command resumes it."""
+
+    exit_code = EXIT_INTERRUPTED

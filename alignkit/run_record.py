@@ -39,6 +39,11 @@ def looks_like_secret(override: str) -> bool:
     return bool(_HEX40.search(value)) and not path.strip().endswith("revision")
 
 
+def rank_log(rank: int) -> str:
+    """The log file of a training process: `alignkit.log` for rank 0, `alignkit.rankN.log` for the others."""
+    return LOG_FILE if rank == 0 else f"alignkit.rank{rank}.log"
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
     """checkpoint-N folders, oldest first."""
     found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]

@@ -1,8 +1,11 @@
 """The root `alignkit` typer app, and the one place alignkit errors become exit codes and error lines.
 
 A `UserError` (a wrong recipe, flag or data) prints one `error: ...` line per problem and exits 2; any other
-`AlignkitError` prints its message and exits 1; neither shows a traceback unless `ALIGNKIT_DEBUG=1`. The
-root command group applies this to every command, so no command handles errors itself.
+`AlignkitError` prints its message and exits with its code (1, or 130 when interrupted); neither shows a
+traceback unless `ALIGNKIT_DEBUG=1`. A file-system error about a path that escaped every check (a folder
+that cannot be read, a file where a folder must be) is the user's path, so it is reported like a
+`UserError`: one line naming the path, exit 2. The root command group applies this to every command, so no
+command handles errors itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from alignkit import __version__
-from alignkit.errors import AlignkitError, UserError
+from alignkit.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, AlignkitError, UserError
 from alignkit.methods import METHODS
 
 
@@ -39,6 +42,16 @@ class ReportingGroup(TyperGroup):
                 raise
             _print_error_lines(str(err).splitlines() or [type(err).__name__])
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            if os.environ.get("ALIGNKIT_DEBUG") == "1":
+                raise
+            _print_error_lines(["interrupted"])
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as err:
+            if err.filename is None or os.environ.get("ALIGNKIT_DEBUG") == "1":
+                raise
+            _print_error_lines([f"{err.filename}: {err.strerror or err}"])
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 app = typer.Typer(

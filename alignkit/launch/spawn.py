@@ -6,20 +6,25 @@ torch's elastic agent: one worker per process, each `python -m alignkit.train.wo
 output reaches the console line by line, prefixed with the global rank (`[rank1] ...`), and is kept per rank
 under `logs/`. When a worker dies the agent stops the others (SIGTERM, then SIGKILL after 30 s) and this
 module raises one error naming that rank and its last error line, so a launch never hangs on a dead peer.
+That error is the only account of the failure on the console: workers report theirs through their error
+file (alignkit.launch.worker_errors), and the agent's own log lines go to `launcher.log` beside the logs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from alignkit.errors import EXIT_USER_ERROR, Problem, RunError, UserError
+from alignkit.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, Problem, RunError, UserError
 from alignkit.launch.plan import LaunchPlan
 from alignkit.launch.profiles import write_launch_files
+from alignkit.launch.worker_errors import failed_at, message_lines
+from alignkit.run_record import rank_log
 
 WORKER_MODULE = "alignkit.train.worker"
 _PREFIX_TEMPLATE = "[rank${rank}] "
@@ -78,12 +83,15 @@ def launch_workers(
         *(module_args if module_args is not None else [str(output_dir)]),
     ]
     args = launch_command_parser().parse_args(argv)
-    with _environment(TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=_PREFIX_TEMPLATE, PYTHONUNBUFFERED="1"):
+    environment = _environment(TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=_PREFIX_TEMPLATE, PYTHONUNBUFFERED="1")
+    with environment, _agent_log(folder / "launcher.log"):
         try:
             launch_command(args)
         except ChildFailedError as err:
-            raise _worker_error(err, logs, plan) from None
+            raise _worker_error(err, logs, output_dir, plan) from None
         except SignalException as err:
+            if err.sigval.name == "SIGINT":
+                raise interrupted(output_dir) from None
             raise RunError(f"launch stopped by {err.sigval.name}; the workers were terminated") from None
         except (ValueError, ConnectionError, RuntimeError, ImportError) as err:
             raise RunError(f"could not start the workers ({plan.profile}, {plan.world_size} processes): {err}") from err
@@ -104,7 +112,27 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _worker_error(err, logs: Path, plan: LaunchPlan) -> RunError | UserError:
+@contextlib.contextmanager
+def _agent_log(path: Path) -> Iterator[None]:
+    """Send the elastic agent's log lines (which rank got which signal) to a file instead of the console."""
+    logger = logging.getLogger("torch.distributed.elastic")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = (logger.handlers[:], logger.propagate)
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+        handler.close()
+
+
+def interrupted(output_dir: Path) -> Interrupted:
+    """The error of a run stopped with Ctrl-C (exit 130): what was saved stays, so the same command resumes."""
+    return Interrupted(f"interrupted; run the same command again to resume from the last checkpoint in {output_dir}")
+
+
+def _worker_error(err, logs: Path, output_dir: Path, plan: LaunchPlan) -> RunError | UserError:
     """One error for a failed launch: the rank that failed first, its exit status, and its own error lines."""
 
     # The agent stops the survivors of a failure (SIGTERM); the root cause is a rank that exited with an error
@@ -112,13 +140,18 @@ def _worker_error(err, logs: Path, plan: LaunchPlan) -> RunError | UserError:
     def cause(item):
         rank, failure = item
         stopped = failure.exitcode < 0 and failure.signal_name() == "SIGTERM"
-        return (failure.exitcode <= 0, stopped, failure.timestamp, rank)
+        return (failure.exitcode <= 0, stopped, failed_at(failure), rank)
 
     rank, failure = min(err.failures.items(), key=cause)
+    if failure.exitcode == EXIT_INTERRUPTED or (failure.exitcode < 0 and failure.signal_name() == "SIGINT"):
+        return interrupted(output_dir)
     log = _stderr_log(logs, failure.local_rank)
     lines = _error_lines(failure, log)
     how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {failure.signal_name()}"
-    where = f"; full log: {log}" if log else ""
+    # The worker's own log holds its traceback; a worker that died before logging has only its stderr.
+    full = output_dir / rank_log(rank)
+    full = full if message_lines(failure) and full.is_file() else log
+    where = f"; full log: {full}" if full else ""
     if failure.exitcode == EXIT_USER_ERROR and lines:
         return UserError([Problem(source=f"rank {rank}", message=line.removeprefix("error: ")) for line in lines])
     summary = f"worker rank {rank} of {plan.world_size} failed ({how}){where}"
@@ -132,11 +165,10 @@ def _stderr_log(logs: Path, local_rank: int) -> Path | None:
 
 def _error_lines(failure, log: Path | None) -> list[str]:
     """The worker's own account of its failure: the error file when it wrote one, else the end of its stderr."""
-    if os.path.isfile(failure.error_file):
-        # Written by torch's @record around the worker's entry point.
-        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-        if str(message).strip():
-            return [str(message).strip().splitlines()[-1]]
+    reported = message_lines(failure)
+    if reported:
+        errors = [line for line in reported if line.startswith("error: ")]
+        return errors[-10:] if errors else reported[-1:]
     if log is None:
         return []
     try:

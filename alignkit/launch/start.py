@@ -2,9 +2,11 @@
 train (in this process, or across the plan's processes).
 
 A finished run is never overwritten unless asked (`--overwrite`, or the recipe's
-`training.overwrite_output_dir`); an unfinished run of the same recipe is resumed from its last checkpoint;
-an unfinished run of a different recipe is refused with the fields that differ. One process trains
-in-process; several are started through the launch module, each reading the frozen recipe.
+`training.overwrite_output_dir`), and even then it is only moved aside until the new run trains
+(alignkit.launch.replacing); an unfinished run of the same recipe is resumed from its last complete
+checkpoint; an unfinished run of a different recipe is refused with the fields that differ. The folder is
+locked while a run trains in it (alignkit.launch.lock). One process trains in-process; several are started
+through the launch module, each reading the frozen recipe.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import Any
 from alignkit import __version__
 from alignkit.errors import AlignkitError, Problem, RunError, UserError
 from alignkit.files import atomic_write
+from alignkit.launch.lock import LOCK_FILE, output_lock
 from alignkit.launch.plan import LaunchOptions, LaunchPlan
 from alignkit.launch.profiles import trainer_kwargs
+from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.yamlio import dump_yaml
-from alignkit.run_record import RECIPE_FILE, RunRecord, read_info, redact, says_finished
+from alignkit.run_record import RECIPE_FILE, RunRecord, checkpoints, read_info, redact, says_finished
+from alignkit.train.checkpoints import MARKS_CHECKPOINTS
 
 
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -41,7 +46,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
     out = resolved.output_dir
     info = read_info(out)
     if info is None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
             raise UserError(
                 Problem(
                     source=str(out),
@@ -89,7 +94,9 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
     return "resume"
 
 
-def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previous: dict | None) -> RunRecord:
+def freeze(
+    resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previous: dict | None, replacing: Path | None = None
+) -> RunRecord:
     """Write the resolved recipe and run metadata into the output directory."""
     out = resolved.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -110,9 +117,13 @@ def freeze(resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previ
         "trainer_kwargs": trainer_kwargs(plan),
         "started_at": (previous or {}).get("started_at", now),
         "finished": False,
+        # A run begun before checkpoints were marked keeps judging its unmarked ones by their files.
+        MARKS_CHECKPOINTS: previous is None or previous.get(MARKS_CHECKPOINTS) is True,
     }
     if previous is not None:
         info["resumed_at"] = now
+    if replacing is not None:
+        info[REPLACING] = str(replacing)
     run = RunRecord(output_dir=out, name=resolved.name, recipe=resolved.recipe, info=info)
     run.save_info()
     return run
@@ -129,27 +140,38 @@ def start_training(
 ) -> dict[str, Any] | None:
     """Train `resolved` as `plan` says. Returns the final metrics for an in-process run."""
     out = resolved.output_dir
-    action = prepare_output_dir(resolved, overwrite=overwrite)
-    previous = read_info(out) if action == "resume" else None
-    if action == "replace":
-        echo(f"note: replacing the run in {out} (--overwrite)")
-        shutil.rmtree(out)
-    created = action in ("new", "replace")
-    freeze(resolved, plan, list(argv or sys.argv), previous=previous)
-    try:
-        if plan.world_size == 1 and plan.profile in ("none", "ddp"):
-            return _train_in_process(out, echo=echo)
-        from alignkit.launch.spawn import launch_workers
+    prepare_output_dir(resolved, overwrite=overwrite)  # refused before locking: a foreign folder gets no lock file
+    with output_lock(out, take=plan.machine_rank == 0, echo=echo):
+        action = prepare_output_dir(resolved, overwrite=overwrite)  # again, now that no other run can change it
+        previous = read_info(out) if action == "resume" else None
+        aside = move_aside(out) if action == "replace" else None
+        if aside is not None:
+            echo(f"note: replacing the run in {out} (--overwrite); it waits in {aside} until the new run trains")
+        try:
+            freeze(resolved, plan, list(argv or sys.argv), previous=previous, replacing=aside)
+            metrics = _train(out, plan, echo=echo)
+        except BaseException as err:
+            if aside is not None and aside.is_dir():
+                put_back(out, aside)  # failed before training began: the old run is back as it was
+                echo(f"note: the new run did not start training; the old run is back in {out}")
+            elif action == "new" and isinstance(err, UserError) and not checkpoints(out):
+                shutil.rmtree(out, ignore_errors=True)  # bad input found late: leave nothing half written
+            raise
+        drop_replaced(aside)  # the main process deleted it as training began; this covers a run of no steps
+        return metrics
 
-        launch_workers(out, plan)
-        return None
-    except UserError:
-        if created and not any(p.name.startswith("checkpoint-") for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)  # bad input found late: leave nothing half written
-        raise
+
+def _train(out: Path, plan: LaunchPlan, *, echo) -> dict[str, Any] | None:
+    if plan.world_size == 1 and plan.profile in ("none", "ddp"):
+        return _train_in_process(out, echo=echo)
+    from alignkit.launch.spawn import launch_workers
+
+    launch_workers(out, plan)
+    return None
 
 
 def _train_in_process(out: Path, *, echo) -> dict[str, Any]:
+    from alignkit.launch.spawn import interrupted
     from alignkit.train.worker import setup_logging, train
 
     log_path = setup_logging(out)
@@ -158,7 +180,7 @@ def _train_in_process(out: Path, *, echo) -> dict[str, Any]:
     except AlignkitError:
         raise
     except KeyboardInterrupt:
-        raise RunError(f"interrupted; run the same command again to resume from the last checkpoint in {out}") from None
+        raise interrupted(out) from None
     except Exception as err:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(traceback.format_exc())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.hardware import detect
+from alignkit.launch.lock import LOCK_FILE
 from alignkit.run_record import RunRecord
 from alignkit.train.card import render_card
 from alignkit.train.curves import plot_curves
@@ -120,6 +121,6 @@ def _push(built: BuiltTrainer, run: RunRecord) -> None:
         folder_path=str(run.output_dir),
         revision=hub.revision,
         commit_message=f"alignkit {run.method}: {run.name}",
-        ignore_patterns=["checkpoint-*", "runs/*", "*.log"],
+        ignore_patterns=["checkpoint-*", "runs/*", "*.log", LOCK_FILE],
     )
     run.info["pushed_to"] = repo_id

@@ -1,8 +1,9 @@
 """The per-process training entry point: `python -m alignkit.train.worker OUTPUT_DIR`.
 
 Every process (one in-process run, or each rank of a multi-process launch) reads the frozen recipe from the
-run directory, so the command line is parsed once, by the parent. It resumes from the newest checkpoint
-there, trains, saves, and on the main process writes the card, curves and metrics.
+run directory, so the command line is parsed once, by the parent. It resumes from the newest complete
+checkpoint there, trains, saves, and on the main process writes the card, curves and metrics. Launched, it
+reports a failure to the launcher rather than to the console (alignkit.launch.worker_errors).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import UserError
-from alignkit.run_record import LOG_FILE, RunRecord, checkpoints
+from alignkit.errors import EXIT_INTERRUPTED, EXIT_RUN_ERROR, UserError
+from alignkit.launch.worker_errors import report_failure
+from alignkit.run_record import RunRecord, rank_log
 
 log = logging.getLogger("alignkit")
 
@@ -46,7 +49,7 @@ def setup_logging(output_dir: Path) -> Path:
     quiet_libraries()
 
     rank = _rank()
-    path = output_dir / (LOG_FILE if rank == 0 else f"alignkit.rank{rank}.log")
+    path = output_dir / rank_log(rank)
     output_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -66,9 +69,11 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
     from transformers import set_seed
 
     from alignkit.hardware import detect
+    from alignkit.train.checkpoints import MARKS_CHECKPOINTS, resume_point
     from alignkit.train.factory import build_trainer
     from alignkit.train.finalize import finalize_main, save_weights
     from alignkit.train.progress import ProgressCallback
+    from alignkit.train.run_callbacks import CheckpointMarker, ReplacedRunRemover
 
     run = RunRecord.load(output_dir)
     set_seed(run.recipe.training.seed)
@@ -80,7 +85,12 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
         output_dir=output_dir,
         # The launch profile's trainer settings (FSDP, DDP), frozen into the run file when it was prepared.
         trainer_kwargs=run.info.get("trainer_kwargs", {}),
-        callbacks=[ProgressCallback(metrics=run.recipe.method.progress_metrics), *(callbacks or [])],
+        callbacks=[
+            ProgressCallback(metrics=run.recipe.method.progress_metrics),
+            CheckpointMarker(output_dir),
+            ReplacedRunRemover(run),
+            *(callbacks or []),
+        ],
     )
     trainer = built.trainer
     for setting in built.settings:
@@ -95,10 +105,12 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
             echo(line)
         for notice in built.data.report.notices:
             echo(f"note: {notice}")
-    existing = checkpoints(output_dir)
-    resume = existing[-1] if existing else None
-    if resume is not None and main_process:
-        echo(f"resuming from {resume.name} (step {resume.name.split('-')[-1]})")
+    resume, skipped = resume_point(output_dir, marked=run.info.get(MARKS_CHECKPOINTS) is True)
+    if main_process:
+        for notice in skipped:
+            echo(f"note: {notice}")
+        if resume is not None:
+            echo(f"resuming from {resume.name} (step {resume.name.split('-')[-1]})")
     log.info("training %s %s in %s (resume: %s)", run.method, run.name, output_dir, resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics: dict[str, Any] = {f"train_{k}" if not k.startswith("train") else k: v for k, v in result.metrics.items()}
@@ -128,12 +140,19 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.destroy_process_group()  # a clean exit, so no rank aborts at interpreter shutdown
     except UserError as err:
         log.error("rank %d: %s", _rank(), err)
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        lines = [f"error: {problem}" for problem in err.problems]
+        if not report_failure("\n".join(lines)):
+            print(*lines, sep="\n", file=sys.stderr)
         return err.exit_code
-    except Exception:
+    except KeyboardInterrupt:
+        log.info("rank %d interrupted", _rank())  # the launcher says so, once
+        return EXIT_INTERRUPTED
+    except Exception as err:
         log.exception("rank %d failed", _rank())
-        raise
+        summary = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if not report_failure(f"{type(err).__name__}: {summary}", traceback.format_exc()):
+            raise
+        return EXIT_RUN_ERROR
     return 0
 
 
