@@ -152,7 +152,8 @@ def main() -> int:
                     )
             report["summary"][method] = _summary(report["runs"], method)
     print(
-        f"\n{'method':<6} {'TRL defaults':>13} {'alignkit':>9} {'speed-up':>9} {'loss TRL':>9} {'alignkit':>9} {'diff':>7}"
+        f"\n{'method':<6} {'TRL defaults':>13} {'alignkit':>9} {'speed-up':>9}"
+        f" {'loss TRL':>9} {'alignkit':>9} {'diff':>7}"
     )
     for method, s in report["summary"].items():
         print(
