@@ -360,11 +360,11 @@ def test_merged_copy_and_a_merged_adapter_start(cli, tiny_model_dir, data_dir, t
     assert json.loads((dpo_out / "adapter_config.json").read_text())["r"] == 2
 
 
-def test_dpo_reference_log_probs_are_computed_once_and_reused_by_a_rerun(
+def test_dpo_reference_log_probs_are_computed_once_and_reused_by_reruns_and_scan_arms(
     cli, tiny_model_dir, data_dir, tmp_path, monkeypatch
 ):
     """Unset, precompute_ref_log_probs is on: the first run writes the reference log-probs beside the
-    prepared data, and a rerun of the same recipe (here over the finished run) reads them back."""
+    prepared data; a rerun and a run with another beta read them back."""
     from trl import DPOTrainer
 
     passes = []
@@ -384,3 +384,15 @@ def test_dpo_reference_log_probs_are_computed_once_and_reused_by_a_rerun(
     result = cli("dpo", "--recipe", recipe, "--overwrite")
     assert result.exit_code == 0, result.output
     assert passes == [], "the rerun read the cached reference log-probs"
+    # A scan's next arm: another beta and loss, another folder, the same data and reference model.
+    arm = write_recipe(
+        tmp_path, "dpo", tiny_model_dir, data_dir, tmp_path / "arm", dpo={"beta": 0.5, "loss_type": "ipo"}
+    )
+    result = cli("dpo", "--recipe", arm)
+    assert result.exit_code == 0, result.output
+    assert passes == [], "the other arm read the cached reference log-probs too"
+    # A change that changes the rows computes them anew.
+    other = write_recipe(tmp_path, "dpo", tiny_model_dir, data_dir, tmp_path / "short", dpo={"max_length": 40})
+    result = cli("dpo", "--recipe", other)
+    assert result.exit_code == 0, result.output
+    assert passes, "another max_length is another set of reference log-probs"

@@ -124,6 +124,28 @@ def cached_reference(chosen: bool | None, section_name: str):
     )
 
 
+# What of a DPOConfig changes TRL's tokenized rows or the reference log-probs computed from them.
+_REFERENCE_FIELDS = ("max_length", "truncation_mode", "pad_to_multiple_of", "ld_alpha", "bf16", "fp16")
+
+
+def _config_class() -> type:
+    """TRL's DPOConfig, with `datasets` told to fingerprint it by `_REFERENCE_FIELDS` alone.
+
+    DPOTrainer keys its cache of reference log-probs by the tokenized data's fingerprint, and its tokenizing
+    step hashes the whole config (a filter closes over it), so any other setting (beta, the output folder, the
+    logging) would miss the cache. Fingerprinted by what changes the rows and the log-probs, a rerun, a resumed
+    run and every arm of a scan over beta or the loss find the log-probs the first run wrote.
+    """
+    from datasets.utils._dill import pklregister
+    from trl import DPOConfig
+
+    @pklregister(DPOConfig)
+    def _fingerprint(pickler, config) -> None:
+        pickler.save(("DPOConfig", *(getattr(config, name, None) for name in _REFERENCE_FIELDS)))
+
+    return DPOConfig
+
+
 def _pair_length(row) -> int:
     return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
 
@@ -158,7 +180,7 @@ METHOD = Method(
     # The handbook's zephyr-7b-beta QLoRA DPO recipe (one GPU).
     qlora_training={"learning_rate": 5.0e-6, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
     trl_fields=TRL_FIELDS,
-    trl_config=imported("trl", "DPOConfig"),
+    trl_config=_config_class,
     trl_settings=_trl_settings,
     trainer=imported("trl", "DPOTrainer"),
     # DPOTrainer encodes the prompt with the tokenizer's special tokens.
