@@ -91,6 +91,8 @@ def _recipe(workload: dict, method: str, extra: dict, steps: int, out: Path) -> 
         },
         method: {"max_length": workload["max_length"]},
     }
+    if method == "dpo":
+        recipe[method]["max_prompt_length"] = workload["max_length"] // 2
     for section, values in extra.items():
         recipe[section] = {**recipe.get(section, {}), **values}
     return recipe

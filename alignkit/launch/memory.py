@@ -20,13 +20,17 @@ The formulas (P parameters, T trainable, N processes, b bytes of a weight, a of 
 - sharding: ZeRO stage 1 divides the optimizer states by N, stage 2 the gradients too, stage 3 and FSDP's
   full shard the weights as well; offloaded states and weights move to CPU memory (`cpu_offload`). DDP keeps
   a second copy of the gradients in its communication buckets.
-- activations per micro-batch: sequences x length x layers x (4h + 3q + 2kv + 4i) elements of `a` bytes,
+- activations per micro-batch: sequences x length x layers x (5h + 3q + 2kv + 4i) elements of `a` bytes,
   where h is the hidden size, q and kv the query and key/value widths and i the MLP width: what autograd
   keeps of a Llama-style layer with a fused attention kernel (two norm inputs and outputs, the rotated
   queries and keys, the values, the attention output and its copy, and the MLP's gate, up, activation and
-  product). A kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its
-  softmax. LoRA with dropout keeps each adapted layer's dropped-out input and its mask besides.
-  With checkpointing only each layer's input (h) is kept, plus one layer recomputed in full.
+  product; these count 4h, and measurement on the CPU shows one more h-wide tensor per layer alive). A
+  kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its softmax. LoRA
+  with dropout keeps each adapted layer's dropped-out input and dropout's mask besides (one byte per element
+  on a GPU; on a CPU dropout multiplies by a noise tensor of the activations' dtype).
+  With checkpointing only each layer's input (h) is kept, plus one layer recomputed in full. Both add the
+  backward pass's working set, 1.5 layers' activations: the gradients of a layer's activations while its
+  backward runs, and the allocator's blocks of that size kept for reuse (measured on the CPU).
 - logits: sequences x length x vocab x 4 bytes x 3: the logits, their float32 log-softmax for the loss and
   its gradient (a reward model's head has one output instead of vocab).
 - sequences per micro-batch: the per-device batch, twice that for methods that train on pairs (chosen and
@@ -48,11 +52,14 @@ from typing import Any
 from alignkit.launch.device_memory import human
 from alignkit.launch.model_shape import ModelShape, read_shape
 
-ACTIVATIONS_PER_TOKEN = {"hidden": 4, "query": 3, "key_value": 2, "intermediate": 4}
+ACTIVATIONS_PER_TOKEN = {"hidden": 5, "query": 3, "key_value": 2, "intermediate": 4}
 """Elements autograd keeps per token of one decoder layer, per unit of each width (see the module docstring)."""
+BACKWARD_LAYERS = 1.5
+"""The backward pass's working set, in layers' activations: a layer's backward holds the gradients of its
+activations while it computes them, and the allocator keeps blocks of that size for reuse (measured)."""
 LOGIT_COPIES = 3
 """float32 copies of the logits alive at the loss: the logits, their log-softmax and its gradient."""
-RUNTIME_BYTES = {"cuda": 1 << 30, "cpu": 320 << 20}
+RUNTIME_BYTES = {"cuda": 1 << 30, "cpu": 80 << 20}
 """The framework's own memory: CUDA context and kernels (about 1 GiB); on a CPU, what a training run holds
 beyond its imports that does not grow with the model (measured on the tiny and reference workloads)."""
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -383,21 +390,24 @@ def _activations(run: _Run, batch: int, checkpointed: bool) -> int:
     per_layer = _layer_elements(run)
     final_norm = 2 * shape.hidden
     kept = shape.layers * shape.hidden + per_layer if checkpointed else shape.layers * per_layer
-    return int(tokens * (kept + final_norm) * run.activation_bytes)
+    working = BACKWARD_LAYERS * _layer_elements(run, adapters=False)
+    return int(tokens * (kept + final_norm + working) * run.activation_bytes)
 
 
-def _layer_elements(run: _Run) -> float:
-    """Elements autograd keeps per token of one decoder layer."""
+def _layer_elements(run: _Run, adapters: bool = True) -> float:
+    """Elements autograd keeps per token of one decoder layer (`adapters`: with what LoRA's dropout adds)."""
     shape, c = run.shape, ACTIVATIONS_PER_TOKEN
     kv = shape.q_dim if run.repeat_kv else shape.kv_dim
     active = shape.intermediate * min(shape.experts_per_token, shape.experts)
     elements = c["hidden"] * shape.hidden + c["query"] * shape.q_dim + c["key_value"] * kv + c["intermediate"] * active
     if run.eager:
         elements += 2 * shape.heads * run.length
-    if run.lora is not None and run.lora.dropout > 0:
+    if adapters and run.lora is not None and run.lora.dropout > 0:
         chosen = set(shape.linears()) if run.lora.target_modules == "all-linear" else set(run.lora.target_modules)
         inputs = sum(i for name, (i, _) in shape.linears().items() if name in chosen)
-        elements += inputs * (1 + 1 / run.activation_bytes)  # the dropped-out input and its one-byte mask
+        # The dropped-out input, and dropout's mask: one byte on a GPU, the activation's dtype on a CPU, where
+        # dropout multiplies by a noise tensor instead.
+        elements += inputs * (1 + (1 / run.activation_bytes if run.device == "cuda" else 1))
     return elements
 
 
