@@ -1,6 +1,6 @@
 """The memory plan against measured peak memory on the CPU (issue #14: within 25%).
 
-    .venv/bin/python benchmarks/memory_plan.py [--workloads tiny reference] [--steps 8] [--out FILE.json]
+    .venv/bin/python benchmarks/memory_plan.py [--workloads tiny reference] [--steps 4] [--out FILE.json]
 
 Two workloads, both built here with no hub: the offline demo's (a 3-layer Llama of hidden size 128, its
 addition task, max length 64, batch 64 for sft and 16 for dpo, as in the tiny-demo recipes) and the reference
@@ -125,7 +125,7 @@ def _measure(root: Path, name: str, workload: dict, method: str, label: str, ext
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["tiny", "reference"], choices=["tiny", "reference"])
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the peak comes early)")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the peak comes early)")
     parser.add_argument("--out", type=Path, help="also write every run to this JSON file")
     args = parser.parse_args()
     rows = []
