@@ -1,6 +1,6 @@
 """The `alignkit` command line: one typer app (`app.py`), its shared options (`options.py`), and the commands
 in modules named for what they do: `training` (one command per method, and `run`), `recipes`, `jobs` (slurm,
-dstack) and `diagnose` (data, env).
+dstack), `diagnose` (data, env) and `plan` (memory).
 
 This package is the light layer: it imports typer, rich, pydantic and yaml, never torch, transformers, TRL,
 datasets or accelerate (a test guards this), so `--help`, `recipes list` and `--dry-run` answer at once.
@@ -9,7 +9,7 @@ Each command imports the heavy stack it needs inside itself.
 
 from __future__ import annotations
 
-from alignkit.cli import diagnose, jobs, training
+from alignkit.cli import diagnose, jobs, plan, training
 from alignkit.cli.app import app
 from alignkit.cli.recipes import recipes_app
 from alignkit.methods import METHODS
@@ -22,6 +22,7 @@ app.command("env")(diagnose.env)
 app.command("slurm")(jobs.slurm)
 app.command("dstack")(jobs.dstack)
 app.command("data")(diagnose.data)
+app.command("plan")(plan.plan)
 
 
 def main() -> None:

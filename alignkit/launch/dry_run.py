@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from alignkit.launch.memory import local_plan
 from alignkit.recipe.automatic import decide, planned_facts
 
 
@@ -22,6 +23,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     settings = decide(resolved.recipe, planned_facts(plan.device))
     launcher = accelerate_config(plan)
     deepspeed = deepspeed_config(plan)
+    memory, no_memory = local_plan(resolved.recipe, plan)
     if as_json:
         document = {
             "method": resolved.method,
@@ -32,6 +34,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
             "accelerate_config": launcher,
             "deepspeed_config": deepspeed,
             "settings": [setting.as_dict() for setting in settings],
+            "memory_plan": memory.as_dict() if memory else {"unavailable": no_memory},
             "notices": resolved.notices,
         }
         print(json.dumps(document, indent=2))
@@ -44,6 +47,9 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     console = output_console()
     _print_recipe_and_plan(console, resolved, plan, recipe, describe)
     _print_settings(console, settings, plan.device)
+    console.print("[bold]memory plan[/bold] (`alignkit plan` for more)", highlight=False)
+    for line in memory.lines() if memory else [f"unavailable: {no_memory}"]:
+        console.print(f"  {line}", highlight=False, markup=False)
     if launcher is not None:
         console.print("[bold]accelerate config[/bold] (written to the output directory's launch/ folder)")
         console.print(Syntax(dump_yaml(launcher), "yaml", background_color="default", word_wrap=True))

@@ -189,6 +189,8 @@ METHOD = Method(
     groups_by_length=True,
     batch_length=_pair_length,
     automatic=_automatic,
+    # The reference log-probs, once precomputed, replace the reference model.
+    reference_model=lambda section: not section.precompute_ref_log_probs,
     defining_keys=frozenset({"beta", "loss_type", "loss_weights", "max_prompt_length", "precompute_ref_log_probs"}),
     # DPO never had max_seq_length; the handbook's key meant the pair's length limit.
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},

@@ -171,4 +171,6 @@ METHOD = Method(
     ),
     recipe_rules=_recipe_rules,
     data_notices=_data_notices,
+    # The reference log-probs, once precomputed, replace the reference model.
+    reference_model=lambda section: not section.precompute_ref_log_probs,
 )

@@ -131,6 +131,14 @@ class Method:
     """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
     automatic: Callable[[Any, Any], list] = lambda section, facts: []
     """(section, automatic.Facts) -> automatic.Setting list for the method's own fields left unset."""
+    reference_model: Callable[[Any], bool] = lambda section: False
+    """Whether full fine-tuning holds a frozen reference model beside the policy under the section's settings
+    (the memory plan counts its weights); under LoRA the reference is the base with the adapters disabled."""
+
+    @property
+    def sequences_per_row(self) -> int:
+        """Sequences the trainer runs per training row: both halves of a preference pair go through the model."""
+        return 2 if self.data.rows == PAIR_ROWS else 1
 
     @property
     def recipe(self) -> type:
