@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 
 from alignkit.launch.memory import local_plan
-from alignkit.recipe.automatic import decide, planned_facts
+from alignkit.launch.plan import machine_facts
+from alignkit.recipe.automatic import decide
 
 
 def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
@@ -20,7 +21,7 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
     from alignkit.recipe.yamlio import dump_yaml
 
     recipe = resolved.recipe.model_dump(mode="json")
-    settings = decide(resolved.recipe, planned_facts(plan.device))
+    settings = decide(resolved.recipe, machine_facts(resolved.recipe, plan))
     launcher = accelerate_config(plan)
     deepspeed = deepspeed_config(plan)
     memory, no_memory = local_plan(resolved.recipe, plan)

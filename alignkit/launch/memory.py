@@ -426,3 +426,22 @@ def local_plan(recipe, launch_plan) -> tuple[MemoryPlan | None, str]:
         return memory_plan(recipe, launch_plan, device_bytes, device=label), ""
     except UserError as error:
         return None, "; ".join(problem.message for problem in error.problems)
+
+
+def checkpointing_facts(recipe, launch_plan, device_bytes: int | None = None, label: str = "") -> dict[str, Any]:
+    """`activations_fit` and `memory_reason` for the automatic settings (`alignkit.recipe.automatic.Facts`):
+    whether the run fits with its activations kept, against `device_bytes` (default: this machine's device
+    memory). Empty when no plan can be made (no local config.json, memory unknown): checkpointing stays on."""
+    from alignkit.errors import UserError
+    from alignkit.launch.device_memory import device_memory, human
+
+    if device_bytes is None:
+        device_bytes, label = device_memory(launch_plan.device, launch_plan.processes_per_machine)
+    if device_bytes is None:
+        return {}
+    try:
+        plan = memory_plan(recipe, launch_plan, device_bytes, device=label)
+    except UserError:
+        return {}
+    kept = f"{human(plan.total)} with activations kept, of {human(device_bytes)} ({label or 'device memory'})"
+    return {"activations_fit": plan.total <= device_bytes, "memory_reason": f"memory plan: {kept}"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import get_args
 
@@ -101,10 +101,9 @@ def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
     storage = _quant_storage(recipe, profile)
     training = recipe.training
     device = "cuda" if gpus else "cpu"
-    decided = {setting.path: setting.value for setting in decide(recipe, planned_facts(device))}
     batch = training.per_device_train_batch_size * training.gradient_accumulation_steps
     recipe_gpus = recipe.launch.gpus * recipe.launch.nodes
-    return LaunchPlan(
+    plan = LaunchPlan(
         profile=profile,
         device=device,
         num_machines=machines,
@@ -113,15 +112,32 @@ def plan_launch(recipe: RecipeBase, options: LaunchOptions) -> LaunchPlan:
         machine_rank=options.machine_rank,
         main_process_ip=options.main_process_ip,
         main_process_port=options.main_process_port,
-        mixed_precision=decided["training.mixed_precision"],
+        mixed_precision=decided(recipe, planned_facts(device))["training.mixed_precision"],
         per_device_train_batch_size=training.per_device_train_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         effective_batch_size=batch * world,
         recipe_gpus=recipe_gpus,
         recipe_effective_batch_size=batch * recipe_gpus,
-        activation_checkpointing=decided["training.gradient_checkpointing"],
         bnb_4bit_quant_storage=storage,
     )
+    return replace(plan, activation_checkpointing=_checkpointing(recipe, plan))
+
+
+def decided(recipe: RecipeBase, facts) -> dict:
+    """The automatic settings of `recipe` by recipe path."""
+    return {setting.path: setting.value for setting in decide(recipe, facts)}
+
+
+def machine_facts(recipe: RecipeBase, plan: LaunchPlan):
+    """The facts the automatic settings read, as known on this machine before launch (memory plan included)."""
+    from alignkit.launch.memory import checkpointing_facts
+
+    return replace(planned_facts(plan.device), **checkpointing_facts(recipe, plan))
+
+
+def _checkpointing(recipe: RecipeBase, plan: LaunchPlan) -> bool:
+    """Whether the run checkpoints activations: the recipe's word, else the memory plan's on this machine."""
+    return decided(recipe, machine_facts(recipe, plan))["training.gradient_checkpointing"]
 
 
 def _check_options(options: LaunchOptions, profile: str) -> None:

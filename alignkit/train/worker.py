@@ -64,6 +64,24 @@ def setup_logging(output_dir: Path) -> Path:
     return path
 
 
+def _facts(run: RunRecord, hardware):
+    """What the automatic settings read on the device that trains: the hardware and the memory plan against
+    this device's memory (the plan frozen at launch gives the processes and the sharding)."""
+    from alignkit.launch.memory import checkpointing_facts
+    from alignkit.launch.plan import LaunchPlan
+    from alignkit.recipe.automatic import Facts
+
+    if "plan" not in run.info:
+        return Facts.of(hardware)
+    plan = LaunchPlan(**run.info["plan"])
+    device_bytes, label = None, ""
+    if hardware.device == "cuda":
+        import torch
+
+        device_bytes, label = torch.cuda.get_device_properties(0).total_memory, "this GPU"
+    return Facts.of(hardware, **checkpointing_facts(run.recipe, plan, device_bytes, label))
+
+
 def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dict[str, Any]:
     """Train the run frozen in `output_dir` to the end and finalise it; returns the final metrics."""
     from transformers import set_seed
@@ -82,6 +100,7 @@ def train(output_dir: Path, *, callbacks: list | None = None, echo=print) -> dic
     built = build_trainer(
         run.recipe,
         hardware,
+        facts=_facts(run, hardware),
         output_dir=output_dir,
         # The launch profile's trainer settings (FSDP, DDP), frozen into the run file when it was prepared.
         trainer_kwargs=run.info.get("trainer_kwargs", {}),
