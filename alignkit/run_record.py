@@ -86,6 +86,27 @@ class RunRecord:
         return cls(output_dir=output_dir, name=info.get("name", output_dir.name), recipe=recipe, info=info)
 
 
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted paths whose values differ between two nested mappings (a recipe dumped as JSON, then and now)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = []
+        for key in sorted(set(old) | set(new)):
+            changed += changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changed
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def changes_since(output_dir: Path, recipe: RecipeBase) -> list[str] | None:
+    """The fields in which `recipe` differs from the one frozen in `output_dir`; None when none can be read."""
+    from alignkit.errors import AlignkitError
+
+    try:
+        frozen = RunRecord.load(output_dir).recipe
+    except (AlignkitError, OSError, ValueError, KeyError):
+        return None
+    return changed_fields(frozen.model_dump(mode="json"), recipe.model_dump(mode="json"))
+
+
 def read_info(output_dir: Path) -> dict[str, Any] | None:
     """The run metadata in `output_dir`, or None when it holds no alignkit run."""
     path = output_dir / RUN_FILE

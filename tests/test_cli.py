@@ -215,7 +215,7 @@ def test_every_problem_is_reported_once(cli, write_recipe, tmp_path):
     result = cli("sft", "--recipe", write_recipe(text), "--dry-run")
     _fails(
         result,
-        "training.per_device_train_batch_size: input should be greater than 0 (given: 0)",
+        "training.per_device_train_batch_size: must be a whole number from 1 to 100,000 (given: 0)",
         "training.learning_rate: input should be greater than 0 (given: -1)",
         "training.lr_scheduler_type: input should be 'linear', 'cosine'",
         "(given: 'cosin')",
@@ -229,9 +229,7 @@ def test_cross_field_rules(cli, write_recipe, tmp_path):
     both_bits = base + "peft: {r: 8}\nquantization: {load_in_4bit: true, load_in_8bit: true}\n"
     _fails(cli("sft", "--recipe", write_recipe(both_bits), "--dry-run"), "load_in_4bit and load_in_8bit cannot both")
     rank0 = base + "peft: {r: 0}\n"
-    _fails(
-        cli("sft", "--recipe", write_recipe(rank0), "--dry-run"), "peft.r: input should be greater than or equal to 1"
-    )
+    _fails(cli("sft", "--recipe", write_recipe(rank0), "--dry-run"), "peft.r: must be a whole number from 1 to 65,536")
     twice = base.replace(
         "    - path: data/train.jsonl\n", "    - path: data/train.jsonl\n    - path: data/train.jsonl\n    - path: x\n"
     )
@@ -242,7 +240,8 @@ def test_cross_field_rules(cli, write_recipe, tmp_path):
     )
     negative = base.replace("path: data/train.jsonl", "path: data/train.jsonl\n      weight: -0.5")
     _fails(
-        cli("sft", "--recipe", write_recipe(negative), "--dry-run"), "data.datasets.0.weight: input should be greater"
+        cli("sft", "--recipe", write_recipe(negative), "--dry-run"),
+        "data.datasets.0.weight: must be from 0 to 1,000 (given: -0.5)",
     )
 
 

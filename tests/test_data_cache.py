@@ -123,7 +123,7 @@ def test_a_bad_row_is_named_by_its_place_in_the_source_with_workers(tmp_path):
     path = write(tmp_path, rows)
     with pytest.raises(UserError) as err:
         run(path, num_proc=2)
-    assert str(err.value) == f"{path}: data.datasets.0: row 1050: messages[0] needs role and content (found ['role'])"
+    assert str(err.value) == f"{path}: data.datasets.0: row 1051: messages[0] needs role and content (found ['role'])"
 
 
 class _FakeState:

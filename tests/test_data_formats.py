@@ -71,7 +71,7 @@ def test_sharegpt_unknown_role_is_refused_with_the_roles_accepted(tmp_path):
     with pytest.raises(UserError) as err:
         prepare(tmp_path, rows)
     assert str(err.value) == (
-        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 2: conversations[0].from is 'narrator'; ShareGPT roles are"
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 3: conversations[0].from is 'narrator'; ShareGPT roles are"
         " human, user, gpt, assistant, chatgpt, bard, bing, model, system, tool, function, observation"
     )
 
@@ -255,7 +255,7 @@ def test_a_message_without_content_names_the_row_and_field(tmp_path):
     with pytest.raises(UserError) as err:
         prepare(tmp_path, rows)
     assert str(err.value) == (
-        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 1: messages[0] needs role and content"
+        f"{tmp_path / 'rows.jsonl'}: data.datasets.0: row 2: messages[0] needs role and content"
         " (found ['role', 'text'])"
     )
 

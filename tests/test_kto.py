@@ -107,7 +107,7 @@ def test_prompts_are_cut_from_the_left(tmp_path):
 
 def test_a_bad_label_names_the_row_and_the_field(tmp_path):
     rows = [{"prompt": "a", "completion": "b", "label": True}, {"prompt": "a", "completion": "b", "label": "maybe"}]
-    with pytest.raises(UserError, match=r"row 1: label must be true \(desirable\) or false \(undesirable\)"):
+    with pytest.raises(UserError, match=r"row 2: label must be true \(desirable\) or false \(undesirable\)"):
         prepare(tmp_path, rows, method="kto")
 
 

@@ -59,6 +59,10 @@ SHAREGPT_ROLES = {
 }
 
 
+ROLES = ("system", "user", "assistant", "tool", "developer", "ipython")
+"""The message roles chat templates know (after the ShareGPT and Gemma names are mapped onto them)."""
+
+
 class RowError(ValueError):
     """A row that does not have the shape its format needs."""
 
@@ -166,12 +170,17 @@ def messages_of(value: Any, column: str) -> list[dict[str, str]]:
         role = message["role"]
         if not isinstance(role, str) or not role:
             raise RowError(f"{column}[{position}].role must be a non-empty string (found {role!r})")
-        # ShareGPT and Gemma names (human, gpt, model) are common in role/content data too; other roles
-        # (developer, ipython) pass through for the templates that know them.
+        # ShareGPT and Gemma names (human, gpt, model) are common in role/content data too; developer and
+        # ipython pass through for the templates that know them. Any other role no template renders as meant.
         role = SHAREGPT_ROLES.get(role.strip().lower(), role)
+        if role not in ROLES:
+            raise RowError(f"{column}[{position}].role is {message['role']!r}; use one of {', '.join(ROLES)}")
         # Other keys (tool_calls, name, ...) stay: templates that know them render them.
         extra = {k: v for k, v in message.items() if v is not None and k not in ("role", "content")}
-        out.append({**extra, "role": role, "content": _content(message["content"], f"{column}[{position}].content")})
+        where = f"{column}[{position}].content"
+        if message["content"] is None and "tool_calls" not in extra:  # a tool call's turn may have no text
+            raise RowError(f"{where} is null; give the message's text (an empty string for an empty turn)")
+        out.append({**extra, "role": role, "content": _content(message["content"], where)})
     return out
 
 
@@ -189,7 +198,10 @@ def sharegpt_messages(value: Any, column: str = "conversations") -> list[dict[st
             raise RowError(
                 f"{column}[{position}].from is {turn['from']!r}; ShareGPT roles are {', '.join(SHAREGPT_ROLES)}"
             )
-        out.append({"role": SHAREGPT_ROLES[tag], "content": _content(turn["value"], f"{column}[{position}].value")})
+        where = f"{column}[{position}].value"
+        if turn["value"] is None:
+            raise RowError(f"{where} is null; give the turn's text (an empty string for an empty turn)")
+        out.append({"role": SHAREGPT_ROLES[tag], "content": _content(turn["value"], where)})
     return out
 
 

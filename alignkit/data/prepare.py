@@ -234,7 +234,8 @@ def _process_source(work: _SourceWork, dataset, recipe, preprocessor, benchmarks
         )
     except RowFailure as err:
         position, message = err.args
-        raise work.problem(f"row {int(unique[position])}: {message}") from None
+        # Counted from 1, as a JSON Lines file's line numbers and every editor count them.
+        raise work.problem(f"row {int(unique[position]) + 1}: {message}") from None
     return report, _kept_rows(processed, unique, train_idx, test_idx, report)
 
 

@@ -28,17 +28,16 @@ from alignkit.launch.profiles import trainer_kwargs
 from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.yamlio import dump_yaml
-from alignkit.run_record import RECIPE_FILE, RunRecord, checkpoints, read_info, redact, says_finished
+from alignkit.run_record import (
+    RECIPE_FILE,
+    RunRecord,
+    changed_fields,
+    checkpoints,
+    read_info,
+    redact,
+    says_finished,
+)
 from alignkit.train.checkpoints import MARKS_CHECKPOINTS
-
-
-def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        changed = []
-        for key in sorted(set(old) | set(new)):
-            changed += _changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
-        return changed
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
@@ -81,7 +80,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
     except (AlignkitError, OSError, ValueError):
         previous = None
     if previous is not None:
-        changed = _changed_fields(previous, resolved.recipe.model_dump(mode="json"))
+        changed = changed_fields(previous, resolved.recipe.model_dump(mode="json"))
         if changed:
             raise UserError(
                 Problem(

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import PositiveInt
-
 from alignkit.data import formats
 from alignkit.methods.method import TEXT_ROWS, DataNeeds, Method
 from alignkit.methods.sft import TRL_FIELDS, PackingStrategy, sft_config, sft_trainer
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section
 
 
@@ -20,7 +19,7 @@ class CptSection(Section):
     """Continued pretraining on raw text."""
 
     text_column: str = "text"
-    max_length: PositiveInt = 1024
+    max_length: TokenLength = 1024
     packing: bool = True
     packing_strategy: PackingStrategy = "wrapped"
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.data import formats
 from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -74,8 +75,8 @@ class DpoSection(Section):
     loss_type: DpoLoss | list[DpoLoss] = "sigmoid"
     loss_weights: list[float] | None = None
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    max_length: PositiveInt = 1024
-    max_prompt_length: PositiveInt | None = 512
+    max_length: TokenLength = 1024
+    max_prompt_length: TokenLength | None = 512
     """Prompts longer than this are cut from the left before the pair is truncated to max_length."""
     precompute_ref_log_probs: bool | None = None
     """Compute the reference model's log-probs once before training, cached on disk. Unset: on."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.data import formats
 from alignkit.methods.method import UNPAIRED_ROWS, DataNeeds, Method, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, at, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -57,9 +58,9 @@ class KtoSection(Section):
     """Weight of the desirable rows' losses; with undesirable_weight, balances unequal numbers of rows."""
     undesirable_weight: float = Field(1.0, gt=0)
     """Weight of the undesirable rows' losses."""
-    max_length: PositiveInt = 1024
+    max_length: TokenLength = 1024
     """Prompt and completion together; longer rows are cut from the right by the trainer."""
-    max_prompt_length: PositiveInt | None = 512
+    max_prompt_length: TokenLength | None = 512
     """Prompts longer than this are cut from the left by the data layer (KTOConfig has no such field)."""
     precompute_ref_log_probs: bool = False
 

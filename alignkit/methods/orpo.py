@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS, pair_data
 from alignkit.methods.method import Method, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -37,8 +38,8 @@ class OrpoSection(Section):
     """Odds-Ratio Preference Optimization: SFT and preference in one loss, no reference model."""
 
     beta: float = Field(0.1, gt=0)
-    max_length: PositiveInt = 1024
-    max_prompt_length: PositiveInt | None = 512
+    max_length: TokenLength = 1024
+    max_prompt_length: TokenLength | None = 512
 
     @model_validator(mode="after")
     def _lengths(self) -> OrpoSection:

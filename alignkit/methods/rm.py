@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.methods.dpo import pair_data
 from alignkit.methods.method import Method, ModelNeeds, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -45,9 +46,9 @@ TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
 class RmSection(Section):
     """Reward modelling: a one-output sequence classifier trained on preference pairs (Bradley-Terry)."""
 
-    max_length: PositiveInt = 1024
+    max_length: TokenLength = 1024
     """Pairs whose chosen or rejected sequence (prompt included) is longer are left out of training."""
-    max_prompt_length: PositiveInt | None = None
+    max_prompt_length: TokenLength | None = None
     """Prompts longer than this are cut from the left, so their pairs fit max_length; unset: never cut."""
     center_rewards_coefficient: float | None = Field(None, ge=0)
     """Weight of the mean squared reward added to the loss (keeps rewards centred on zero); 0.01 is usual."""

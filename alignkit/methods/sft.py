@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import PositiveInt
-
 from alignkit.data import formats
 from alignkit.methods.method import TOKEN_ROWS, DataNeeds, Method, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -48,7 +47,7 @@ TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
 class SftSection(Section):
     """Supervised fine-tuning on conversations or prompt/completion pairs."""
 
-    max_length: PositiveInt | None = 1024
+    max_length: TokenLength | None = 1024
     packing: bool = False
     packing_strategy: PackingStrategy = "bfd"
     padding_free: bool | None = None

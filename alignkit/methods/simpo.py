@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from alignkit.methods.dpo import PREFERENCE_METRICS, PREFERENCE_PANELS, pair_data
 from alignkit.methods.method import Method, imported
+from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -51,8 +52,8 @@ class SimpoSection(Section):
     cpo_alpha: float = Field(0.0, ge=0)
     """Weight of the NLL loss on chosen responses: 0 is pure SimPO, above 0 is CPO-SimPO."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    max_length: PositiveInt = 1024
-    max_prompt_length: PositiveInt | None = 512
+    max_length: TokenLength = 1024
+    max_prompt_length: TokenLength | None = 512
     """Prompts longer than this are cut from the left before the pair is truncated to max_length."""
 
     @model_validator(mode="after")

@@ -4,8 +4,9 @@ Every stage or point is planned up front (recipe resolved and validated, launch 
 anything trains, so a bad override or launch flag in the last one fails in seconds, not after the first.
 Those whose output_dir holds a finished run are skipped; the first unfinished one resumes (from its last
 checkpoint when it has one, as `alignkit <method>` does) and the rest follow. `--overwrite` retrains them
-all. A finished stage that starts from a stage about to run again would be stale, so that is refused up
-front rather than silently kept. Each one goes through alignkit.launch.start.start_training, the same path as the
+all. A finished stage that starts from a stage about to run again would be stale, and one whose frozen
+recipe differs from what this run gives it (a changed `--set`) would be skipped unchanged: both are refused
+up front rather than silently kept. Each one goes through alignkit.launch.start.start_training, the same path as the
 method commands: protected output dir, frozen recipe, in-process or spawned workers. Light: no torch until
 something trains.
 """
@@ -23,7 +24,7 @@ from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.pipeline.scan import is_scan, plan_scan
 from alignkit.pipeline.spec import PlannedStage, describe, load_pipeline, plan_pipeline
 from alignkit.recipe.mirrors import unused_notices
-from alignkit.run_record import is_finished
+from alignkit.run_record import changes_since, is_finished
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def plan_run(
         kind = "pipeline"
     launches = [plan_launch(stage.resolved.recipe, options) for stage in stages]
     runs = [overwrite or not stage.finished for stage in stages]
+    _refuse_changed(stages, runs, "point" if kind == "scan" else "stage")
     _refuse_stale(stages, runs)
     if kind == "scan":
         # Every point of one recipe says the same (a --qlora change, a mirror): once per recipe is enough.
@@ -79,6 +81,24 @@ def plan_run(
     if mirrors:
         notices += unused_notices(mirrors, set().union(*(stage.resolved.mirrored for stage in stages)))
     return PipelineRun(name, description, stages, launches, runs, notices, kind)
+
+
+def _refuse_changed(stages: list[PlannedStage], runs: list[bool], unit: str) -> None:
+    """A finished stage would be skipped; refuse when its frozen recipe differs from what this run asks for."""
+    problems = []
+    for stage, trains in zip(stages, runs, strict=True):
+        changed = None if trains else changes_since(stage.output_dir, stage.resolved.recipe)
+        if changed:
+            problems.append(
+                Problem(
+                    source=str(stage.output_dir),
+                    message=f"{unit} {stage.name} is finished, but with other settings than this run gives it"
+                    f" (changed: {', '.join(changed)}), so it would be skipped unchanged; pass --overwrite to"
+                    f" retrain every {unit}, remove {stage.output_dir} to retrain it, or rerun without the change",
+                )
+            )
+    if problems:
+        raise UserError(problems)
 
 
 def _refuse_stale(stages: list[PlannedStage], runs: list[bool]) -> None:

@@ -169,9 +169,7 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
     def put(path: str, value: Any, flat_key: str) -> None:
         earlier = out.origins.get(path)
         if earlier is not None and earlier != flat_key and earlier in data:
-            problems.append(
-                Problem(source=source, path=flat_key, message=f"sets {path} again (already set by {earlier}); keep one")
-            )
+            problems.append(Problem(source=source, path=flat_key, message=_set_twice(path, earlier, flat_key)))
             return
         node = out.recipe
         *parents, leaf = path.split(".")
@@ -214,6 +212,19 @@ def convert_flat(data: dict[str, Any], method: Method, source: str) -> Converted
     return out
 
 
+def _set_twice(path: str, earlier: str, key: str) -> str:
+    """Two flat keys that give one field (max_seq_length and max_length): which one to keep, when one is current."""
+    both = f"sets {path}, as {earlier} does"
+    leaf = path.rsplit(".", 1)[-1]
+    current = [k for k in (earlier, key) if k == leaf] or [k for k in (earlier, key) if k not in _RENAME_REASONS]
+    if len(current) != 1:
+        return f"{both}; keep one of them"
+    keep = current[0]
+    drop = key if keep == earlier else earlier
+    why = _RENAME_REASONS.get(drop, "its older name")
+    return f"{both}; keep {keep} and remove {drop} ({why})"
+
+
 def _other_method_key(key: str, leaf: str, method: Method, source: str, data: dict[str, Any]) -> Problem | None:
     """A key that says the config was written for another method (beta in an sft config), or None.
 
@@ -250,8 +261,8 @@ def _convert_dropped(key: str, value: Any, data: dict, put, out: Converted, sour
             put("training.mixed_precision", "bf16", key)
         elif key == "fp16" and value:
             put("training.mixed_precision", "fp16", key)
-        elif not data.get("bf16") and not data.get("fp16"):
-            put("training.mixed_precision", "no", key)
+        elif not data.get("bf16") and not data.get("fp16") and (key == "bf16" or "bf16" not in data):
+            put("training.mixed_precision", "no", key)  # once, though both keys say it
         out.notices.append(f"renamed {key}: {value} -> training.mixed_precision")
         return
     if key == "group_by_length":

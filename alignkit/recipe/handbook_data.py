@@ -15,8 +15,27 @@ DATA_KEYS = {"dataset_mixer", "dataset_splits", "dataset_configs", "dataset_mixt
 DATA_KEYS |= {"dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split"}
 
 
+_SOURCES = {
+    "dataset_mixture": "the current handbook's form",
+    "dataset_mixer": "the old handbook's form",
+    "dataset_name": "TRL's single dataset",
+}
+"""The keys that each give the whole of the data, the one to keep first."""
+
+
 def convert_data(data: dict, source: str, put, out, problems: list[Problem]) -> None:
     """Turn the flat config's data keys into `data.datasets` (and seed, test_split_size) through `put`."""
+    given = [key for key in _SOURCES if key in data]
+    for extra in given[1:]:
+        # Reading one would silently drop the other; the user says which one they meant.
+        problems.append(
+            Problem(
+                source=source,
+                path=extra,
+                message=f"gives the data, as {given[0]} does; keep {given[0]} ({_SOURCES[given[0]]}) and remove"
+                f" {extra} ({_SOURCES[extra]})",
+            )
+        )
     if "dataset_mixture" in data:
         _convert_mixture(data, source, put, out, problems)
     elif "dataset_mixer" in data:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from alignkit.errors import Problem
 from alignkit.methods import METHODS
+from alignkit.recipe.bounds import NOT_FINITE
 
 _TAGGED = re.compile(r"^\[(?P<path>[\w.]+)\] (?P<message>.*)$", re.DOTALL)
 _IDENT = re.compile(r"^[\w-]+$")
@@ -64,6 +65,8 @@ def problems_from_validation(
             message = f"{_unknown_key(model, loc, method)} (given: {_show(given)})"
         elif kind == "missing":
             message = "required, but not given"
+        elif kind == "finite_number":
+            message = f"{NOT_FINITE} (given: {_show(given)})"  # worded as the bounded fields say it
         elif isinstance(given, dict):
             message = _lower_first(message)  # a whole section: its values are in the file
         else:

@@ -2,7 +2,8 @@
 
 A method's own section (`sft:`, `dpo:`, ...) lives in its module under `alignkit/methods/`; the recipe
 models that join them are built in `alignkit.recipe.schema`. Every section forbids unknown keys, so a typo
-is an error rather than a silently ignored setting. Types stay plain (strings, numbers, literals): nothing
+is an error rather than a silently ignored setting, and every number is finite and bounded to what the
+machinery downstream can take (alignkit.recipe.bounds). Types stay plain (strings, numbers, literals): nothing
 here imports torch or TRL. The schemas are built on first validation (`defer_build`), so merely importing
 the sections (as `--help` does, to list the methods) costs little.
 """
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignkit.recipe import vocab
+from alignkit.recipe.bounds import Seed, finite_values, within
 
 
 class Section(BaseModel):
     """Base of every recipe section: strict, immutable, documented by attribute docstrings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -66,7 +70,7 @@ class DatasetSource(Section):
     """Split to read; slice syntax such as `train[:10%]` is allowed."""
     columns: list[str] | None = None
     """Columns to keep before format detection; all when unset."""
-    weight: float = Field(1.0, ge=0)
+    weight: within(0, 1000, float) = 1.0
     """Fraction of this source's rows to use (seeded random rows). Above 1 oversamples."""
     role: Literal["train", "test", "both"] = "train"
     """Whether the rows feed training, evaluation or both. Unset: test when the split name says test."""
@@ -85,15 +89,15 @@ class DataSection(Section):
 
     datasets: list[DatasetSource] = Field(min_length=1)
     """Sources, mixed by weight."""
-    test_split_size: Annotated[float, Field(gt=0)] | None = None
+    test_split_size: within(0, 10**12, float, above_low=True) | None = None
     """Re-split the pooled rows into train/test: a fraction below 1 or a row count."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of subsampling, oversampling, shuffling and re-splitting."""
     chat_template: str | None = None
     """A named template (chatml, zephyr) or inline Jinja. Unset: the tokenizer's, else ChatML."""
     system_prompt: str | None = None
     """System message inserted into conversations that have none."""
-    num_proc: PositiveInt | None = None
+    num_proc: within(1, 4096) | None = None
     """Worker processes for preprocessing."""
     decontaminate: list[str] = Field(default_factory=list)
     """Local benchmark files (jsonl or txt of strings); training rows containing them are removed."""
@@ -129,45 +133,47 @@ class TrainingSection(Section):
     """Where the run writes checkpoints and the final model. Unset: outputs/<recipe>-<method>."""
     overwrite_output_dir: bool = False
     """Start over even if output_dir holds a finished run."""
-    num_train_epochs: Annotated[int | float, Field(gt=0)] = 1
-    max_steps: int = Field(-1, ge=-1)
+    num_train_epochs: within(0, 10_000, int | float, above_low=True) = 1
+    max_steps: within(-1, 10**9) = -1
     """Stop after this many optimizer steps; -1 runs num_train_epochs."""
-    per_device_train_batch_size: PositiveInt = 8
-    per_device_eval_batch_size: PositiveInt = 8
-    gradient_accumulation_steps: PositiveInt = 1
+    per_device_train_batch_size: within(1, 100_000) = 8
+    per_device_eval_batch_size: within(1, 100_000) = 8
+    gradient_accumulation_steps: within(1, 100_000) = 1
     learning_rate: float | None = Field(None, gt=0)
     """Peak learning rate. Unset: the method's default, written into the frozen recipe."""
     lr_scheduler_type: vocab.Scheduler = "linear"
-    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
+    lr_scheduler_kwargs: Annotated[dict[str, Any], finite_values] = Field(default_factory=dict)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     """Fraction of the steps spent warming up."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: within(0, 10**9) = 0
     """Warm-up steps; give this or warmup_ratio, not both."""
     optim: vocab.Optimizer = "adamw_torch"
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = 42
+    seed: Seed = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast precision. auto: bf16 where the device computes it natively, else none."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass. Unset: only when the memory plan says they would not fit."""
-    gradient_checkpointing_kwargs: dict[str, Any] = Field(default_factory=lambda: {"use_reentrant": False})
+    gradient_checkpointing_kwargs: Annotated[dict[str, Any], finite_values] = Field(
+        default_factory=lambda: {"use_reentrant": False}
+    )
     train_sampling_strategy: Literal["random", "sequential", "group_by_length"] | None = None
     """Unset: group_by_length when rows are not packed and the method allows it, else random."""
     drop_padding_mask: bool | None = None
     """Leave out the padding mask of right-padded batches so SDPA runs its causal kernel (exact). Unset: on
     unless a flash-attention kernel is used."""
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
-    eval_steps: Annotated[int | float, Field(gt=0)] | None = None
+    eval_steps: within(0, 10**9, int | float, above_low=True) | None = None
     """Evaluate every N steps (a fraction below 1: of the total steps)."""
     save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
-    save_steps: Annotated[int | float, Field(gt=0)] = 500
-    save_total_limit: PositiveInt | None = 2
+    save_steps: within(0, 10**9, int | float, above_low=True) = 500
+    save_total_limit: within(1, 1_000_000) | None = 2
     use_liger_kernel: bool | None = None
     """Unset: on for CUDA when liger-kernel is installed."""
-    ddp_timeout: PositiveInt = 1800
+    ddp_timeout: within(1, 365 * 24 * 3600) = 1800
     """Seconds a rank waits for the others (long preprocessing on rank 0 needs more)."""
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: Annotated[dict[str, Any], finite_values] = Field(default_factory=dict)
     """Any other TRL/transformers config field, passed through verbatim (checked against TRL's names)."""
 
     @model_validator(mode="after")
@@ -183,7 +189,7 @@ class LoggingSection(Section):
     report_to: list[Literal["none", "tensorboard", "wandb", "mlflow", "trackio", "comet_ml"]] = Field(
         default_factory=lambda: ["none"]
     )
-    logging_steps: Annotated[int | float, Field(gt=0)] = 10
+    logging_steps: within(0, 10**9, int | float, above_low=True) = 10
     run_name: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical", "passive"] = "passive"
     wandb_project: str | None = None
@@ -210,9 +216,9 @@ class HubSection(Section):
 class PeftSection(Section):
     """LoRA adapters (the only PEFT method alignkit trains today)."""
 
-    r: int = Field(16, ge=1)
+    r: within(1, 65_536) = 16
     """LoRA rank."""
-    alpha: Annotated[int | float, Field(gt=0)] = 16
+    alpha: within(0, 1_000_000, int | float, above_low=True) = 16
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     modules_to_save: list[str] | None = None
@@ -262,9 +268,9 @@ class LaunchSection(Section):
 
     profile: LaunchProfile = "none"
     """Default launch profile; `--launch` overrides it."""
-    gpus: PositiveInt = 1
+    gpus: within(1, 1024) = 1
     """GPUs per node the recipe was tuned on (its effective batch size assumes them)."""
-    nodes: PositiveInt = 1
+    nodes: within(1, 100_000) = 1
 
 
 def at(path: str, message: str) -> str:

@@ -2,11 +2,13 @@
 
 PyYAML's `safe_load` silently keeps the last of two duplicate keys, which hides typos such as a second
 `learning_rate` further down a long file. The loader here refuses duplicates, reports syntax errors with
-their line, and refuses an empty document, always naming the file.
+their line, and refuses an empty document, always naming the file. It stays a safe loader (no tags that build
+objects), and reads numbers such as `1e-8` as floats, as YAML 1.2 does, where PyYAML's YAML 1.1 keeps text.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 (PyYAML) reads a number in exponent notation as a float only with a dot and a signed exponent
+# (`1.0e-8`); `1e-8`, `5e-7` and `1E+3` stay text and fail later as a wrong type. Read them as YAML 1.2 does.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 class _DuplicateKey(Exception):

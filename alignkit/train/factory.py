@@ -52,6 +52,7 @@ def build_trainer(
     from alignkit.data.prepare import prepare_data
     from alignkit.data.templates import ensure_chat_template
     from alignkit.data.tokenizer import load_tokenizer
+    from alignkit.train.guard import DivergenceGuard
 
     method = recipe.method
     check_extra(recipe)
@@ -80,7 +81,8 @@ def build_trainer(
         "eval_dataset": data.test if recipe.training.eval_strategy != "no" else None,
         "processing_class": tokenizer,
         "peft_config": loaded.peft_config,
-        "callbacks": callbacks or [],
+        # Every run stops at a NaN or infinite loss rather than saving (and marking finished) a broken model.
+        "callbacks": [DivergenceGuard(), *(callbacks or [])],
     }
     trainer = method.trainer()(model=loaded.model, **common)
     if recipe.training.train_sampling_strategy == "group_by_length":
