@@ -201,3 +201,30 @@ def test_grouping_is_kept_only_where_random_batches_would_be_mostly_padding():
     lengths = [min(1024, int(rng.lognormvariate(5, 0.8))) for _ in range(1024)]
     worth, reason = grouping_verdict(lengths, group=8, seed=0)
     assert worth and "would be" in reason
+
+
+def test_checkpointing_is_left_off_when_the_memory_plan_says_activations_fit(tmp_path, tiny_model_dir):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"model:\n  name_or_path: {tiny_model_dir}\ndata:\n  datasets:\n    - path: d\n"
+        f"training:\n  output_dir: {tmp_path / 'o'}\n"
+    )
+    result = CliRunner().invoke(app, ["sft", "--recipe", str(path), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    setting = {s["path"]: s for s in document["settings"]}["training.gradient_checkpointing"]
+    assert setting["value"] is False and setting["automatic"] is True
+    assert setting["reason"].startswith("activations fit without recomputation (memory plan: ")
+    assert document["launch"]["activation_checkpointing"] is False
+
+
+def test_checkpointing_is_turned_on_when_the_activations_would_not_fit(tiny_model_dir):
+    from alignkit.launch.memory import checkpointing_facts
+    from alignkit.launch.plan import LaunchOptions, plan_launch
+
+    tiny = recipe("sft", model={"name_or_path": str(tiny_model_dir)})
+    plan = plan_launch(tiny, LaunchOptions())
+    facts = checkpointing_facts(tiny, plan, device_bytes=1 << 20, label="a 1 MiB device")
+    assert facts["activations_fit"] is False and "a 1 MiB device" in facts["memory_reason"]
+    settings = decided("sft", Facts(device="cpu", bf16=True, flash_attn=False, liger=False, **facts))
+    assert settings["training.gradient_checkpointing"][:2] == (True, True)
