@@ -8,7 +8,6 @@ A run directory holds the frozen recipe (`alignkit_recipe.yaml`, re-runnable as 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,23 +19,6 @@ from alignkit.recipe.schema import RecipeBase
 RECIPE_FILE = "alignkit_recipe.yaml"
 RUN_FILE = "alignkit_run.json"
 LOG_FILE = "alignkit.log"
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{16,}")
-_NAMED_SECRET = re.compile(r"(?i:token|api_key|password)=\S+")
-# W&B API keys are 40 hex digits; so are git commit hashes, which a pinned `revision` legitimately is.
-_HEX40 = re.compile(r"\b[A-Fa-f0-9]{40}\b")
-
-
-def redact(text: str) -> str:
-    """Hide anything that looks like a token before it is written to disk."""
-    return _NAMED_SECRET.sub("<redacted>", _HF_TOKEN.sub("<redacted>", text))
-
-
-def looks_like_secret(override: str) -> bool:
-    """Whether a `PATH=VALUE` override carries what looks like a token (a revision may be a commit hash)."""
-    path, _, value = override.partition("=")
-    if _HF_TOKEN.search(value) or _NAMED_SECRET.search(override):
-        return True
-    return bool(_HEX40.search(value)) and not path.strip().endswith("revision")
 
 
 def rank_log(rank: int) -> str:

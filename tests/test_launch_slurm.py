@@ -243,7 +243,7 @@ def test_secrets_are_never_written(tmp_path, cli, monkeypatch):
         "--output", tmp_path / "leak.sbatch", "--set", f"hub.hub_model_id={token}",
     )  # fmt: skip
     assert refused.exit_code == 2
-    assert "looks like a token" in refused.stderr
+    assert "hub.hub_model_id: looks like a Hugging Face token" in refused.stderr
     assert not (tmp_path / "leak.sbatch").exists()
     # A commit hash pinning a revision is 40 hex digits too, and is no secret.
     sha = "0123456789abcdef0123456789abcdef01234567"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from alignkit.run_record import RUN_FILE, is_finished, looks_like_secret, redact, says_finished
+from alignkit.recipe.secrets import find_secrets, redact
+from alignkit.run_record import RUN_FILE, is_finished, says_finished
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_" + "a1B2" * 8
@@ -12,15 +13,15 @@ TOKEN = "hf_" + "a1B2" * 8
 
 def test_redact_hides_tokens_and_keeps_revisions():
     assert redact(f"--set hub.hub_model_id={TOKEN}") == "--set hub.hub_model_id=<redacted>"
-    assert redact("--set wandb_api_key=abc") == "--set wandb_<redacted>"
+    assert redact("--set wandb_api_key=abc") == "--set wandb_api_key=<redacted>"
     assert redact(f"--set model.revision={SHA}") == f"--set model.revision={SHA}"
 
 
-def test_looks_like_secret():
-    assert looks_like_secret(f"hub.hub_model_id={TOKEN}")
-    assert looks_like_secret(f"logging.run_name={SHA}")
-    assert not looks_like_secret(f"model.revision={SHA}")
-    assert not looks_like_secret("training.learning_rate=3e-7")
+def test_find_secrets():
+    assert [f.path for f in find_secrets(TOKEN, "hub.hub_model_id")] == ["hub.hub_model_id"]
+    assert [f.path for f in find_secrets(SHA, "logging.run_name")] == ["logging.run_name"]
+    assert find_secrets(SHA, "model.revision") == []
+    assert find_secrets(3e-7, "training.learning_rate") == []
 
 
 def test_only_a_real_true_in_a_whole_run_file_is_finished(tmp_path):

@@ -27,16 +27,9 @@ from alignkit.launch.plan import LaunchOptions, LaunchPlan
 from alignkit.launch.profiles import trainer_kwargs
 from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
 from alignkit.recipe.resolve import ResolvedRecipe
+from alignkit.recipe.secrets import redact
 from alignkit.recipe.yamlio import dump_yaml
-from alignkit.run_record import (
-    RECIPE_FILE,
-    RunRecord,
-    changed_fields,
-    checkpoints,
-    read_info,
-    redact,
-    says_finished,
-)
+from alignkit.run_record import RECIPE_FILE, RunRecord, changed_fields, checkpoints, read_info, says_finished
 from alignkit.train.checkpoints import MARKS_CHECKPOINTS
 
 

@@ -20,10 +20,11 @@ from alignkit.library.lookup import locate
 from alignkit.methods import METHODS
 from alignkit.recipe import handbook
 from alignkit.recipe.mirrors import apply_mirrors, mirrors_from_env
-from alignkit.recipe.overrides import apply_overrides, parse_overrides
+from alignkit.recipe.overrides import Override, apply_overrides, parse_overrides
 from alignkit.recipe.problems import problems_from_validation
 from alignkit.recipe.qlora import apply_qlora
 from alignkit.recipe.schema import RecipeBase
+from alignkit.recipe.secrets import find_secrets
 from alignkit.recipe.yamlio import read_yaml_mapping
 
 
@@ -68,7 +69,7 @@ def resolve_recipe(
     """
     name, path = locate(ref, method)
     source = str(path)
-    raw = read_yaml_mapping(path)
+    raw = file_raw = read_yaml_mapping(path)
     notices: list[str] = []
     origins: dict[str, str] = {}
     if handbook.is_flat(raw):
@@ -85,6 +86,7 @@ def resolve_recipe(
         raw, qlora_notices = apply_qlora(raw, METHODS[method])
         notices += qlora_notices
     parsed = parse_overrides(list(overrides))
+    _refuse_secrets(file_raw, source, parsed, output_dir)
     # A field that --set replaces anyway (a pipeline's `from` wiring) did not use its mirror.
     applied = [a for a in applied if not any(a.field == o.path or a.field.startswith(f"{o.path}.") for o in parsed)]
     notices += [a.notice for a in applied]
@@ -109,6 +111,19 @@ def resolve_recipe(
         notices=notices,
         mirrored=frozenset(a.key for a in applied),
     )
+
+
+def _refuse_secrets(raw: dict[str, Any], source: str, overrides: list[Override], output_dir: str | None) -> None:
+    """Refuse a recipe or an override holding a token (alignkit.recipe.secrets), naming the variable to set."""
+    problems = [found.problem(source) for found in find_secrets(raw)]
+    for override in overrides:
+        # The override's text holds the secret: the message names its path only.
+        where = f"--set {override.path}=..."
+        problems += [found.problem(where) for found in find_secrets(override.value, override.path)]
+    if output_dir is not None:
+        problems += [found.problem("--output-dir") for found in find_secrets(output_dir, "training.output_dir")]
+    if problems:
+        raise UserError(problems)
 
 
 def _refuse_other_method(raw: dict[str, Any], method: str, source: str) -> None:

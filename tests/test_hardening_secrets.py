@@ -1,0 +1,97 @@
+"""No secret on disk, no code run unasked: tokens in a recipe are refused, remote code needs the recipe's
+word and is announced, and a YAML alias bomb is refused before it grows."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignkit.methods import METHODS
+from alignkit.recipe.secrets import find_secrets, redact
+
+# The chat fine-tuning method (conversations as token rows); the job writers take any method.
+METHOD = next(name for name, method in METHODS.items() if method.data.rows == "tokens")
+SHORT_HF = "hf_" + "Xq7ZpL2mN4vRt"  # 13 characters: shorter than a real token, still one
+WANDB = "0123456789abcdef" * 2 + "01234567"
+SHA = "fedcba9876543210" * 2 + "fedcba98"
+
+
+def _recipe(write_recipe, tmp_path, extra: str = "", model: str = ""):
+    """A recipe of an existing data file; `model` adds lines to the model section, `extra` other sections."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    text = f"model:\n  name_or_path: HuggingFaceH4/zephyr-7b-beta\n{model}data:\n  datasets:\n    - path: {data}\n"
+    return write_recipe(text + extra)
+
+
+EXTRA = "training:\n  extra:\n    {key}: {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "what", "env"),
+    [
+        (EXTRA.format(key="hub_token", value="abc123"), "training.extra.hub_token", "is a secret field (hub_token)",
+         "HF_TOKEN"),
+        (f"logging:\n  run_name: {SHORT_HF}\n", "logging.run_name", "looks like a Hugging Face token", "HF_TOKEN"),
+        (f"logging:\n  wandb_entity: {WANDB}\n", "logging.wandb_entity", "looks like a W&B API key", "WANDB_API_KEY"),
+        (f"description: 'mine, key {SHORT_HF}'\n", "description", "looks like a Hugging Face token", "HF_TOKEN"),
+        (EXTRA.format(key="wandb_api_key", value="xyz"), "training.extra.wandb_api_key",
+         "is a secret field (wandb_api_key)", "WANDB_API_KEY"),
+    ],
+)  # fmt: skip
+def test_a_recipe_field_holding_a_secret_is_refused(cli, write_recipe, tmp_path, extra, field, what, env):
+    recipe = _recipe(write_recipe, tmp_path, extra)
+    result = cli(METHOD, "--recipe", recipe, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {recipe}: {field}: {what}; secrets come from the environment only (a run writes its recipe into"
+        f" its files): remove it and set {env} in the environment instead"
+    )
+    for secret in (SHORT_HF, WANDB, "abc123", "xyz"):
+        assert secret not in result.output
+
+
+def test_a_secret_in_set_is_refused_without_repeating_it(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path)
+    result = cli(METHOD, "--recipe", recipe, "--set", f"hub.hub_model_id={SHORT_HF}", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --set hub.hub_model_id=...: hub.hub_model_id: looks like a Hugging Face")
+    assert SHORT_HF not in result.output
+
+
+def test_the_run_refuses_a_secret_before_writing_anything(cli, write_recipe, tmp_path):
+    out = tmp_path / "run"
+    recipe = _recipe(write_recipe, tmp_path, f"training:\n  output_dir: {out}\n  extra:\n    hub_token: abc\n")
+    result = cli(METHOD, "--recipe", recipe)
+    assert result.exit_code == 2, result.output
+    assert "training.extra.hub_token: is a secret field (hub_token)" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("writer", ["slurm", "dstack"])
+def test_job_writers_check_the_recipe_file_the_same_way(cli, write_recipe, tmp_path, writer):
+    recipe = _recipe(write_recipe, tmp_path, f"logging:\n  run_name: {SHORT_HF}\n")
+    out = tmp_path / "job.txt"
+    flags = ["--nodes", "1", "--gpus-per-node", "1"] if writer == "slurm" else ["--gpu", "L4:1"]
+    result = cli(writer, METHOD, "--recipe", recipe, *flags, "--output", out)
+    assert result.exit_code == 2, result.output
+    assert f"error: {recipe}: logging.run_name: looks like a Hugging Face token" in result.stderr
+    assert not out.exists()
+    assert SHORT_HF not in result.output
+
+
+def test_normal_values_are_not_taken_for_secrets(cli, write_recipe, tmp_path):
+    extra = (
+        "description: Zephyr 7B beta on UltraChat, hf_datasets export\n"
+        "logging:\n  run_name: hf_experiments-2024\n"
+        f"training:\n  output_dir: {tmp_path}/hub/models--x/snapshots/{SHA}/out\n"
+    )
+    recipe = _recipe(write_recipe, tmp_path, extra, model=f"  revision: {SHA}\n")
+    result = cli(METHOD, "--recipe", recipe, "--dry-run", "--set", "logging.wandb_entity=my-team")
+    assert result.exit_code == 0, result.output
+    assert find_secrets({"sft_like": {"eos_token": "<|im_end|>", "pad_token": "<pad>"}}) == []
+
+
+def test_the_recorded_command_hides_short_tokens_and_keeps_revisions():
+    assert redact(f"hub.hub_model_id={SHORT_HF}") == "hub.hub_model_id=<redacted>"
+    assert redact("training.extra.hub_token=abc") == "training.extra.hub_token=<redacted>"
+    assert redact(f"model.revision={SHA}") == f"model.revision={SHA}"
