@@ -3,6 +3,8 @@ word and is announced, and a YAML alias bomb is refused before it grows."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from alignkit.methods import METHODS
@@ -95,3 +97,52 @@ def test_the_recorded_command_hides_short_tokens_and_keeps_revisions():
     assert redact(f"hub.hub_model_id={SHORT_HF}") == "hub.hub_model_id=<redacted>"
     assert redact("training.extra.hub_token=abc") == "training.extra.hub_token=<redacted>"
     assert redact(f"model.revision={SHA}") == f"model.revision={SHA}"
+
+
+# YAML alias bombs
+
+
+def _bomb(levels: int = 9) -> str:
+    """Nested aliases: about 500 bytes standing for 9**levels values."""
+    lines = ["l0: &l0 [" + ",".join(["lol"] * 9) + "]"]
+    lines += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_quickly(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path, _bomb() + "training:\n  extra:\n    bomb: *l8\n")
+    assert len(recipe.read_bytes()) < 800
+    # The recipe's own lines come first (5); l5 on line 11 is the first to stand for more than 100,000 values.
+    started = time.monotonic()
+    result = cli(METHOD, "--recipe", recipe, "--dry-run")
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {recipe}:11: its aliases expand to more than 100,000 values (a recipe holds a few hundred);"
+        " write the values out instead of nesting aliases"
+    )
+
+
+def test_an_alias_bomb_in_set_is_refused(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path)
+    # 40 x 40 x 40 x 40 values from a few hundred bytes.
+    nested = ["&a [" + ",".join(["x"] * 40) + "]"]
+    nested += [f"&{name} [" + ",".join([f"*{inner}"] * 40) + "]" for inner, name in ("ab", "bc", "cd")]
+    levels = "[" + ", ".join(nested) + "]"
+    result = cli(METHOD, "--recipe", recipe, "--set", f"training.extra.bomb={levels}", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --set training.extra.bomb=[&a")
+    assert "its aliases expand to more than 100,000 values" in result.stderr
+
+
+def test_an_alias_that_contains_itself_is_refused(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path, "training:\n  extra:\n    loop: &loop [1, *loop]\n")
+    result = cli(METHOD, "--recipe", recipe, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "an alias refers to a value that contains it" in result.stderr
+
+
+def test_aliases_of_ordinary_size_still_work(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path, "training:\n  lr_scheduler_kwargs: &kw {min_lr_rate: 0.1}\n")
+    result = cli(METHOD, "--recipe", recipe, "--set", "training.extra.adam_beta1=0.9", "--dry-run")
+    assert result.exit_code == 0, result.output

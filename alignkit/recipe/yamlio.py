@@ -4,6 +4,9 @@ PyYAML's `safe_load` silently keeps the last of two duplicate keys, which hides 
 `learning_rate` further down a long file. The loader here refuses duplicates, reports syntax errors with
 their line, and refuses an empty document, always naming the file. It stays a safe loader (no tags that build
 objects), and reads numbers such as `1e-8` as floats, as YAML 1.2 does, where PyYAML's YAML 1.1 keeps text.
+Aliases are counted as the values they stand for: a few hundred bytes of nested aliases (a "billion laughs")
+would otherwise expand to gigabytes wherever the recipe is copied or validated, so a document that grows past
+`MAX_VALUES` is refused first.
 """
 
 from __future__ import annotations
@@ -17,10 +20,53 @@ import yaml
 from alignkit.errors import Problem, UserError
 
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_VALUES = 100_000
+"""The most values (scalars, lists, mappings) a document may hold with its aliases expanded; a recipe has
+a few hundred."""
 
 
 class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """A safe loader that refuses duplicate mapping keys."""
+    """A safe loader that refuses duplicate mapping keys and documents whose aliases expand too far."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return self.construct_document(node)
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int, why: str):
+        self.line, self.why = line, why
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for with every alias written out (each shared node is counted once
+    per use, but measured once)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise _TooLarge(
+            node.start_mark.line + 1, "an alias refers to a value that contains it; write the values out instead"
+        )
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            size += _expanded_size(key_node, sizes, open_nodes) + _expanded_size(value_node, sizes, open_nodes)
+    if size > MAX_VALUES:
+        raise _TooLarge(
+            node.start_mark.line + 1,
+            f"its aliases expand to more than {MAX_VALUES:,} values (a recipe holds a few hundred); write the"
+            " values out instead of nesting aliases",
+        )
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -53,6 +99,13 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text strictly; `source` names the text in error messages."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except _TooLarge as large:
+        raise UserError(
+            Problem(
+                source=f"{source}:{large.line}",
+                message=large.why,
+            )
+        ) from None
     except _DuplicateKey as dup:
         raise UserError(
             Problem(
