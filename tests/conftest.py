@@ -72,10 +72,19 @@ model:
   name_or_path: some/model
 data:
   datasets:
-    - path: data/train.jsonl
+    - path: {data}
 training:
   output_dir: {output_dir}
 """
+"""A recipe of a chat method with `{output_dir}` and `{data}` to fill in (`chat_file` writes a data file)."""
+
+
+def chat_file(folder: Path, name: str = "train.jsonl") -> Path:
+    """A one-conversation data file in `folder`: a recipe's local data must exist for a dry run to pass."""
+    path = folder / name
+    row = '{"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]}'
+    path.write_text(row + "\n", encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")

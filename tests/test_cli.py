@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import MINIMAL_SFT
+from conftest import MINIMAL_SFT, chat_file
 
 from alignkit import __version__
 from alignkit.methods import METHODS
@@ -201,7 +201,9 @@ def _fails(result, *expected: str):
 
 
 def test_unknown_key_suggests_the_closest(cli, write_recipe, tmp_path):
-    path = write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "out") + "  learning_rat: 3.0e-5\n")
+    path = write_recipe(
+        MINIMAL_SFT.format(output_dir=tmp_path / "out", data="data/train.jsonl") + "  learning_rat: 3.0e-5\n"
+    )
     _fails(
         cli("sft", "--recipe", path, "--dry-run"),
         f"{path}: training.learning_rat: unknown key; did you mean learning_rate?",
@@ -209,7 +211,7 @@ def test_unknown_key_suggests_the_closest(cli, write_recipe, tmp_path):
 
 
 def test_every_problem_is_reported_once(cli, write_recipe, tmp_path):
-    text = MINIMAL_SFT.format(output_dir=tmp_path / "out") + (
+    text = MINIMAL_SFT.format(output_dir=tmp_path / "out", data="data/train.jsonl") + (
         "  per_device_train_batch_size: 0\n  learning_rate: -1\n  lr_scheduler_type: cosin\n  optim: adam\n"
     )
     result = cli("sft", "--recipe", write_recipe(text), "--dry-run")
@@ -225,7 +227,7 @@ def test_every_problem_is_reported_once(cli, write_recipe, tmp_path):
 
 
 def test_cross_field_rules(cli, write_recipe, tmp_path):
-    base = MINIMAL_SFT.format(output_dir=tmp_path / "out")
+    base = MINIMAL_SFT.format(output_dir=tmp_path / "out", data="data/train.jsonl")
     both_bits = base + "peft: {r: 8}\nquantization: {load_in_4bit: true, load_in_8bit: true}\n"
     _fails(cli("sft", "--recipe", write_recipe(both_bits), "--dry-run"), "load_in_4bit and load_in_8bit cannot both")
     rank0 = base + "peft: {r: 0}\n"
@@ -286,7 +288,10 @@ def test_yaml_file_errors(cli, write_recipe):
 
 
 def test_wrong_method_section(cli, write_recipe, tmp_path):
-    path = write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "o") + "sft: {max_length: 64}\ndpo:\n  beta: 0.1\n")
+    path = write_recipe(
+        MINIMAL_SFT.format(output_dir=tmp_path / "o", data="data/train.jsonl")
+        + "sft: {max_length: 64}\ndpo:\n  beta: 0.1\n"
+    )
     _fails(cli("sft", "--recipe", path, "--dry-run"), "dpo: a dpo section in a sft recipe; run `alignkit dpo`")
     only_dpo = write_recipe("model: {name_or_path: m}\ndata: {datasets: [{path: p}]}\ndpo: {beta: 0.2}\n", "d.yaml")
     _fails(cli("sft", "--recipe", only_dpo, "--dry-run"), "this is a dpo recipe (it has a dpo section)")
@@ -333,7 +338,7 @@ def test_multi_node_plan(cli):
 
 def test_failed_validation_creates_nothing(cli, write_recipe, tmp_path):
     out = tmp_path / "run"
-    path = write_recipe(MINIMAL_SFT.format(output_dir=out) + "  learning_rate: -1\n")
+    path = write_recipe(MINIMAL_SFT.format(output_dir=out, data="data/train.jsonl") + "  learning_rate: -1\n")
     result = cli("sft", "--recipe", path)
     assert result.exit_code == 2
     assert not out.exists()
@@ -356,7 +361,7 @@ def test_env_reports_versions(cli):
 
 
 def test_qlora_keeps_a_recipes_own_quantisation_choices(cli, write_recipe, tmp_path):
-    text = MINIMAL_SFT.format(output_dir=tmp_path / "out") + (
+    text = MINIMAL_SFT.format(output_dir=tmp_path / "out", data=chat_file(tmp_path)) + (
         "peft: {r: 64, alpha: 16}\nquantization: {load_in_4bit: true, bnb_4bit_use_double_quant: false}\n"
     )
     doc = _dry_run(cli, "sft", "--recipe", write_recipe(text), "--qlora")

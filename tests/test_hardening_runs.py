@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MINIMAL_SFT
+from conftest import MINIMAL_SFT, chat_file
 
 from alignkit.errors import Problem, UserError
 from alignkit.launch.lock import LOCK_FILE
@@ -70,7 +70,7 @@ def fake_training(monkeypatch):
 
 @pytest.fixture
 def recipe(write_recipe, tmp_path) -> Path:
-    return write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run"))
+    return write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run", data=chat_file(tmp_path)))
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
+from conftest import REPO, chat_file
 
 from alignkit.launch import profiles
 from alignkit.launch.plan import PROFILES, LaunchOptions, plan_launch
@@ -93,7 +93,7 @@ def test_dry_run_prints_the_accelerate_config_of_every_profile(cli, gpus, profil
 
 
 def test_dry_run_of_profile_none_has_no_launcher_config(cli):
-    doc = _dry_run(cli, "sft", "--recipe", "tiny-demo", "--launch", "none")
+    doc = _dry_run(cli, "sft", "--recipe", "zephyr-7b-gemma", "--launch", "none")  # the demo's data may not exist
     assert doc["launch"]["world_size"] == 1
     assert doc["accelerate_config"] is None
     assert doc["deepspeed_config"] is None
@@ -329,10 +329,10 @@ def test_fsdp_qlora_needs_a_4bit_recipe(cli):
     assert "add --qlora" in result.stderr
 
 
-def test_8bit_weights_cannot_be_sharded(write_recipe, cli):
+def test_8bit_weights_cannot_be_sharded(write_recipe, cli, tmp_path):
     path = write_recipe(
         "model: {name_or_path: some/model}\n"
-        "data: {datasets: [{path: data.jsonl}]}\n"
+        f"data: {{datasets: [{{path: {chat_file(tmp_path)}}}]}}\n"
         "peft: {r: 8}\n"
         "quantization: {load_in_8bit: true}\n"
     )
@@ -342,10 +342,10 @@ def test_8bit_weights_cannot_be_sharded(write_recipe, cli):
     assert cli("sft", "--recipe", path, "--launch", "zero2", "--num-processes", "2", "--dry-run").exit_code == 0
 
 
-def test_sharded_4bit_with_full_precision_other_weights_is_refused(write_recipe, cli):
+def test_sharded_4bit_with_full_precision_other_weights_is_refused(write_recipe, cli, tmp_path):
     path = write_recipe(
         "model: {name_or_path: some/model, dtype: float32}\n"
-        "data: {datasets: [{path: data.jsonl}]}\n"
+        f"data: {{datasets: [{{path: {chat_file(tmp_path)}}}]}}\n"
         "peft: {r: 8}\n"
         "quantization: {load_in_4bit: true, bnb_4bit_compute_dtype: bfloat16}\n"
     )

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import chat_file
 
 from alignkit.methods import METHODS
 from alignkit.methods.method import Method
@@ -117,7 +118,7 @@ def test_a_method_is_one_module_and_one_listing(tmp_path):
     """A new module and its listing are all it takes: the command and the recipe model follow from them."""
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(
-        f"model:\n  name_or_path: m\ndata:\n  datasets:\n    - path: d.jsonl\ntoy:\n  max_length: 32\n"
+        f"model:\n  name_or_path: m\ndata:\n  datasets:\n    - path: {chat_file(tmp_path)}\ntoy:\n  max_length: 32\n"
         f"training:\n  output_dir: {tmp_path / 'out'}\n"
     )
     result = subprocess.run(

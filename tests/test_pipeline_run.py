@@ -313,8 +313,10 @@ def _mirrors(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_mirrors_swap_models_tokenizers_and_datasets(cli, tmp_path):
+def test_mirrors_swap_models_tokenizers_and_datasets(cli, tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "hermes").mkdir()  # the run needs its data: a dry run refuses a missing one
     path = _mirrors(
         tmp_path,
         "HuggingFaceTB/SmolLM-360M: models/base\n"

@@ -8,8 +8,9 @@ import pytest
 
 from alignkit.errors import UserError
 from alignkit.hardware import Hardware
+from alignkit.launch.preflight import check_extra
 from alignkit.methods import METHODS
-from alignkit.train.trl_config import build_trl_config, check_extra
+from alignkit.train.trl_config import build_trl_config
 
 CPU = Hardware(device="cpu", bf16=False, fp16=False, flash_attn=False)
 CPU_BF16 = Hardware(device="cpu", bf16=True, fp16=False, flash_attn=False)

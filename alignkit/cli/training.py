@@ -80,7 +80,7 @@ def method_command(method: Listing):
         if dry_run:
             from alignkit.launch.dry_run import print_dry_run
 
-            print_dry_run(resolved, plan, as_json=as_json, notices_to=print_notices)
+            print_dry_run(resolved, plan, as_json=as_json, notices_to=print_notices, overwrite=overwrite)
             return
         print_notices(resolved.notices)
         from alignkit.launch.start import start_training

@@ -71,7 +71,7 @@ def report_data(method: str, recipe_ref: str, overrides: tuple[str, ...], show: 
 
         datasets.disable_progress_bars()  # one JSON document and nothing else, even on stderr
     recipe = resolved.recipe
-    tokenizer = load_tokenizer(recipe)
+    tokenizer = load_tokenizer(recipe, run_code=False)  # a preview reads data; it never runs a model's code
     if recipe.method.data.chat_template:
         from alignkit.data.templates import ensure_chat_template
 

@@ -126,12 +126,39 @@ def _quiet_loader():
         logger.setLevel(level)
 
 
+def check_local(source, index: int) -> None:
+    """Refuse a local source that cannot load, judged from the path alone (no rows read): missing, a file of
+    an unknown kind, a split other than a file's one, an empty file. Shared with the dry run's pre-flight.
+
+    Raises:
+        UserError: naming the source and what to fix.
+    """
+    path = Path(source.path).expanduser()
+    kind = local_kind(path)
+    if kind is None and looks_local(source.path):
+        raise problem(source, index, f"file or folder not found: {path}")
+    if kind != "file":
+        return
+    if data_file_builder(path) is None:
+        raise problem(
+            source, index, f"unsupported data file {path.name}; use one of {', '.join(sorted(BUILDERS))} files"
+        )
+    if split_name(source.split) != "train":
+        raise problem(
+            source,
+            index,
+            f"a single data file has one split, 'train' (given {source.split!r}); use split: train (slices such as"
+            " train[:10%] work) and role: test to evaluate on it",
+        )
+    if path.stat().st_size == 0:
+        raise problem(source, index, f"{path} is empty: no rows")
+
+
 def _load(source, index: int, cache_dir: str | None):
+    check_local(source, index)
     path = Path(source.path).expanduser()
     kind = local_kind(path)
     if kind is None:
-        if looks_local(source.path):
-            raise problem(source, index, f"file or folder not found: {path}")
         dataset = _load_hub(source, index, cache_dir)
     elif kind == "file":
         dataset = _load_file(source, index, path, cache_dir)
@@ -162,20 +189,7 @@ def _load_hub(source, index: int, cache_dir: str | None):
 def _load_file(source, index: int, path: Path, cache_dir: str | None):
     from datasets import load_dataset
 
-    builder = data_file_builder(path)
-    if builder is None:
-        raise problem(
-            source, index, f"unsupported data file {path.name}; use one of {', '.join(sorted(BUILDERS))} files"
-        )
-    if split_name(source.split) != "train":
-        raise problem(
-            source,
-            index,
-            f"a single data file has one split, 'train' (given {source.split!r}); use split: train (slices such as"
-            " train[:10%] work) and role: test to evaluate on it",
-        )
-    if path.stat().st_size == 0:
-        raise problem(source, index, f"{path} is empty: no rows")
+    builder = data_file_builder(path) or ""  # check_local refused files of unknown kinds
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         return load_dataset(builder, data_files={"train": str(path)}, split=source.split, cache_dir=cache_dir, **kwargs)

@@ -10,12 +10,51 @@ from __future__ import annotations
 from typing import Any
 
 from alignkit.chat_templates import CHATML_SPECIAL_TOKENS, resolve_template
+from alignkit.errors import Problem, UserError
 
 CHATML_END = CHATML_SPECIAL_TOKENS[1]
 
 
 class TemplateRowError(ValueError):
     """A conversation the chat template refused (for example roles that do not alternate)."""
+
+
+def template_syntax_error(recipe) -> str | None:
+    """What is wrong with the Jinja syntax of the recipe's own template (`data.chat_template`), if anything.
+
+    Parsed as transformers parses templates (trim_blocks, lstrip_blocks, loop controls and the
+    `{% generation %}` tag), without rendering: the dry run checks it with no tokenizer loaded.
+    """
+    template = resolve_template(recipe.data.chat_template)
+    if template is None:
+        return None
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _generation_tag()]
+    )
+    try:
+        environment.parse(template)
+    except TemplateSyntaxError as err:
+        return f"the chat template is not valid Jinja: {err.message} (line {err.lineno} of the template)"
+    return None
+
+
+def _generation_tag():
+    """A Jinja extension that reads `{% generation %}...{% endgeneration %}` blocks, as transformers' does."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = frozenset({"generation"})
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    return GenerationTag
 
 
 def ensure_chat_template(tokenizer, recipe) -> bool:
@@ -29,6 +68,9 @@ def ensure_chat_template(tokenizer, recipe) -> bool:
     Returns:
         True when tokens were added to the vocabulary, so the caller resizes the model's embeddings.
     """
+    error = template_syntax_error(recipe)
+    if error is not None:
+        raise UserError(Problem(source="recipe", path="data.chat_template", message=error))
     installed = resolve_template(recipe.data.chat_template)
     if installed is None and not getattr(tokenizer, "chat_template", None):
         installed = resolve_template("chatml")

@@ -12,13 +12,19 @@ from alignkit.launch.plan import machine_facts
 from alignkit.recipe.automatic import decide
 
 
-def print_dry_run(resolved, plan, *, as_json: bool, notices_to) -> None:
+def print_dry_run(resolved, plan, *, as_json: bool, notices_to, overwrite: bool = False) -> None:
     """Print the resolved recipe and its launch plan (with the generated launcher configs), or one JSON document.
 
-    `notices_to` prints the recipe's notices (to stderr) before the human-readable view.
+    `notices_to` prints the recipe's notices (to stderr) before the human-readable view. The run's own
+    pre-flight checks come first (alignkit.launch.preflight), so a recipe the run would refuse is refused here.
     """
+    from dataclasses import replace
+
+    from alignkit.launch.preflight import preflight
     from alignkit.launch.profiles import accelerate_config, deepspeed_config, describe
     from alignkit.recipe.yamlio import dump_yaml
+
+    resolved = replace(resolved, notices=[*resolved.notices, *preflight(resolved, overwrite=overwrite, dry_run=True)])
 
     recipe = resolved.recipe.model_dump(mode="json")
     settings = decide(resolved.recipe, machine_facts(resolved.recipe, plan))

@@ -24,6 +24,7 @@ from alignkit.errors import AlignkitError, Problem, RunError, UserError
 from alignkit.files import atomic_write
 from alignkit.launch.lock import LOCK_FILE, output_lock
 from alignkit.launch.plan import LaunchOptions, LaunchPlan
+from alignkit.launch.preflight import preflight
 from alignkit.launch.profiles import trainer_kwargs
 from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
 from alignkit.recipe.resolve import ResolvedRecipe
@@ -132,7 +133,9 @@ def start_training(
 ) -> dict[str, Any] | None:
     """Train `resolved` as `plan` says. Returns the final metrics for an in-process run."""
     out = resolved.output_dir
-    prepare_output_dir(resolved, overwrite=overwrite)  # refused before locking: a foreign folder gets no lock file
+    # Refused before locking (a foreign folder gets no lock file), with the dry run's checks and messages.
+    for notice in preflight(resolved, overwrite=overwrite):
+        echo(f"note: {notice}")
     with output_lock(out, take=plan.machine_rank == 0, echo=echo):
         action = prepare_output_dir(resolved, overwrite=overwrite)  # again, now that no other run can change it
         previous = read_info(out) if action == "resume" else None

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.hardware import Hardware
+from alignkit.launch.preflight import check_extra
 from alignkit.recipe.automatic import Facts, Setting, apply, decide
 from alignkit.recipe.schema import RecipeBase
 from alignkit.train.batching import group_by_length, grouping_verdict
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.padding_mask import drop_padding_mask
-from alignkit.train.trl_config import build_trl_config, check_extra
+from alignkit.train.trl_config import build_trl_config
 
 
 @dataclass

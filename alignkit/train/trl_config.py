@@ -7,7 +7,6 @@ it (CPUs with AVX512-BF16 included), nothing where it does not.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,81 +14,6 @@ from alignkit.errors import Problem, UserError
 from alignkit.hardware import Hardware, usable_precision
 from alignkit.recipe.automatic import Facts, apply, decide
 from alignkit.recipe.schema import RecipeBase
-
-# Fields alignkit sets from the recipe or the run; `training.extra` may not change them behind its back.
-_OWNED = {
-    "output_dir",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "optim",
-    "weight_decay",
-    "max_grad_norm",
-    "seed",
-    "bf16",
-    "fp16",
-    "use_cpu",
-    "gradient_checkpointing",
-    "gradient_checkpointing_kwargs",
-    "activation_checkpointing",
-    "activation_checkpointing_kwargs",
-    "eval_strategy",
-    "eval_steps",
-    "save_strategy",
-    "save_steps",
-    "save_total_limit",
-    "report_to",
-    "logging_steps",
-    "run_name",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_private_repo",
-    "hub_revision",
-    "hub_strategy",
-    "resume_from_checkpoint",
-    "max_length",
-    "beta",
-    "loss_type",
-    "model_init_kwargs",
-    "trust_remote_code",
-}
-
-
-def check_extra(recipe: RecipeBase, source: str = "recipe") -> None:
-    """Refuse `training.extra` keys that the TRL config of the recipe's method lacks, or that alignkit sets."""
-    problems = []
-    method = recipe.method
-    for key in recipe.training.extra:
-        if key not in method.trl_fields:
-            problems.append(
-                Problem(
-                    source=source, path=f"training.extra.{key}", message=f"not a field of TRL's {method.name} config"
-                )
-            )
-        elif key in _OWNED:
-            problems.append(
-                Problem(
-                    source=source,
-                    path=f"training.extra.{key}",
-                    message="alignkit sets this from the recipe; use the recipe's own field instead",
-                )
-            )
-    if recipe.training.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        problems.append(
-            Problem(
-                source=source,
-                path="training.use_liger_kernel",
-                message="liger-kernel is not installed; `pip install liger-kernel` or set it to false",
-            )
-        )
-    if problems:
-        raise UserError(problems)
 
 
 def precision_flags(recipe: RecipeBase, hardware: Hardware) -> tuple[dict[str, Any], list[str]]:
