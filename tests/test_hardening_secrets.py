@@ -3,6 +3,7 @@ word and is announced, and a YAML alias bomb is refused before it grows."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -146,3 +147,67 @@ def test_aliases_of_ordinary_size_still_work(cli, write_recipe, tmp_path):
     recipe = _recipe(write_recipe, tmp_path, "training:\n  lr_scheduler_kwargs: &kw {min_lr_rate: 0.1}\n")
     result = cli(METHOD, "--recipe", recipe, "--set", "training.extra.adam_beta1=0.9", "--dry-run")
     assert result.exit_code == 0, result.output
+
+
+# Remote code
+
+
+REMOTE = (
+    "model.trust_remote_code is on: loading the model runs the Python code of {repo} on this machine; turn it off"
+    " unless the model needs it"
+)
+
+
+def test_the_dry_run_names_the_repository_whose_code_would_run(cli, write_recipe, tmp_path):
+    recipe = _recipe(write_recipe, tmp_path, model="  trust_remote_code: true\n")
+    result = cli(METHOD, "--recipe", recipe, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"note: {REMOTE.format(repo='HuggingFaceH4/zephyr-7b-beta')}" in result.stderr.splitlines()
+    document = cli(METHOD, "--recipe", recipe, "--dry-run", "--json")
+    assert REMOTE.format(repo="HuggingFaceH4/zephyr-7b-beta") in json.loads(document.stdout)["notices"]
+    plain = cli(METHOD, "--recipe", _recipe(write_recipe, tmp_path), "--dry-run")
+    assert "trust_remote_code" not in plain.stderr
+
+
+def test_the_run_names_the_repository_whose_code_runs(cli, write_recipe, tmp_path, monkeypatch):
+    import alignkit.train.worker as worker
+    from alignkit.run_record import RunRecord
+
+    def train(out, **kwargs):
+        RunRecord.load(out).mark_finished({})
+        return {}
+
+    monkeypatch.setattr(worker, "setup_logging", lambda out: out / "alignkit.log")
+    monkeypatch.setattr(worker, "train", train)
+    extra = f"training:\n  output_dir: {tmp_path / 'run'}\n"
+    recipe = _recipe(
+        write_recipe, tmp_path, extra, model="  trust_remote_code: true\n  tokenizer_name_or_path: org/tok\n"
+    )
+    result = cli(METHOD, "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    assert f"note: {REMOTE.format(repo='HuggingFaceH4/zephyr-7b-beta and org/tok')}" in result.stdout.splitlines()
+
+
+def test_the_data_preview_never_runs_a_repositorys_code(cli, write_recipe, tmp_path):
+    from alignkit.demo.tiny import build_tokenizer
+
+    folder = tmp_path / "custom-tokenizer"
+    build_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config |= {"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": [None, "custom.CustomTokenizer"]}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    ran = tmp_path / "code-ran"
+    (folder / "custom.py").write_text(
+        f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass CustomTokenizer(PreTrainedTokenizerFast):\n"
+        "    pass\n"
+    )
+    recipe = _recipe(write_recipe, tmp_path, model=f"  tokenizer_name_or_path: {folder}\n  trust_remote_code: true\n")
+    result = cli("data", METHOD, "--recipe", recipe)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {folder}: model.tokenizer_name_or_path: this tokenizer loads only by running the repository's own"
+        " Python code, which a data preview never does (model.trust_remote_code is for training runs); set"
+        " model.tokenizer_name_or_path to a tokenizer that loads without it to preview the data"
+    )
+    assert not ran.exists()
