@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import MINIMAL_SFT
+from conftest import MINIMAL_SFT, chat_file
 from pydantic import BaseModel
 
 from alignkit.errors import RunError, UserError
@@ -27,7 +27,7 @@ METHOD = next(name for name, method in METHODS.items() if method.data.rows == "t
 
 @pytest.fixture
 def recipe(write_recipe, tmp_path) -> Path:
-    return write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run"))
+    return write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run", data=chat_file(tmp_path)))
 
 
 def _refused(cli, recipe: Path, *sets: str):
@@ -50,7 +50,10 @@ def test_an_infinite_learning_rate_is_refused_naming_the_override(cli, recipe, v
 
 
 def test_an_infinite_value_in_the_file_names_the_file_and_field(cli, write_recipe, tmp_path):
-    text = MINIMAL_SFT.format(output_dir=tmp_path / "run") + "  learning_rate: .inf\n  max_grad_norm: -.inf\n"
+    text = (
+        MINIMAL_SFT.format(output_dir=tmp_path / "run", data=chat_file(tmp_path))
+        + "  learning_rate: .inf\n  max_grad_norm: -.inf\n"
+    )
     path = write_recipe(text)
     assert _refused(cli, path) == [
         f"error: {path}: training.learning_rate: must be a finite number (given: inf)",
@@ -100,7 +103,7 @@ def _flatten(annotation) -> set:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_float_field_of_every_method_refuses_infinity(write_recipe, tmp_path, name):
     """Every number field, the shared sections' and the method's own, refuses inf exactly as NaN."""
-    path = write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run"))
+    path = write_recipe(MINIMAL_SFT.format(output_dir=tmp_path / "run", data=chat_file(tmp_path)))
     fields = _float_fields(METHODS[name].recipe)
     assert {"training.learning_rate", "data.datasets.0.weight", "training.num_train_epochs"} <= {f for f, _ in fields}
     for field, is_list in fields:
@@ -178,7 +181,8 @@ def test_set_reads_exponent_notation_as_a_float_everywhere(cli, recipe):
 
 def test_recipe_files_read_exponent_notation_as_a_float(write_recipe, tmp_path):
     text = (
-        MINIMAL_SFT.format(output_dir=tmp_path / "run") + "  extra:\n    adam_epsilon: 1e-8\n    adam_beta2: 9.99E-1\n"
+        MINIMAL_SFT.format(output_dir=tmp_path / "run", data=chat_file(tmp_path))
+        + "  extra:\n    adam_epsilon: 1e-8\n    adam_beta2: 9.99E-1\n"
     )
     training = resolve_recipe(METHOD, str(write_recipe(text)), mirrors={}).recipe.training
     assert training.extra == {"adam_epsilon": 1e-8, "adam_beta2": 0.999}

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import chat_file
 
 from alignkit.errors import UserError
 from alignkit.launch.device_memory import parse_size
@@ -77,7 +78,7 @@ def _recipe(
     folder = _model(tmp_path, config)
     path = tmp_path / "recipe.yaml"
     path.write_text(
-        f"model: {{name_or_path: {folder}}}\ndata: {{datasets: [{{path: d.jsonl}}]}}\n"
+        f"model: {{name_or_path: {folder}}}\ndata: {{datasets: [{{path: {chat_file(tmp_path, 'd.jsonl')}}}]}}\n"
         f"{method}: {{max_length: 2048{section}}}\ntraining: {{per_device_train_batch_size: 4}}\n{extra}",
         encoding="utf-8",
     )
