@@ -1,37 +1,129 @@
 #!/usr/bin/env bash
-# GPU check: what the CPU test suite cannot show, run on a machine with at least one CUDA device.
+# GPU check: what the CPU test suite cannot show, in one run of under 8 minutes on one H100/H200 that reaches
+# no model hub and no package index (issue #14).
 #
-# Checks, in order:
-#   1. the machine: nvidia-smi, and the torch / CUDA versions torch was built with and sees;
-#   2. that torch sees a CUDA device (it fails here otherwise, rather than skipping every test);
-#   3. every test marked `gpu` (`pytest -m gpu`), e.g. `--launch fsdp` on the tiny model saving one full,
-#      unsharded state dict that from_pretrained loads.
-# It must finish in under 8 minutes in all (the tests take a few minutes on one GPU); later throughput checks
-# added here must keep within that.
+# Sections, in order, each time-boxed; one that fails is reported and the next still runs:
+#   machine         nvidia-smi, the GPU, torch/CUDA and the training stack's versions (no CUDA device: fails);
+#   install         what pyproject.toml needs and the machine lacks, from the wheels in benchmarks/wheels
+#                   (benchmarks/fetch_wheels.sh fills it on a machine with an index; carry that folder), then
+#                   alignkit itself with `pip install --no-deps -e .`; DeepSpeed has no wheel and is skipped;
+#   sft_throughput  Llama-3.2-1B shape, random weights: plain TRL SFTTrainer with SFTConfig defaults against
+#                   `alignkit sft` with alignkit's defaults, real tokens/s, MFU, peak memory (gpu_throughput.py);
+#   qlora_memory    Mistral-7B shape, `alignkit sft --qlora`: peak GPU memory against `alignkit plan --qlora`
+#                   (gpu_qlora.py);
+#   gpu_tests       every test marked `gpu` (`pytest -m gpu`): FSDP's full-state-dict save of the tiny model;
+#   fsdp_save       the same save for the 1B shape (gpu_fsdp.py), if time is left.
+# Every figure goes to $OUT/gpu_check.json when OUT is set (the device tool brings back what is under $OUT),
+# else to benchmarks/gpu_check.json, with the whole log beside it; a summary table ends the output. Exit
+# status: 0 when every section passed or was skipped, 1 otherwise.
 #
-# Usage, from the repository root: benchmarks/gpu_check.sh [extra pytest arguments]
-# PYTHON picks the interpreter (default: python).
-set -euo pipefail
+# Usage, from the repository root: benchmarks/gpu_check.sh [extra pytest arguments for gpu_tests]
+#   PYTHON                the interpreter holding torch (default: python3)
+#   GPU_CHECK_SHAPES=tiny every model at the tiny shape with few steps: runs on a CPU, to check the script
+#   GPU_CHECK_INSTALL=0   install nothing (use the environment as it is)
+#   GPU_CHECK_WHEELS      the wheel folder (default: benchmarks/wheels)
+#   GPU_CHECK_BUDGET      seconds for all sections together (default 450)
+#   GPU_CHECK_WORK        scratch folder for models and runs (default: a new folder under /tmp, removed after)
+set -uo pipefail
 
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python}"
+ROOT="$PWD"
+PYTHON="${PYTHON:-python3}"
+BUDGET="${GPU_CHECK_BUDGET:-450}"
+DEST="${OUT:-$ROOT/benchmarks}"
+SECTIONS="$(mktemp -d)"
+WORK="${GPU_CHECK_WORK:-$(mktemp -d /tmp/alignkit-gpu-check.XXXXXX)}"
+mkdir -p "$DEST" "$WORK"
+START=$SECONDS
+# The scripts and the training processes they start import this checkout, installed or not.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
 
-echo "== nvidia-smi"
-nvidia-smi
+if [[ "${GPU_CHECK_SHAPES:-}" == tiny ]]; then
+  SFT_ARGS=(--shape tiny --steps 4 --warmup 1) QLORA_ARGS=(--shape tiny --steps 2) FSDP_ARGS=(--shape tiny)
+  ALLOW_CPU=--allow-cpu
+else
+  SFT_ARGS=(--shape 1b --steps 40 --warmup 5) QLORA_ARGS=(--shape 7b --steps 5) FSDP_ARGS=(--shape 1b --steps 2)
+  ALLOW_CPU=
+fi
+export ROOT PYTHON SECTIONS ALLOW_CPU
 
-echo "== torch and CUDA"
-"$PYTHON" - <<'PY'
-import sys
+# section NAME SECONDS COMMAND...: run COMMAND under `timeout`, at most SECONDS and at most what is left of
+# the budget; record its status, exit code and time in status.tsv and its output in NAME.log.
+section() {
+  local name=$1 limit=$2 left=$((BUDGET - (SECONDS - START)))
+  shift 2
+  echo
+  echo "== $name"
+  if ((left < 20)); then
+    echo "skipped: out of time (${left}s of the ${BUDGET}s budget left)" | tee "$SECTIONS/$name.log"
+    printf '%s\tskipped\t0\t0\n' "$name" >>"$SECTIONS/status.tsv"
+    return
+  fi
+  ((limit > left)) && limit=$left
+  local began=$SECONDS code
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$SECTIONS/$name.log"
+  code=${PIPESTATUS[0]}
+  local status=ok
+  if ((code == 124 || code == 137)); then
+    status=timeout
+    echo "$name: stopped after ${limit}s" | tee -a "$SECTIONS/$name.log"
+  elif ((code != 0)); then
+    status=failed
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$code" "$((SECONDS - began))" >>"$SECTIONS/status.tsv"
+}
 
-import torch
+machine() {
+  nvidia-smi || echo "no nvidia-smi"
+  "$PYTHON" benchmarks/gpu_report.py machine --out "$SECTIONS/machine.json" $ALLOW_CPU
+}
 
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, built for CUDA {torch.version.cuda}")
-if not torch.cuda.is_available():
-    sys.exit("error: torch sees no CUDA device; the gpu tests would all be skipped")
-for index in range(torch.cuda.device_count()):
-    print(f"cuda:{index} {torch.cuda.get_device_name(index)}, capability {torch.cuda.get_device_capability(index)}")
-print(f"cuDNN {torch.backends.cudnn.version()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
-PY
+install() {
+  if [[ "${GPU_CHECK_INSTALL:-1}" == 0 ]]; then
+    echo "skipped: GPU_CHECK_INSTALL=0"
+    return 0
+  fi
+  local wheels="${GPU_CHECK_WHEELS:-$ROOT/benchmarks/wheels}" missing=() requirement
+  while read -r requirement; do
+    if [[ "$requirement" == deepspeed* ]] && ! ls "$wheels"/deepspeed-*.whl >/dev/null 2>&1; then
+      echo "skipped: $requirement (no wheel; only the ZeRO profiles need it, and this check runs none)"
+    elif [[ -n "$requirement" ]]; then
+      missing+=("$requirement")
+    fi
+  done < <("$PYTHON" benchmarks/gpu_packages.py missing) || return 1
+  if ((${#missing[@]})); then
+    echo "missing: ${missing[*]}"
+    [[ -d "$wheels" ]] || { echo "error: no $wheels: run benchmarks/fetch_wheels.sh and carry it"; return 1; }
+    "$PYTHON" -m pip install -q --no-index --find-links "$wheels" "${missing[@]}" || return 1
+  else
+    echo "every requirement of pyproject.toml is installed"
+  fi
+  "$PYTHON" -m pip install -q --no-index --find-links "$wheels" --no-deps -e . ||
+    echo "alignkit not installed: the check imports it from $ROOT through PYTHONPATH"
+  "$PYTHON" -c "import alignkit, trl, datasets; print('alignkit', alignkit.__version__, 'from', alignkit.__file__)"
+}
+# `timeout` runs programs, not functions: these two run in a child bash that inherits them.
+export -f machine install
 
-echo "== pytest -m gpu"
-"$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -s "$@"
+section machine 45 bash -c machine
+section install 120 bash -c install
+section sft_throughput 160 "$PYTHON" benchmarks/gpu_throughput.py "${SFT_ARGS[@]}" \
+  --workdir "$WORK/sft-model" --out "$SECTIONS/sft_throughput.json"
+section qlora_memory 180 "$PYTHON" benchmarks/gpu_qlora.py "${QLORA_ARGS[@]}" \
+  --workdir "$WORK/qlora-model" --out "$SECTIONS/qlora_memory.json"
+rm -rf "$WORK/qlora-model" # 14 GiB of 7B weights: the disk is small
+section gpu_tests 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -s "$@"
+section fsdp_save 100 "$PYTHON" benchmarks/gpu_fsdp.py "${FSDP_ARGS[@]}" \
+  --workdir "$WORK/sft-model" --out "$SECTIONS/fsdp_save.json"
+
+[[ -z "${GPU_CHECK_WORK:-}" ]] && rm -rf "$WORK"
+cut -f1 "$SECTIONS/status.tsv" | while read -r name; do
+  echo "== $name"
+  cat "$SECTIONS/$name.log"
+done >"$DEST/gpu_check.log"
+echo
+echo "== summary ($((SECONDS - START))s in all)" | tee -a "$DEST/gpu_check.log"
+"$PYTHON" benchmarks/gpu_report.py report "$SECTIONS" --out "$DEST/gpu_check.json" | tee -a "$DEST/gpu_check.log"
+code=${PIPESTATUS[0]}
+rm -rf "$SECTIONS"
+exit "$code"

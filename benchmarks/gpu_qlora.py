@@ -92,11 +92,12 @@ def measure(shape: str, steps: int, root: Path, timeout: float | None) -> dict:
     report.update(spawn(__file__, str(recipe), timeout=timeout))
     planned_total = report["plan"].get("planned_total")
     if planned_total:
-        report["plan_over_allocated"] = planned_total / report["peak_memory_bytes"]
+        report["plan_over_peak"] = planned_total / report["peak_memory_bytes"]
         if report["device_peak_bytes"]:
             report["plan_over_device_peak"] = planned_total / report["device_peak_bytes"]
-        closest = report.get("plan_over_device_peak", report["plan_over_allocated"])
-        report["within_25pct"] = 0.75 <= closest <= 1.25
+        # A CPU's peak RSS holds the imports too (benchmarks/memory_plan.py subtracts them): no verdict there.
+        closest = report.get("plan_over_device_peak", report["plan_over_peak"])
+        report["within_25pct"] = 0.75 <= closest <= 1.25 if report["device"] != "cpu" else None
     return report
 
 
@@ -111,10 +112,11 @@ def print_report(report: dict) -> None:
         print(f"plan: skipped: {plan['skipped']}")
         return
     print(f"plan: {plan['planned_total'] / gib:.2f} GiB (checkpointing {plan.get('checkpointing')})")
-    ratios = [f"{report['plan_over_allocated']:.2f} of allocated"]
+    ratios = [f"{report['plan_over_peak']:.2f} ({report['peak_memory_kind']})"]
     if "plan_over_device_peak" in report:
-        ratios.append(f"{report['plan_over_device_peak']:.2f} of the nvidia-smi peak")
-    print(f"plan/measured: {', '.join(ratios)}; within 25%: {'yes' if report['within_25pct'] else 'no'}")
+        ratios.append(f"{report['plan_over_device_peak']:.2f} (nvidia-smi peak)")
+    verdict = {True: "yes", False: "no", None: "not judged on a CPU (peak RSS holds the imports)"}
+    print(f"plan/measured: {', '.join(ratios)}; within 25%: {verdict[report['within_25pct']]}")
 
 
 def main() -> int:
