@@ -35,6 +35,7 @@ SECTIONS="$(mktemp -d)"
 WORK="${GPU_CHECK_WORK:-$(mktemp -d /tmp/alignkit-gpu-check.XXXXXX)}"
 mkdir -p "$DEST" "$WORK"
 START=$SECONDS
+SKIP=
 # The scripts and the training processes they start import this checkout, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
 
@@ -54,8 +55,10 @@ section() {
   shift 2
   echo
   echo "== $name"
-  if ((left < 20)); then
-    echo "skipped: out of time (${left}s of the ${BUDGET}s budget left)" | tee "$SECTIONS/$name.log"
+  local skip=$SKIP
+  ((left < 20)) && skip="out of time (${left}s of the ${BUDGET}s budget left)"
+  if [[ -n "$skip" ]]; then
+    echo "skipped: $skip" | tee "$SECTIONS/$name.log"
     printf '%s\tskipped\t0\t0\n' "$name" >>"$SECTIONS/status.tsv"
     return
   fi
@@ -107,6 +110,8 @@ export -f machine install
 
 section machine 45 bash -c machine
 section install 120 bash -c install
+# Without a GPU the 1B and 7B sections would only run into their time limits on the CPU.
+grep -q $'^machine\tok' "$SECTIONS/status.tsv" || SKIP="no CUDA device (see machine)"
 section sft_throughput 160 "$PYTHON" benchmarks/gpu_throughput.py "${SFT_ARGS[@]}" \
   --workdir "$WORK/sft-model" --out "$SECTIONS/sft_throughput.json"
 section qlora_memory 180 "$PYTHON" benchmarks/gpu_qlora.py "${QLORA_ARGS[@]}" \
