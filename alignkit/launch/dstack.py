@@ -2,8 +2,9 @@
 
 The task installs alignkit on the cloud machine and runs `alignkit METHOD` once per node with dstack's own
 node variables (`DSTACK_NODE_RANK`, `DSTACK_MASTER_NODE_IP`, `DSTACK_NODES_NUM`, `DSTACK_GPUS_PER_NODE`).
-A recipe given as a local file or recipe folder is uploaded beside the task through dstack's `files`. Secrets travel by name
-only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your environment when you apply.
+A recipe given as a local file or recipe folder is uploaded beside the task through dstack's `files`.
+Secrets travel by name only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your
+environment when you apply.
 Writing the files needs no dstack; `--apply` calls the `dstack` command line when it is installed.
 """
 
@@ -21,7 +22,7 @@ import yaml
 
 from alignkit import __version__
 from alignkit.errors import Problem, RunError, UserError
-from alignkit.launch.job import Job, JobSpec, plan_job
+from alignkit.launch.job import Job, JobSpec, plan_job, refuse_overwrite
 from alignkit.library.lookup import recipe_folder
 
 SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
@@ -119,9 +120,14 @@ def render(config: dict, header: str) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def write_files(job: Job, gpu: str, output: Path | None = None) -> DstackFiles:
-    """Write the task (and the fleet for several nodes); returns their paths."""
+def write_files(job: Job, gpu: str, output: Path | None = None, *, overwrite: bool = False) -> DstackFiles:
+    """Write the task (and the fleet for several nodes); returns their paths. Existing files are replaced
+    only with `overwrite`, and then both are checked before either is written."""
     task_path = Path(output) if output else Path(f"{job.name}.dstack.yml")
+    fleet_path = None
+    if job.spec.nodes > 1:
+        fleet_path = task_path.with_name(task_path.name.replace(".dstack.yml", "") + "-fleet.dstack.yml")
+    refuse_overwrite([p for p in (fleet_path, task_path) if p is not None], overwrite=overwrite)
     plan = job.plan
     header = (
         f"# alignkit {job.spec.method} on dstack: {job.spec.nodes} node(s) with GPU {gpu}, launch profile"
@@ -129,9 +135,7 @@ def write_files(job: Job, gpu: str, output: Path | None = None) -> DstackFiles:
         f"# Recipe: {job.resolved.name}. Secrets are passed by name: export {' and '.join(SECRETS)} before"
         " `dstack apply`.\n"
     )
-    fleet_path = None
-    if job.spec.nodes > 1:
-        fleet_path = task_path.with_name(task_path.name.replace(".dstack.yml", "") + "-fleet.dstack.yml")
+    if fleet_path is not None:
         fleet_header = (
             f"# The cluster fleet for {task_path.name}: apply it first (`dstack apply -f {fleet_path.name}`).\n"
         )
