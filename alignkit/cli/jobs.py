@@ -18,6 +18,9 @@ from alignkit.cli.options import (
     print_notices,
 )
 
+# Not the training commands' --overwrite (replace a finished run): here it replaces the job file.
+JobFileOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace job files that exist already.")]
+
 
 def slurm(
     method: MethodArgument,
@@ -29,6 +32,7 @@ def slurm(
     launch: LaunchOption = None,
     output: Annotated[str | None, typer.Option("--output", help="Script to write (default: <job>.sbatch).")] = None,
     submit: Annotated[bool, typer.Option("--submit", help="Submit the script with sbatch.")] = False,
+    overwrite: JobFileOverwrite = False,
     qlora: QloraOption = False,
     overrides: SetOption = None,
     output_dir: OutputDirOption = None,
@@ -57,7 +61,7 @@ def slurm(
     )
     job = plan_job(spec)
     print_notices(job.resolved.notices)
-    path = write_script(job, options, Path(output or f"{job.name}.sbatch"))
+    path = write_script(job, options, Path(output or f"{job.name}.sbatch"), overwrite=overwrite)
     plan = job.plan
     typer.echo(
         f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPU(s), profile {plan.profile},"
@@ -79,6 +83,7 @@ def dstack(
         str | None, typer.Option("--output", help="Task file to write (default: <job>.dstack.yml).")
     ] = None,
     do_apply: Annotated[bool, typer.Option("--apply", help="Run `dstack apply` on the written files.")] = False,
+    overwrite: JobFileOverwrite = False,
     qlora: QloraOption = False,
     overrides: SetOption = None,
     output_dir: OutputDirOption = None,
@@ -103,7 +108,7 @@ def dstack(
         output_dir=output_dir,
     )
     print_notices(job.resolved.notices)
-    files = write_files(job, gpu, Path(output) if output else None)
+    files = write_files(job, gpu, Path(output) if output else None, overwrite=overwrite)
     for path in (files.fleet, files.task):
         if path is not None:
             typer.echo(f"wrote {path}")

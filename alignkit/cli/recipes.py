@@ -85,24 +85,43 @@ def recipes_show(
 
     Example: [cyan]alignkit recipes show zephyr-7b-gemma --method sft --qlora[/cyan]
     """
-    from alignkit.library import registry
-    from alignkit.library.lookup import refuse_unknown
     from alignkit.recipe.resolve import resolve_recipe
     from alignkit.recipe.yamlio import dump_yaml
 
     check_method(method)
-    entry = registry.discover().get(name)
-    methods = [method] if method else (entry.methods if entry else [])
-    if not methods:
-        if not (Path(name).suffix in (".yaml", ".yml") or Path(name).exists()):
-            refuse_unknown(name, source="alignkit recipes show", note="a path must end in .yaml")
-        raise UserError("give --method for a recipe given by path", source="alignkit recipes show")
+    methods = [method] if method else _methods_shown(name)
     documents = []
     for m in methods:
         resolved = resolve_recipe(m, name, qlora=qlora)
         print_notices(resolved.notices)
         documents.append(f"# {resolved.name}: {m}\n" + dump_yaml(resolved.recipe.model_dump(mode="json")))
     typer.echo("---\n".join(documents), nl=False)
+
+
+_NO_FILE = "no file by that name either"
+_PATH_HINT = "a path must end in .yaml"
+
+
+def _methods_shown(name: str) -> list[str]:
+    """Every method of a registry recipe or recipe folder, or the one a recipe file is for."""
+    from alignkit.library import registry
+    from alignkit.library.lookup import file_methods, find_entry, recipe_folder, refuse_unknown
+
+    source = "alignkit recipes show"
+    if name in registry.discover() or recipe_folder(name) is not None:
+        return find_entry(name, source=source).methods
+    path = Path(name).expanduser()
+    if not path.is_file():
+        looks_like_path = path.suffix in (".yaml", ".yml") or "/" in name
+        refuse_unknown(name, source=source, note=_NO_FILE if looks_like_path else _PATH_HINT)
+    methods = file_methods(path)
+    if len(methods) != 1:
+        raise UserError(
+            f"{name} does not say which method it is for ({'several sections' if methods else 'no method section'});"
+            " give --method",
+            source=source,
+        )
+    return methods
 
 
 @recipes_app.command("cp")

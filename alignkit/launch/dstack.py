@@ -2,8 +2,9 @@
 
 The task installs alignkit on the cloud machine and runs `alignkit METHOD` once per node with dstack's own
 node variables (`DSTACK_NODE_RANK`, `DSTACK_MASTER_NODE_IP`, `DSTACK_NODES_NUM`, `DSTACK_GPUS_PER_NODE`).
-A recipe given as a local file is uploaded beside the task through dstack's `files`. Secrets travel by name
-only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your environment when you apply.
+A recipe given as a local file or recipe folder is uploaded beside the task through dstack's `files`.
+Secrets travel by name only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your
+environment when you apply.
 Writing the files needs no dstack; `--apply` calls the `dstack` command line when it is installed.
 """
 
@@ -21,7 +22,8 @@ import yaml
 
 from alignkit import __version__
 from alignkit.errors import Problem, RunError, UserError
-from alignkit.launch.job import Job, JobSpec, plan_job
+from alignkit.launch.job import Job, JobSpec, plan_job, refuse_overwrite
+from alignkit.library.lookup import recipe_folder
 
 SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
 MAIN_PORT = 29500
@@ -64,9 +66,15 @@ def gpus_per_node(spec: str) -> int:
 def plan_dstack(method: str, recipe: str, *, gpu: str, nodes: int = 1, **spec_options) -> Job:
     """Validate the recipe for `nodes` nodes of `gpu`; returns the job."""
     spec = JobSpec(method=method, recipe=recipe, nodes=nodes, gpus_per_node=gpus_per_node(gpu), **spec_options)
-    local = Path(recipe).expanduser()
-    remote = f"{REMOTE_RECIPE_DIR}/{local.name}" if local.is_file() else None
+    local = _uploaded(recipe)
+    remote = f"{REMOTE_RECIPE_DIR}/{local.resolve().name}" if local else None
     return plan_job(spec, recipe_ref=remote, shared_disk=False)
+
+
+def _uploaded(recipe: str) -> Path | None:
+    """The local recipe file or recipe folder the task takes along; None for a library recipe."""
+    local = Path(recipe).expanduser()
+    return local if local.is_file() or recipe_folder(recipe) is not None else None
 
 
 def task_config(job: Job, gpu: str) -> dict:
@@ -87,9 +95,9 @@ def task_config(job: Job, gpu: str) -> dict:
         config["nodes"] = spec.nodes
     config["python"] = python if python in _PYTHONS else "3.11"
     config["env"] = list(SECRETS)
-    local = Path(spec.recipe).expanduser()
-    if local.is_file():
-        config["files"] = [f"{local.resolve()}:{REMOTE_RECIPE_DIR}/{local.name}"]
+    local = _uploaded(spec.recipe)
+    if local is not None:
+        config["files"] = [f"{local.resolve()}:{REMOTE_RECIPE_DIR}/{local.resolve().name}"]
     config["commands"] = [f"pip install {shlex.quote(f'alignkit=={__version__}')}", command]
     # NCCL between the GPUs of a node needs more shared memory than containers get by default.
     config["resources"] = {"gpu": gpu, "shm_size": "24GB"}
@@ -112,9 +120,14 @@ def render(config: dict, header: str) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def write_files(job: Job, gpu: str, output: Path | None = None) -> DstackFiles:
-    """Write the task (and the fleet for several nodes); returns their paths."""
+def write_files(job: Job, gpu: str, output: Path | None = None, *, overwrite: bool = False) -> DstackFiles:
+    """Write the task (and the fleet for several nodes); returns their paths. Existing files are replaced
+    only with `overwrite`, and then both are checked before either is written."""
     task_path = Path(output) if output else Path(f"{job.name}.dstack.yml")
+    fleet_path = None
+    if job.spec.nodes > 1:
+        fleet_path = task_path.with_name(task_path.name.replace(".dstack.yml", "") + "-fleet.dstack.yml")
+    refuse_overwrite([p for p in (fleet_path, task_path) if p is not None], overwrite=overwrite)
     plan = job.plan
     header = (
         f"# alignkit {job.spec.method} on dstack: {job.spec.nodes} node(s) with GPU {gpu}, launch profile"
@@ -122,9 +135,7 @@ def write_files(job: Job, gpu: str, output: Path | None = None) -> DstackFiles:
         f"# Recipe: {job.resolved.name}. Secrets are passed by name: export {' and '.join(SECRETS)} before"
         " `dstack apply`.\n"
     )
-    fleet_path = None
-    if job.spec.nodes > 1:
-        fleet_path = task_path.with_name(task_path.name.replace(".dstack.yml", "") + "-fleet.dstack.yml")
+    if fleet_path is not None:
         fleet_header = (
             f"# The cluster fleet for {task_path.name}: apply it first (`dstack apply -f {fleet_path.name}`).\n"
         )

@@ -2,7 +2,8 @@
 
 The recipe is resolved and its multi-node launch planned here, before any file is written, so a bad recipe
 or contradictory flags never produce a job. The node-specific values (machine rank, the main node's
-address) are left to the scheduler's variables; everything else is fixed in the generated file.
+address) are left to the scheduler's variables; everything else is fixed in the generated file. A job file
+that exists already (perhaps edited by hand) is replaced only with `--overwrite`.
 """
 
 from __future__ import annotations
@@ -91,3 +92,24 @@ def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool 
         argv += ["--set", text]
     argv += ["--launch", plan.profile, "--output-dir", str(output_dir)]
     return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv))
+
+
+def refuse_overwrite(paths: list[Path], *, overwrite: bool) -> None:
+    """Refuse, before anything is written, job files that would replace a folder, or a file without `overwrite`.
+
+    Raises:
+        UserError: naming each such path and the flag (exit 2).
+    """
+    problems = []
+    for path in paths:
+        if path.is_dir():
+            problems.append(Problem(source=str(path), message="is a folder; give --output a file name"))
+        elif path.exists() and not overwrite:
+            problems.append(
+                Problem(
+                    source=str(path),
+                    message="already exists; not overwriting it (pass --overwrite to replace it, or another --output)",
+                )
+            )
+    if problems:
+        raise UserError(problems)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.errors import Problem, RunError, UserError
-from alignkit.launch.job import Job
+from alignkit.launch.job import Job, refuse_overwrite
 
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 REQUEUE_SIGNAL_SECONDS = 300
@@ -138,8 +138,10 @@ def _batch_note(job: Job) -> list[str]:
     ]
 
 
-def write_script(job: Job, options: SlurmOptions, path: Path) -> Path:
+def write_script(job: Job, options: SlurmOptions, path: Path, *, overwrite: bool = False) -> Path:
+    """Write the sbatch script; an existing file is replaced only with `overwrite`."""
     path = Path(path)
+    refuse_overwrite([path], overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(sbatch_script(job, options), encoding="utf-8")
     path.chmod(0o755)

@@ -1,7 +1,9 @@
 """The recipe registry, discovered from `configs/recipes/<name>/<method>.yaml` (no hand-kept list).
 
 A variant of a recipe lives beside it as `<method>.<variant>.yaml` and is named `<name>:<variant>`
-(`zephyr-7b-beta:qlora`). Listing reads only each file's few metadata keys, so it stays fast.
+(`zephyr-7b-beta:qlora`). Listing reads only each file's few metadata keys, so it stays fast. A folder of the
+user's laid out the same way (what `alignkit recipes cp NAME DIR/` writes) is a recipe too, named after the
+folder (`folder_entry`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,27 @@ def discover(root: Path | None = None) -> dict[str, RecipeEntry]:
             name = path.parent.name + (f":{variant}" if variant else "")
             found.setdefault(name, {})[method] = path
     return {name: _entry(name, files) for name, files in sorted(found.items())}
+
+
+def folder_name(folder: Path) -> str:
+    """The recipe name of a folder: its own name (`my-zephyr/` -> `my-zephyr`)."""
+    return folder.expanduser().resolve().name or str(folder)
+
+
+def folder_entry(folder: Path) -> RecipeEntry:
+    """A recipe folder outside the library: its `<method>.yaml` files (no variants), named after the folder."""
+    # Only the files: their contents are the user's, read and checked when a stage is resolved.
+    files = {m: folder / f"{m}.yaml" for m in METHODS if (folder / f"{m}.yaml").is_file()}
+    return RecipeEntry(name=folder_name(folder), files=files)
+
+
+def file_name(path: Path) -> str:
+    """The recipe name of a file: its stem, or for a library-style `<method>[.<variant>].yaml` its folder's name
+    (`my-zephyr/sft.yaml` -> `my-zephyr`, so its run is not called `sft-sft`)."""
+    method, _, variant = path.stem.partition(".")
+    if method not in METHODS:
+        return path.stem
+    return folder_name(path.parent) + (f":{variant}" if variant else "")
 
 
 def _entry(name: str, files: dict[str, Path]) -> RecipeEntry:

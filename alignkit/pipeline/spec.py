@@ -12,6 +12,9 @@ A family declares its stages in `configs/recipes/<name>/pipeline.yaml`:
 A stage runs the family's recipe file for its method. Run under a variant name (`zephyr-7b-beta:qlora`), a
 stage takes the variant's file when the variant has one for its method and the base recipe's otherwise; a
 stage with `recipe:` is pinned to that registry name whatever the run's name (SmolLM3's two SFT stages).
+A recipe folder of the user's (`alignkit recipes cp NAME DIR/`) runs the same way from its own
+pipeline.yaml: each stage takes the folder's `<method>.yaml`, and a pinned stage the folder's copy of its
+recipe's file (`<method>.<variant>.yaml` for NAME:VARIANT) when the folder has one.
 
 Overrides are `PATH=VALUE` for every stage, or `STAGE:PATH=VALUE` for one. A global override of a method
 section (`dpo.beta=0.1`) reaches only the stages of that method. They apply in a fixed order: global
@@ -34,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignkit.errors import Problem, UserError
 from alignkit.library import registry
-from alignkit.library.lookup import find
+from alignkit.library.lookup import find_entry, recipe_folder
 from alignkit.methods import METHODS, known_method
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
@@ -110,7 +113,8 @@ def family(name: str) -> str:
 
 
 def pipeline_file(name: str) -> Path:
-    return registry.configs_dir() / "recipes" / family(name) / PIPELINE_FILE
+    folder = recipe_folder(name)
+    return (folder if folder is not None else registry.configs_dir() / "recipes" / family(name)) / PIPELINE_FILE
 
 
 def has_pipeline(name: str) -> bool:
@@ -123,7 +127,7 @@ def load_pipeline(name: str) -> PipelineSpec:
     Raises:
         UserError: no such family, no pipeline.yaml, or a malformed one.
     """
-    methods = find(name).methods
+    methods = find_entry(name).methods
     path = pipeline_file(name)
     if not path.is_file():
         raise UserError(
@@ -150,7 +154,14 @@ def _scan_hint(name: str) -> str:
 
 
 def stage_recipe(stage: StageSpec, name: str) -> str:
-    """The registry name a stage runs when the pipeline is run as `name`."""
+    """The registry name (or recipe folder or file) a stage runs when the pipeline is run as `name`."""
+    folder = recipe_folder(name)
+    if folder is not None:
+        if stage.recipe is None:
+            return name
+        variant = stage.recipe.partition(":")[2]
+        copied = folder / (f"{stage.method}.{variant}.yaml" if variant else f"{stage.method}.yaml")
+        return str(copied) if copied.is_file() else stage.recipe
     if stage.recipe is not None:
         return stage.recipe
     entries = registry.discover()

@@ -117,6 +117,11 @@ def _convert_mixer(data: dict, source: str, put, out, problems: list[Problem]) -
         return
     if isinstance(splits, str):
         splits = [splits]
+    if not isinstance(splits, list) or not splits or not all(isinstance(split, str) for split in splits):
+        problems.append(
+            Problem(source=source, path="dataset_splits", message=f"must be a list of split names, got {splits!r}")
+        )
+        return
     if configs is not None and (not isinstance(configs, list) or len(configs) != len(mixer)):
         problems.append(
             Problem(
@@ -180,7 +185,7 @@ def _convert_named(data: dict, source: str, put, out) -> None:
         test_split = data.get("dataset_test_split", "test")
         sources.append(_drop_none({"path": name, "name": config, "split": test_split, "role": "test"}))
     put("data.datasets", sources, "dataset_name")
-    out.notices.append(f"dataset_name -> data.datasets ({', '.join(s['split'] for s in sources)})")
+    out.notices.append(f"dataset_name -> data.datasets ({', '.join(str(s['split']) for s in sources)})")
 
 
 def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,10 @@ def problems_from_validation(
             union_paths.add(path)
         kind = item["type"]
         given = item.get("input")
+        if kind == "extra_forbidden" and item["loc"] and (not loc or loc[-1] != str(item["loc"][-1])):
+            # An unknown key that is no identifier ("a b", "") is still the key to name.
+            loc = [*loc, str(item["loc"][-1])]
+            path = ".".join(loc)
         if kind == "extra_forbidden":
             message = f"{_unknown_key(model, loc, method)} (given: {_show(given)})"
         elif kind == "missing":

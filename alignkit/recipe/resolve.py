@@ -2,8 +2,9 @@
 
 The order is fixed and documented: read the file (native, or a flat handbook/TRL config converted with a
 notice per changed key), replace mirrored Hub ids by their local stand-ins (`--mirror`, or the file
-ALIGNKIT_MIRRORS names; see alignkit.recipe.mirrors), apply `--qlora`, then every `--set` (so an explicit
-override beats the mirrors and the QLoRA defaults), then `--output-dir`, then validate once. Nothing here
+ALIGNKIT_MIRRORS names; see alignkit.recipe.mirrors), make the file's local data paths absolute
+(alignkit.recipe.data_paths), apply `--qlora`, then every `--set` (so an explicit override beats the mirrors
+and the QLoRA defaults), then `--output-dir`, then validate once. Nothing here
 touches the disk beyond reading.
 """
 
@@ -16,9 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from alignkit.errors import Problem, UserError
+from alignkit.library import registry
 from alignkit.library.lookup import locate
 from alignkit.methods import METHODS
 from alignkit.recipe import handbook
+from alignkit.recipe.data_paths import absolute_data_paths
 from alignkit.recipe.mirrors import apply_mirrors, mirrors_from_env
 from alignkit.recipe.overrides import Override, apply_overrides, parse_overrides
 from alignkit.recipe.problems import problems_from_validation
@@ -82,6 +85,7 @@ def resolve_recipe(
     if mirrors is None:
         mirrors = mirrors_from_env() or {}
     raw, applied = apply_mirrors(raw, mirrors)
+    raw = absolute_data_paths(raw, [Path.cwd()] if ref in registry.discover() else [path.parent, Path.cwd()])
     if qlora:
         raw, qlora_notices = apply_qlora(raw, METHODS[method])
         notices += qlora_notices
@@ -90,7 +94,7 @@ def resolve_recipe(
     # A field that --set replaces anyway (a pipeline's `from` wiring) did not use its mirror.
     applied = [a for a in applied if not any(a.field == o.path or a.field.startswith(f"{o.path}.") for o in parsed)]
     notices += [a.notice for a in applied]
-    raw = apply_overrides(raw, parsed)
+    raw = absolute_data_paths(apply_overrides(raw, parsed), [Path.cwd()])
     set_by = {o.path: o.text for o in parsed}
     if output_dir is not None:
         raw = apply_overrides(raw, parse_overrides([f"training.output_dir={output_dir}"]))

@@ -75,6 +75,10 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     first_line: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, list | dict):  # `[a, b]: 1` parses, but no recipe field is named by a list
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain value, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in mapping:
             raise _DuplicateKey(key, first_line[key], key_node.start_mark.line + 1)
         first_line[key] = key_node.start_mark.line + 1

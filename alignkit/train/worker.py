@@ -17,6 +17,7 @@ from typing import Any
 
 from alignkit.errors import EXIT_INTERRUPTED, EXIT_RUN_ERROR, UserError
 from alignkit.launch.worker_errors import report_failure
+from alignkit.quiet import quiet_libraries
 from alignkit.run_record import RunRecord, rank_log
 
 log = logging.getLogger("alignkit")
@@ -24,22 +25,6 @@ log = logging.getLogger("alignkit")
 
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for alignkit's own progress: library progress bars and chatter go to the log only."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # it warns about optional CPU kernels at import
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns at import that it found no GPU
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def setup_logging(output_dir: Path) -> Path:
