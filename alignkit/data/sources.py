@@ -326,7 +326,9 @@ def _json_shape_problem(path: Path) -> str | None:
             opens = (b"{", b"[") if path.suffix.lower() == ".json" and lines == 1 else (b"{",)
             if not text.startswith(opens):
                 found = text[:20].decode("utf-8", "replace")
-                return f"{path}:{number}: each row must be a JSON object ({{...}}), found {found!r}"
+                return (
+                    _find_bad_line(path, "json") or f"{path}:{number}: each line must be a JSON object, found {found!r}"
+                )
             if path.suffix.lower() == ".json":
                 return None  # a JSON document: its first line says enough
     return None if lines else f"{path} holds only blank lines: no rows"
