@@ -52,67 +52,17 @@ def examples(ci: int) -> settings:
 # ---- exclusions: bugs owned by other work, generated but set aside until their fixes are merged ----
 
 
-def _numbers(value: Any):
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int | float):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _numbers(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _numbers(item)
-
-
-_NON_FINITE_TEXT = re.compile(r"(?i)(^|[=\s:\[,{])[-+]?\.?(inf|infinity|nan)\b")
 _ALIAS = re.compile(r"(^|[\s\[{,:=])[&*][^\s,\]}]")
-_HUGE_TEXT = re.compile(r"(?i)\d(\.\d*)?e\+?\d{2,}|\d{10,}")
-
-
-def non_finite_values(case: dict) -> bool:
-    """inf/NaN anywhere (the values work refuses them at validation)."""
-    numbers = [*_numbers(case.get("document")), *_numbers(case.get("rows"))]
-    return any(isinstance(n, float) and not math.isfinite(n) for n in numbers) or bool(
-        _NON_FINITE_TEXT.search(case.get("text", "") + " " + " ".join(case.get("sets", ())))
-    )
-
-
-def numbers_beyond_bounds(case: dict) -> bool:
-    """Huge numbers (epochs 1e308, a batch of 1e20): the values work bounds numeric fields."""
-    numbers = [*_numbers(case.get("document")), *_numbers(case.get("rows"))]
-    return any(abs(n) >= 2**31 for n in numbers if math.isfinite(n)) or bool(
-        _HUGE_TEXT.search(case.get("text", "") + " " + " ".join(case.get("sets", ())))
-    )
 
 
 def yaml_aliases(case: dict) -> bool:
-    """Anchors and aliases, alias bombs included: refused past a size by the YAML work."""
+    """Anchors and aliases, alias bombs included (being bounded by the YAML work)."""
     return any(_ALIAS.search(text) for text in (case.get("text", ""), *case.get("sets", ())))
 
 
-def unknown_roles_or_null_content(case: dict) -> bool:
-    """Messages with a role no template knows or `content: null`: the data-rows work refuses them by row."""
-
-    def bad(value: Any) -> bool:
-        if isinstance(value, dict):
-            if "role" in value or "content" in value:
-                role, content = value.get("role"), value.get("content")
-                if role not in ("system", "user", "assistant") or not isinstance(content, str):
-                    return True
-            return any(bad(v) for v in value.values())
-        if isinstance(value, list):
-            return any(bad(v) for v in value)
-        return False
-
-    return bad(case.get("rows"))
-
-
+# Each entry: a predicate over a case ({"document", "text", "sets", "rows"}) and the bug it sets aside.
 EXCLUSIONS: list[typing.Callable[[dict], bool]] = [
-    non_finite_values,
-    numbers_beyond_bounds,
-    yaml_aliases,
-    unknown_roles_or_null_content,
+    yaml_aliases,  # a 500-byte alias bomb makes the dry run hang and grow to gigabytes
 ]
 if os.environ.get("ALIGNKIT_FUZZ_NO_EXCLUSIONS") == "1":  # to see whether the excluded bugs are fixed
     EXCLUSIONS = []

@@ -272,3 +272,71 @@ def test_a_preference_run_and_the_data_preview_print_no_library_chatter(tiny_mod
         # datasets' bars say "examples/s"; TRL's one bar over the reference log-probs (a long step) may stay.
         for chatter in ("publisher trust", "FutureWarning", "examples/s"):
             assert chatter not in result.stderr, (args, result.stderr)
+
+
+# ---- what the fuzzer found (tests/test_fuzz.py): each was a traceback or a crash, now exit 2 ----
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model_name_or_path: m\ndataset_mixer: {a/b: 1.0}\ndataset_splits: null\n",
+            "dataset_splits: must be a list of split names, got None",
+        ),
+        ("model: {name_or_path: m}\ndata: {datasets: [{path: a/b}]}\n'a b': 1\n", "a b: unknown key"),
+        ("model: {name_or_path: m}\n[a, b]: 1\n", ":2: YAML syntax error: a key must be a plain value, not a list"),
+    ],
+)
+def test_recipes_that_crashed_the_dry_run_are_refused(cli, write_recipe, text, message):
+    result = cli(CHAT, "--recipe", write_recipe(text), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_a_null_test_split_of_a_trl_config_is_the_default_split(cli, write_recipe):
+    recipe = write_recipe("model_name_or_path: m\ndataset_name: a/b\ndataset_test_split: null\neval_strategy: epoch\n")
+    datasets = _dry_run(cli, CHAT, "--recipe", recipe)["recipe"]["data"]["datasets"]
+    assert [(d["split"], d["role"]) for d in datasets] == [("train", "train"), ("test", "test")]
+
+
+@pytest.fixture
+def preview(tmp_path):
+    """Run `alignkit data METHOD` on rows written as given, in a fresh process (a crash must not end the tests)."""
+    from alignkit.demo.tiny import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path / "tokenizer")
+
+    def run(method: str, text: str) -> subprocess.CompletedProcess:
+        (tmp_path / "rows.jsonl").write_text(text, encoding="utf-8")
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            f"model: {{name_or_path: {tmp_path / 'tokenizer'}}}\ndata: {{datasets: [{{path: rows.jsonl}}]}}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "alignkit", "data", method, "--recipe", str(recipe), "--show", "0"]
+        return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+    return run
+
+
+def test_data_rows_that_crashed_the_preview_are_refused(preview, tmp_path):
+    text_method = next(name for name, method in METHODS.items() if method.data.rows == "text")
+    pairs = next(name for name, method in METHODS.items() if method.data.rows == "pairs")
+    rows = tmp_path / "rows.jsonl"
+    cases = [
+        # pyarrow's JSON reader died of a segfault on these
+        (CHAT, "null\nnull\n", f"{rows}:1: each line must be a JSON object, found NoneType"),
+        (CHAT, "\n  \n", f"{rows} holds only blank lines: no rows"),
+        (text_method, '{"text": "hello"}\n{"text": []}\n', "text must be a string (found list)"),
+        # datasets cannot read back a key with a NUL character (a KeyError from inside it)
+        (
+            pairs,
+            '{"chosen": [{"role": "assistant", "content": "5", "k\\u0000": {}}], "rejected": "7", "prompt": "q"}\n',
+            "the key 'k\\x00' holds a NUL character (\\x00); rename it",
+        ),
+    ]
+    for method, text, message in cases:
+        result = preview(method, text)
+        assert result.returncode == 2, (text, result.stderr)
+        assert message in result.stderr, (text, result.stderr)

@@ -149,7 +149,7 @@ class _Bound:
         rows = [{c: batch[c][i] for c in columns} for i in range(size)]
         detected = self.detected
         if pre.rows == TEXT_ROWS:
-            return self._text(rows, detected)
+            return self._text(rows, detected, indices)
         if pre.rows == TOKEN_ROWS:
             return self._tokens(rows, detected, indices)
         if pre.rows == PAIR_ROWS:
@@ -158,8 +158,13 @@ class _Bound:
             return self._unpaired(rows, detected, indices)
         raise ValueError(f"unknown shape of prepared rows {pre.rows!r}")
 
-    def _text(self, rows, detected) -> dict[str, list]:
-        texts = [formats.text_of(row, detected) for row in rows]
+    def _text(self, rows, detected, indices) -> dict[str, list]:
+        texts = []
+        for position, row in enumerate(rows):
+            try:
+                texts.append(formats.text_of(row, detected))
+            except formats.RowError as err:
+                raise RowFailure(indices[position], str(err)) from None
         encoded = self.pre.tokenizer(texts, add_special_tokens=True)["input_ids"]
         return {
             "text": texts,

@@ -101,6 +101,10 @@ def load_source(source, index: int, *, cache_dir: str | None = None):
     """
     with _quiet_loader():
         dataset = _load(source, index, cache_dir)
+    bad_key = _key_with_nul(dataset.features)
+    if bad_key is not None:
+        # datasets cannot read such a row back (a KeyError deep inside it): refuse it here, by name.
+        raise problem(source, index, f"the key {bad_key!r} holds a NUL character (\\x00); rename it")
     if source.columns:
         missing = [c for c in source.columns if c not in dataset.column_names]
         if missing:
@@ -112,6 +116,18 @@ def load_source(source, index: int, *, cache_dir: str | None = None):
             )
         dataset = dataset.select_columns(list(source.columns))
     return dataset
+
+
+def _key_with_nul(feature: Any) -> str | None:
+    """The first key, at any depth of a dataset's features, that holds a NUL character."""
+    if isinstance(feature, dict):
+        for key, inner in feature.items():
+            found = key if "\x00" in str(key) else _key_with_nul(inner)
+            if found is not None:
+                return found
+        return None
+    inner = getattr(feature, "feature", None)  # a List or Sequence of some feature
+    return _key_with_nul(inner) if inner is not None else None
 
 
 @contextlib.contextmanager
@@ -190,6 +206,11 @@ def _load_file(source, index: int, path: Path, cache_dir: str | None):
     from datasets import load_dataset
 
     builder = data_file_builder(path) or ""  # check_local refused files of unknown kinds
+    if builder == "json" and path.suffix.lower() not in _COMPRESSED:
+        # pyarrow's JSON reader crashes the process (a segfault) on a file of `null` lines: look first.
+        shape = _json_shape_problem(path)
+        if shape:
+            raise problem(source, index, shape)
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         return load_dataset(builder, data_files={"train": str(path)}, split=source.split, cache_dir=cache_dir, **kwargs)
@@ -304,6 +325,27 @@ def _find_bad_line(path: Path, builder: str | None) -> str | None:
     except UnicodeDecodeError as err:
         return f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"
     return None
+
+
+def _json_shape_problem(path: Path) -> str | None:
+    """A quick look at a JSON data file, no parsing: every JSON Lines row must open an object, and a .json file
+    an object or a list; 'FILE:LINE: what is wrong', or None when it looks right."""
+    lines = 0
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no part of the row
+            if not text:
+                continue
+            lines += 1
+            opens = (b"{", b"[") if path.suffix.lower() == ".json" and lines == 1 else (b"{",)
+            if not text.startswith(opens):
+                found = text[:20].decode("utf-8", "replace")
+                return (
+                    _find_bad_line(path, "json") or f"{path}:{number}: each line must be a JSON object, found {found!r}"
+                )
+            if path.suffix.lower() == ".json":
+                return None  # a JSON document: its first line says enough
+    return None if lines else f"{path} holds only blank lines: no rows"
 
 
 def _bad_jsonl_line(path: Path) -> str | None:

@@ -178,14 +178,19 @@ def _convert_mixer(data: dict, source: str, put, out, problems: list[Problem]) -
 def _convert_named(data: dict, source: str, put, out) -> None:
     name = data["dataset_name"]
     config = data.get("dataset_config")
-    train_split = data.get("dataset_train_split", "train")
+    # An explicit null is the default split, as TRL reads it.
+    train_split = _or_default(data.get("dataset_train_split"), "train")
     sources = [_drop_none({"path": name, "name": config, "split": train_split, "role": "train"})]
     evaluates = data.get("eval_strategy", data.get("evaluation_strategy", "no")) != "no"
     if evaluates:
-        test_split = data.get("dataset_test_split", "test")
+        test_split = _or_default(data.get("dataset_test_split"), "test")
         sources.append(_drop_none({"path": name, "name": config, "split": test_split, "role": "test"}))
     put("data.datasets", sources, "dataset_name")
     out.notices.append(f"dataset_name -> data.datasets ({', '.join(str(s['split']) for s in sources)})")
+
+
+def _or_default(value: Any, default: str) -> Any:
+    return default if value is None else value
 
 
 def _drop_none(mapping: dict[str, Any]) -> dict[str, Any]:
