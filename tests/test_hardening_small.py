@@ -58,7 +58,7 @@ def test_recipes_show_of_a_file_takes_the_method_from_its_name_and_asks_only_whe
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.startswith(f"# mine: {CHAT}\n")
     unnamed = tmp_path / "recipe.yaml"
-    unnamed.write_text(MINIMAL_SFT.format(output_dir=tmp_path / "out"))
+    unnamed.write_text(MINIMAL_SFT.format(output_dir=tmp_path / "out", data="data/train.jsonl"))
     asked = cli("recipes", "show", unnamed)
     assert asked.exit_code == 2
     assert asked.stderr.strip() == (
@@ -114,6 +114,7 @@ def recipe_with_data(tmp_path):
     folder = tmp_path / "recipes"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "train.jsonl").write_text("{}\n")
+    (folder / "more.jsonl").write_text("{}\n")
     (folder / "bench.txt").write_text("a question\n")
     recipe = folder / "recipe.yaml"
     recipe.write_text(
@@ -125,7 +126,7 @@ data:
   datasets:
     - path: data/train.jsonl
     - path: org/hub-dataset
-    - path: ./missing.jsonl
+    - path: ./more.jsonl
 training:
   output_dir: {tmp_path / "run"}
 """
@@ -142,7 +143,7 @@ def test_relative_data_paths_are_taken_from_the_recipe_folder(cli, recipe_with_d
     assert [d["path"] for d in data["datasets"]] == [
         str(recipe.parent / "data" / "train.jsonl"),
         "org/hub-dataset",  # a Hub id stays as written
-        str(recipe.parent / "missing.jsonl"),  # looks like a file: the error will name where it was looked for
+        str(recipe.parent / "more.jsonl"),  # ./ marks a local path
     ]
     assert data["decontaminate"] == [str(recipe.parent / "bench.txt")]
 
@@ -159,7 +160,7 @@ def test_a_path_only_the_current_directory_has_is_still_found(cli, tmp_path, mon
     """Recipes written when paths were the current directory's (the offline demo's copy) keep working."""
     (tmp_path / "recipes").mkdir()
     recipe = tmp_path / "recipes" / "recipe.yaml"
-    recipe.write_text(MINIMAL_SFT.format(output_dir=tmp_path / "run"))
+    recipe.write_text(MINIMAL_SFT.format(output_dir=tmp_path / "run", data="data/train.jsonl"))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("{}\n")
     monkeypatch.chdir(tmp_path)
