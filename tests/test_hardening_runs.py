@@ -512,10 +512,12 @@ def test_overwrite_restores_the_old_run_on_bad_data_and_drops_it_once_training_b
 
     data = tmp_path / "chat.jsonl"
     rows = data.read_text()
-    data.unlink()  # the new run's input is bad: found only once the run loads its data
+    # The new run's input is bad in a way found only once the run reads its rows (a missing file is refused
+    # before anything moves, by the pre-flight checks).
+    data.write_text('{"messages": [{"role": "wizard", "content": "hi"}]}\n')
     refused = cli(METHOD, "--recipe", recipe, "--overwrite")
     assert refused.exit_code == 2, refused.output
-    assert re.search(rf"error: {re.escape(str(data))}: .*not found", refused.stderr), refused.stderr
+    assert re.search(rf"error: {re.escape(str(data))}.*wizard", refused.stderr), refused.stderr
     assert {name: digest for name, digest in _tree(out).items() if name != "alignkit.log"} == before
     assert "note: the new run did not start training; the old run is back in" in refused.output
 
