@@ -28,11 +28,13 @@ for tag in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux
 done
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
   --python-version "$PYTHON_VERSION" "${platforms[@]}" -d "$WHEELS" "${pins[@]}"
+# Not a requirement of alignkit: the check's sft_liger section installs it to see the automatic Liger setting.
+"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS/optional" "liger-kernel==0.8.5"
 # The device tool moves at most 64 MiB: bitsandbytes keeps only the libraries of the image's CUDA.
 for wheel in "$WHEELS"/bitsandbytes-*.whl; do
   "$PYTHON" benchmarks/gpu_packages.py slim "$wheel" --keep "${BNB_KEEP:-cuda13}"
 done
-echo "$(ls "$WHEELS"/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS"
+echo "$(ls "$WHEELS"/*.whl "$WHEELS"/optional/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS"
 size_kib=$(du -sk "$WHEELS" | cut -f1)
 if ((size_kib > 56 * 1024)); then
   echo "warning: $WHEELS holds more than 56 MiB; with the repository it may exceed the 64 MiB a device call moves" >&2

@@ -12,6 +12,8 @@
 #   qlora_memory    Mistral-7B shape, `alignkit sft --qlora`: peak GPU memory against `alignkit plan --qlora`
 #                   (gpu_qlora.py);
 #   gpu_tests       every test marked `gpu` (`pytest -m gpu`): FSDP's full-state-dict save of the tiny model;
+#   sft_liger       sft_throughput again with liger-kernel installed (the wheel in benchmarks/wheels/optional),
+#                   so alignkit's automatic settings turn Liger on, if time is left;
 #   fsdp_save       the same save for the 1B shape (gpu_fsdp.py), if time is left.
 # Every figure goes to $OUT/gpu_check.json when OUT is set (the device tool brings back what is under $OUT),
 # else to benchmarks/gpu_check.json, with the whole log beside it; a summary table ends the output. Exit
@@ -37,16 +39,21 @@ mkdir -p "$DEST" "$WORK"
 START=$SECONDS
 SKIP=
 # The scripts and the training processes they start import this checkout, installed or not.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
+# $SITE stays empty unless pip cannot resolve the carried wheels against the image's packages; then install
+# puts every carried wheel there, without resolving, ahead of the image's own.
+SITE="$WORK/site"
+export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
 
 if [[ "${GPU_CHECK_SHAPES:-}" == tiny ]]; then
   SFT_ARGS=(--shape tiny --steps 4 --warmup 1) QLORA_ARGS=(--shape tiny --steps 2) FSDP_ARGS=(--shape tiny)
+  LIGER_ARGS=(--shape tiny --steps 4 --warmup 1)
   ALLOW_CPU=--allow-cpu
 else
   SFT_ARGS=(--shape 1b --steps 40 --warmup 5) QLORA_ARGS=(--shape 7b --steps 5) FSDP_ARGS=(--shape 1b --steps 2)
+  LIGER_ARGS=(--shape 1b --steps 25 --warmup 5)
   ALLOW_CPU=
 fi
-export ROOT PYTHON SECTIONS ALLOW_CPU
+export ROOT PYTHON SECTIONS ALLOW_CPU SITE WORK
 
 # section NAME SECONDS COMMAND...: run COMMAND under `timeout`, at most SECONDS and at most what is left of
 # the budget; record its status, exit code and time in status.tsv and its output in NAME.log.
@@ -97,7 +104,10 @@ install() {
   if ((${#missing[@]})); then
     echo "missing: ${missing[*]}"
     [[ -d "$wheels" ]] || { echo "error: no $wheels: run benchmarks/fetch_wheels.sh and carry it"; return 1; }
-    "$PYTHON" -m pip install -q --no-index --find-links "$wheels" "${missing[@]}" || return 1
+    if ! "$PYTHON" -m pip install -q --no-index --find-links "$wheels" "${missing[@]}"; then
+      echo "pip could not resolve the carried wheels against this image: installing all of them to $SITE unresolved"
+      "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$wheels"/*.whl || return 1
+    fi
   else
     echo "every requirement of pyproject.toml is installed"
   fi
@@ -105,8 +115,15 @@ install() {
     echo "alignkit not installed: the check imports it from $ROOT through PYTHONPATH"
   "$PYTHON" -c "import alignkit, trl, datasets; print('alignkit', alignkit.__version__, 'from', alignkit.__file__)"
 }
-# `timeout` runs programs, not functions: these two run in a child bash that inherits them.
-export -f machine install
+liger() {
+  local wheel
+  wheel=$(ls "${GPU_CHECK_WHEELS:-$ROOT/benchmarks/wheels}"/optional/liger_kernel-*.whl 2>/dev/null | head -1)
+  [[ -n "$wheel" ]] || { echo "skipped: no liger_kernel wheel in benchmarks/wheels/optional"; return 0; }
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/liger-site" "$wheel" || return 1
+  PYTHONPATH="$WORK/liger-site:$PYTHONPATH" "$PYTHON" benchmarks/gpu_throughput.py "$@"
+}
+# `timeout` runs programs, not functions: these run in a child bash that inherits them.
+export -f machine install liger
 
 section machine 45 bash -c machine
 section install 120 bash -c install
@@ -118,6 +135,8 @@ section qlora_memory 180 "$PYTHON" benchmarks/gpu_qlora.py "${QLORA_ARGS[@]}" \
   --workdir "$WORK/qlora-model" --out "$SECTIONS/qlora_memory.json"
 rm -rf "$WORK/qlora-model" # 14 GiB of 7B weights: the disk is small
 section gpu_tests 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -s "$@"
+section sft_liger 110 bash -c 'liger "$@"' liger "${LIGER_ARGS[@]}" \
+  --workdir "$WORK/sft-model" --out "$SECTIONS/sft_liger.json"
 section fsdp_save 100 "$PYTHON" benchmarks/gpu_fsdp.py "${FSDP_ARGS[@]}" \
   --workdir "$WORK/sft-model" --out "$SECTIONS/fsdp_save.json"
 

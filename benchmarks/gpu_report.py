@@ -76,7 +76,7 @@ def _headline(name: str, figures: dict | None, last_line: str) -> str:
     if name == "machine":
         gpus = ", ".join(figures["gpus"]) or "no GPU"
         return f"{gpus}; torch {figures['torch']}, transformers {figures['transformers']}, trl {figures['trl']}"
-    if name == "sft_throughput":
+    if name in ("sft_throughput", "sft_liger"):
         trl, ours = figures["trl"], figures["alignkit"]
         speedup = figures.get("speedup")
         mfu = "/".join(f"{100 * side['mfu']:.1f}%" if side["mfu"] else "-" for side in (trl, ours))
