@@ -25,6 +25,7 @@
 #   GPU_CHECK_INSTALL=0   install nothing (use the environment as it is)
 #   GPU_CHECK_WHEELS      the wheel folder (default: benchmarks/wheels)
 #   GPU_CHECK_BUDGET      seconds for all sections together (default 450)
+#   GPU_CHECK_ONLY        run only these sections (space-separated names; machine and install always run)
 #   GPU_CHECK_WORK        scratch folder for models and runs (default: a new folder under /tmp, removed after)
 set -uo pipefail
 
@@ -43,6 +44,9 @@ SKIP=
 # puts every carried wheel there, without resolving, ahead of the image's own.
 SITE="$WORK/site"
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRL_EXPERIMENTAL_SILENCE=1
+# transformers fetches Hub kernels at load on CUDA whenever `kernels` is installed, and fails offline: plain TRL
+# needs this to load a model here. alignkit does not (it asks for them only with model.use_kernels).
+export USE_HUB_KERNELS="${USE_HUB_KERNELS:-NO}"
 
 if [[ "${GPU_CHECK_SHAPES:-}" == tiny ]]; then
   SFT_ARGS=(--shape tiny --steps 4 --warmup 1) QLORA_ARGS=(--shape tiny --steps 2) FSDP_ARGS=(--shape tiny)
@@ -64,6 +68,9 @@ section() {
   echo "== $name"
   local skip=$SKIP
   ((left < 20)) && skip="out of time (${left}s of the ${BUDGET}s budget left)"
+  if [[ -n "${GPU_CHECK_ONLY:-}" && "$name" != machine && "$name" != install && " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    skip="not in GPU_CHECK_ONLY"
+  fi
   if [[ -n "$skip" ]]; then
     echo "skipped: $skip" | tee "$SECTIONS/$name.log"
     printf '%s\tskipped\t0\t0\n' "$name" >>"$SECTIONS/status.tsv"

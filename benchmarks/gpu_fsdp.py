@@ -83,6 +83,9 @@ def check_save(shape: str, steps: int, root: Path, timeout: float | None) -> dic
         "no sharded checkpoint": not list(out.glob("pytorch_model_fsdp*")),
         "same tensors and shapes as the model trained": saved == source,
     }
+    report["extra_tensors"] = sorted(saved.keys() - source.keys())
+    report["missing_tensors"] = sorted(source.keys() - saved.keys())
+    report["other_shapes"] = sorted(name for name in saved.keys() & source.keys() if saved[name] != source[name])
     report["saved_bytes"] = sum(file.stat().st_size for file in out.glob("*.safetensors"))
     report["passed"] = all(report["checks"].values())
     return report
@@ -95,6 +98,9 @@ def print_report(report: dict) -> None:
     )
     for check, passed in report["checks"].items():
         print(f"  {'ok    ' if passed else 'FAILED'} {check}")
+    for kind in ("extra_tensors", "missing_tensors", "other_shapes"):
+        if report.get(kind):
+            print(f"  {kind.replace('_', ' ')}: {', '.join(report[kind][:8])}")
 
 
 def main() -> int:

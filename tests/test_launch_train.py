@@ -397,3 +397,81 @@ def test_two_machines_on_one_host_rendezvous_through_the_multi_node_flags(
         "127.0.0.1",
         int(port),
     )
+
+
+def _tied_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def _gathered(model) -> dict:
+    """A state dict as FSDP's full-state-dict gather hands it over: every tensor its own copy."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_a_gathered_state_dict_loses_the_tied_copy_of_the_embeddings():
+    from alignkit.train.finalize import drop_tied_copies
+
+    model = _tied_llama()
+    state = _gathered(model)
+    assert "lm_head.weight" in state  # the copy transformers would write: its storage is not shared any more
+    assert drop_tied_copies(state, model) == ["lm_head.weight"]
+    assert "lm_head.weight" not in state and "model.embed_tokens.weight" in state
+    assert model.config.tie_word_embeddings is True
+
+
+def test_a_tied_copy_that_differs_from_its_source_is_kept_and_the_model_untied():
+    from alignkit.train.finalize import drop_tied_copies
+
+    model = _tied_llama()
+    state = _gathered(model)
+    state["lm_head.weight"] += 1
+    assert drop_tied_copies(state, model) == []
+    assert "lm_head.weight" in state and model.config.tie_word_embeddings is False
+
+
+def test_an_untied_model_keeps_every_tensor(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.train.finalize import drop_tied_copies
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    state = _gathered(model)
+    assert drop_tied_copies(state, model) == [] and state.keys() == model.state_dict().keys()
+
+
+def test_the_final_fsdp_save_writes_a_tied_model_once(tmp_path):
+    """The trainer's save under FSDP gets the gathered state dict; the file holds no second embedding matrix and
+    loads back with the trained weights."""
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.train.finalize import _without_tied_copies
+
+    model = _tied_llama()
+    with torch_no_grad():
+        model.model.embed_tokens.weight.mul_(3)
+
+    def save(output_dir=None, state_dict=None):
+        model.save_pretrained(output_dir, state_dict=state_dict)
+
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m), _save=save)
+    _without_tied_copies(trainer)
+    trainer._save(str(tmp_path), state_dict=_gathered(model))
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        assert "lm_head.weight" not in weights.keys() and "model.embed_tokens.weight" in weights.keys()  # noqa: SIM118
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight.equal(model.model.embed_tokens.weight)
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()

@@ -396,3 +396,30 @@ def test_dpo_reference_log_probs_are_computed_once_and_reused_by_reruns_and_scan
     result = cli("dpo", "--recipe", other)
     assert result.exit_code == 0, result.output
     assert passes, "another max_length is another set of reference log-probs"
+
+
+@pytest.mark.parametrize("chosen", [None, True])
+def test_hub_kernels_are_off_unless_the_recipe_turns_them_on(tiny_model_dir, data_dir, tmp_path, monkeypatch, chosen):
+    """transformers swaps layers for kernels downloaded from the Hub whenever `kernels` is installed (it is one of
+    its own requirements); alignkit asks for them only when model.use_kernels says so."""
+    import transformers
+
+    from alignkit.hardware import detect
+    from alignkit.recipe.resolve import resolve_recipe
+    from alignkit.train.modeling import load_model
+
+    recipe = write_recipe(tmp_path, "sft", tiny_model_dir, data_dir, tmp_path / "out")
+    if chosen:
+        recipe.write_text(recipe.read_text().replace("  dtype: float32\n", "  dtype: float32\n  use_kernels: true\n"))
+    resolved = resolve_recipe("sft", str(recipe))
+    seen = {}
+    loader = transformers.AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        seen.update(kwargs)
+        return loader(*args, **{k: v for k, v in kwargs.items() if k != "use_kernels"})
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    load_model(resolved.recipe, detect(), tokenizer, new_tokens=False)
+    assert seen["use_kernels"] is bool(chosen)

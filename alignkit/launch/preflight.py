@@ -144,13 +144,19 @@ def data_problems(recipe: RecipeBase, source: str) -> list[Problem]:
 
 
 def remote_code_notices(recipe: RecipeBase) -> list[str]:
-    """A notice naming the repositories whose Python code loading the model runs, when the recipe allows it."""
+    """Notices naming the code from the Hub that loading the model runs, when the recipe allows any."""
     model = recipe.model
-    if not model.trust_remote_code:
-        return []
-    repos = [model.name_or_path, *([model.tokenizer_name_or_path] if model.tokenizer_name_or_path else [])]
-    named = " and ".join(dict.fromkeys(repos))
-    return [
-        f"model.trust_remote_code is on: loading the model runs the Python code of {named} on this machine;"
-        " turn it off unless the model needs it"
-    ]
+    notices = []
+    if model.trust_remote_code:
+        repos = [model.name_or_path, *([model.tokenizer_name_or_path] if model.tokenizer_name_or_path else [])]
+        named = " and ".join(dict.fromkeys(repos))
+        notices.append(
+            f"model.trust_remote_code is on: loading the model runs the Python code of {named} on this machine;"
+            " turn it off unless the model needs it"
+        )
+    if model.use_kernels:
+        notices.append(
+            "model.use_kernels is on: on a GPU, transformers downloads layer kernels from the Hub and runs them;"
+            " the machine must reach the Hub (or hold them in its cache)"
+        )
+    return notices

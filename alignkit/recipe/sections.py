@@ -53,6 +53,9 @@ class ModelSection(Section):
     """Attention kernel. auto picks flash-attention 2 when installed and on CUDA, else SDPA."""
     trust_remote_code: bool = False
     """Run model code from the Hub repository. Off unless you trust the repository."""
+    use_kernels: bool = False
+    """Let transformers swap layers for kernels it downloads from the Hub (the `kernels` package). Off: no
+    downloaded code runs, the run is reproducible, and an offline machine loads the model."""
     merge_adapter: bool = False
     """When name_or_path is a LoRA adapter: merge it into its base before training a new adapter."""
 

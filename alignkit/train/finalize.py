@@ -33,6 +33,40 @@ def use_full_state_dict(trainer: Any) -> bool:
     return True
 
 
+def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> list[str]:
+    """Remove from a gathered state dict the weights the model ties to another (lm_head to the embeddings).
+
+    FSDP's full state dict gathers each parameter into its own CPU tensor, so transformers, which spots tied
+    weights by shared storage, would write the tied copy too (a second vocab x hidden matrix on disk). A copy
+    is dropped only where it equals its source; one that differs stays, and the config stops tying it, so
+    what was trained is what loads. Returns the names dropped.
+    """
+    expand = getattr(model, "get_expanded_tied_weights_keys", None)
+    tied = expand(all_submodels=True) if expand is not None else {}
+    dropped = []
+    for copy, source in tied.items():
+        if copy not in state_dict or source not in state_dict:
+            continue
+        if state_dict[copy].shape == state_dict[source].shape and bool((state_dict[copy] == state_dict[source]).all()):
+            del state_dict[copy]
+            dropped.append(copy)
+        else:
+            model.config.get_text_config().tie_word_embeddings = False
+    return dropped
+
+
+def _without_tied_copies(trainer: Any) -> None:
+    """Make the trainer's next save drop tied copies from the state dict it is handed (see drop_tied_copies)."""
+    save = trainer._save
+
+    def save_without_copies(output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is not None:
+            drop_tied_copies(state_dict, trainer.accelerator.unwrap_model(trainer.model))
+        save(output_dir, state_dict=state_dict)
+
+    trainer._save = save_without_copies
+
+
 def save_weights(built: BuiltTrainer, output_dir: Path) -> None:
     """Save the model or adapter (all ranks take part), with eos/pad and use_cache set for inference."""
     model = built.trainer.model
@@ -47,7 +81,8 @@ def save_weights(built: BuiltTrainer, output_dir: Path) -> None:
     if getattr(unwrapped, "config", None) is not None:
         unwrapped.config.use_cache = True  # turned off for gradient checkpointing while training
     # Under FSDP the final save gathers one full state dict, so the result loads with from_pretrained.
-    use_full_state_dict(built.trainer)
+    if use_full_state_dict(built.trainer):
+        _without_tied_copies(built.trainer)
     built.trainer.save_model(str(output_dir))
 
 
@@ -95,7 +130,11 @@ def _save_merged(built: BuiltTrainer, run: RunRecord) -> None:
     dtype, _ = resolve_dtype(run.recipe, detect())
     needs = run.recipe.method.model
     base = getattr(transformers, needs.auto_class).from_pretrained(
-        built.loaded.base_model, dtype=dtype, trust_remote_code=run.recipe.model.trust_remote_code, **needs.init_kwargs
+        built.loaded.base_model,
+        dtype=dtype,
+        trust_remote_code=run.recipe.model.trust_remote_code,
+        use_kernels=False,  # merging is arithmetic on weights: no layer swapped for a downloaded kernel
+        **needs.init_kwargs,
     )
     if base.get_input_embeddings().weight.shape[0] != len(built.tokenizer):
         base.resize_token_embeddings(len(built.tokenizer), pad_to_multiple_of=8)

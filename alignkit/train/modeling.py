@@ -124,6 +124,9 @@ def load_model(recipe: RecipeBase, hardware: Hardware, tokenizer, *, new_tokens:
         "dtype": dtype,
         "attn_implementation": attention,
         "trust_remote_code": spec.trust_remote_code,
+        # transformers fetches Hub kernels on CUDA whenever `kernels` is installed (it is one of its needs);
+        # an offline machine then cannot load the model at all.
+        "use_kernels": spec.use_kernels,
         "use_cache": not recipe.training.gradient_checkpointing,
         **needs.init_kwargs,
     }
