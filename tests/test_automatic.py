@@ -51,6 +51,16 @@ def test_a_gpu_with_flash_attention_and_liger_gets_padding_free_batches_liger_an
     assert "90 of 80 GiB" in settings["training.gradient_checkpointing"][2]
 
 
+def test_liger_is_the_answer_to_tight_memory_not_a_default_where_activations_fit():
+    roomy = Facts(device="cuda", bf16=True, flash_attn=False, liger=True, activations_fit=True, memory_reason="9 of 80")
+    value, automatic, reason = decided("sft", roomy)["training.use_liger_kernel"]
+    assert (value, automatic) == (False, True) and "save memory but cost speed" in reason
+    unknown = Facts(device="cuda", bf16=True, flash_attn=False, liger=True)
+    assert decided("sft", unknown)["training.use_liger_kernel"][:2] == (True, True)
+    chosen = decided("sft", roomy, training={"use_liger_kernel": True})["training.use_liger_kernel"]
+    assert chosen[:2] == (True, False)
+
+
 def test_no_memory_plan_keeps_recomputation_and_a_cpu_without_bf16_trains_in_float32():
     facts = Facts(device="cpu", bf16=False, flash_attn=False, liger=False)
     settings = decided("sft", facts)
