@@ -1,6 +1,7 @@
 """alignkit's own defaults against plain TRL's defaults on the reference workload of issue #14.
 
     .venv/bin/python benchmarks/reference_workload.py [--rounds 3] [--methods sft dpo] [--out FILE.json]
+        [--sides trl alignkit] [--set KEY=VALUE ...]   # --set: an alignkit override, to see what one default buys
 
 The workload is built here, with no hub: a Llama of hidden size 256 and 4 layers (about 4M parameters) with
 the demo's word-level tokenizer, 1,024 synthetic chats whose lengths are log-normal (a few long ones hit the
@@ -13,6 +14,11 @@ Each side runs in a fresh process, alternating within a round (TRL first), so bo
 state; the script prints every run, then the medians, the speed ratio (TRL's median `train_runtime` over
 alignkit's) and the difference of the final train loss. Run it alone: a second job on the machine's cores
 makes the ratio meaningless.
+
+The train loss TRL reports is the mean over steps of each batch's mean token loss, so it depends on how rows
+are batched: length-grouped batches weigh long and short rows differently from random ones. For sft the
+script therefore also scores both trained models, in float32 and by one function, on 128 held-out chats
+(token-weighted mean loss over the tokens the training counts): equal quality shows there.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -33,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SETTINGS = {"learning_rate": 2e-5, "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 1024}
 MODEL_SHAPE = {"hidden_size": 256, "intermediate_size": 1024, "num_layers": 4, "num_heads": 4}
-CHATS, PAIRS = 1024, 512
+CHATS, PAIRS, HELD_OUT = 1024, 512, 128
 
 
 def _words(rng: random.Random, vocabulary: list[str], mean_words: float) -> str:
@@ -49,13 +56,9 @@ def build_workload(root: Path, seed: int = 0) -> dict[str, Path]:
     model = build_tiny_model(root / "model", **MODEL_SHAPE, max_position_embeddings=1024, seed=seed)
     rng = random.Random(seed)
     sft = root / "sft.jsonl"
-    with sft.open("w", encoding="utf-8") as out:
-        for _ in range(CHATS):
-            messages = [
-                {"role": "user", "content": _words(rng, WORDS, 40)},
-                {"role": "assistant", "content": _words(rng, WORDS, 80)},
-            ]
-            out.write(json.dumps({"messages": messages}) + "\n")
+    _write_chats(sft, rng, CHATS, WORDS)
+    # Its own generator: the training data stay exactly what they were before the held-out set existed.
+    _write_chats(root / "sft_held_out.jsonl", random.Random(seed + 1000), HELD_OUT, WORDS)
     dpo = root / "dpo.jsonl"
     with dpo.open("w", encoding="utf-8") as out:
         for _ in range(PAIRS):
@@ -66,6 +69,33 @@ def build_workload(root: Path, seed: int = 0) -> dict[str, Path]:
             }
             out.write(json.dumps(row) + "\n")
     return {"model": model, "sft": sft, "dpo": dpo}
+
+
+def _write_chats(path: Path, rng: random.Random, count: int, words: list[str]) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for _ in range(count):
+            messages = [
+                {"role": "user", "content": _words(rng, words, 40)},
+                {"role": "assistant", "content": _words(rng, words, 80)},
+            ]
+            out.write(json.dumps({"messages": messages}) + "\n")
+
+
+def held_out_loss(model, tokenizer, chats: Path) -> float:
+    """Token-weighted mean next-token loss of `model` over every token of the held-out chats (TRL's and
+    alignkit's sft default: no prompt masking), in float32, one chat at a time (no padding)."""
+    import torch
+
+    model = model.float().eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for line in chats.read_text(encoding="utf-8").splitlines():
+            ids = tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True, return_dict=True)
+            ids = torch.tensor([ids["input_ids"][: SETTINGS["max_length"]]], device=model.device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            count += ids.shape[1] - 1
+    return total / count
 
 
 def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
@@ -86,11 +116,15 @@ def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     config_class, trainer_class = (SFTConfig, SFTTrainer) if method == "sft" else (DPOConfig, DPOTrainer)
     trainer = trainer_class(model=model, args=config_class(**args), train_dataset=dataset, processing_class=tokenizer)
     metrics = trainer.train().metrics
-    return {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
+    result = {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
+    if method == "sft":
+        result["held_out_loss"] = held_out_loss(trainer.model, tokenizer, data.parent / "sft_held_out.jsonl")
+    return result
 
 
-def run_alignkit(method: str, model_dir: Path, data: Path, out: Path) -> dict:
-    """`alignkit <method>` with a minimal recipe: the same four settings, alignkit's defaults for the rest."""
+def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides: tuple[str, ...] = ()) -> dict:
+    """`alignkit <method>` with a minimal recipe: the same four settings, alignkit's defaults for the rest
+    (`overrides`: `--set` values, for ablations)."""
     import yaml
     from typer.testing import CliRunner
 
@@ -103,29 +137,48 @@ def run_alignkit(method: str, model_dir: Path, data: Path, out: Path) -> dict:
         "training": {**{k: v for k, v in settings.items() if k != "max_length"}, "output_dir": str(out)},
         method: {"max_length": settings["max_length"]},
     }
+    if method == "dpo":
+        # alignkit cuts dpo prompts to 512 tokens by default (the handbook's value); TRL 1.x cuts nothing but the
+        # whole row at max_length. Off here, so both sides train on the same tokens and the losses compare.
+        recipe[method]["max_prompt_length"] = None
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    result = CliRunner().invoke(app, [method, "--recipe", str(path)])
+    sets = [part for value in overrides for part in ("--set", value)]
+    result = CliRunner().invoke(app, [method, "--recipe", str(path), *sets])
     if result.exit_code != 0:
         raise SystemExit(result.output)
     metrics = json.loads((out / "all_results.json").read_text(encoding="utf-8"))
-    return {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
+    result = {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
+    if method == "sft":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+        result["held_out_loss"] = held_out_loss(model, tokenizer, data.parent / "sft_held_out.jsonl")
+    return result
 
 
 def _one_side(argv: list[str]) -> int:
-    side, method, model_dir, data, out = argv
-    run = run_trl if side == "trl" else run_alignkit
-    print("RESULT " + json.dumps(run(method, Path(model_dir), Path(data), Path(out))), flush=True)
+    side, method, model_dir, data, out, *overrides = argv
+    if side == "trl":
+        result = run_trl(method, Path(model_dir), Path(data), Path(out))
+    else:
+        result = run_alignkit(method, Path(model_dir), Path(data), Path(out), tuple(overrides))
+    print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
-def _spawn(side: str, method: str, files: dict[str, Path], out: Path) -> dict:
+def _spawn(side: str, method: str, files: dict[str, Path], out: Path, overrides: list[str]) -> dict:
     command = [sys.executable, __file__, "--side", side, method, str(files["model"]), str(files[method]), str(out)]
+    command += overrides if side == "alignkit" else []
+    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{side} {method} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    # The whole process, start-up and model loading included: alignkit computes dpo's reference log-probs before
+    # training starts, outside train_runtime, while TRL's default computes them inside every step.
+    return {**json.loads(lines[-1].removeprefix("RESULT ")), "wall": wall}
 
 
 def main() -> int:
@@ -135,22 +188,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["sft", "dpo"], choices=["sft", "dpo"])
     parser.add_argument("--out", type=Path, help="also write every run and the summary to this JSON file")
+    parser.add_argument("--sides", nargs="+", default=["trl", "alignkit"], choices=["trl", "alignkit"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="alignkit override")
     args = parser.parse_args()
-    report: dict = {"settings": SETTINGS, "model": MODEL_SHAPE, "runs": [], "summary": {}}
+    report: dict = {"settings": SETTINGS, "model": MODEL_SHAPE, "overrides": args.set, "runs": [], "summary": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = build_workload(root)
         for method in args.methods:
             for round_ in range(args.rounds):
-                for side in ("trl", "alignkit"):
-                    result = _spawn(side, method, files, root / f"{side}-{method}-{round_}")
+                for side in args.sides:
+                    result = _spawn(side, method, files, root / f"{side}-{method}-{round_}", args.set)
                     report["runs"].append({"method": method, "side": side, "round": round_ + 1, **result})
+                    held_out = f"  held-out loss {result['held_out_loss']:.4f}" if "held_out_loss" in result else ""
                     print(
                         f"{method} round {round_ + 1} {side:<8} train_runtime {result['train_runtime']:7.1f}s"
-                        f"  train_loss {result['train_loss']:.4f}",
+                        f"  wall {result['wall']:6.1f}s  train_loss {result['train_loss']:.4f}{held_out}",
                         flush=True,
                     )
-            report["summary"][method] = _summary(report["runs"], method)
+            if len(args.sides) == 2:
+                report["summary"][method] = _summary(report["runs"], method)
     print(
         f"\n{'method':<6} {'TRL defaults':>13} {'alignkit':>9} {'speed-up':>9}"
         f" {'loss TRL':>9} {'alignkit':>9} {'diff':>7}"
@@ -160,6 +217,13 @@ def main() -> int:
             f"{method:<6} {s['trl_runtime']:>12.1f}s {s['alignkit_runtime']:>8.1f}s {s['speedup']:>8.2f}x"
             f" {s['trl_loss']:>9.4f} {s['alignkit_loss']:>9.4f} {s['loss_diff_pct']:>+6.2f}%"
         )
+        walls = f"TRL {s['trl_wall']:.1f}s, alignkit {s['alignkit_wall']:.1f}s ({s['wall_speedup']:.2f}x)"
+        print(f"{'':<6} whole process: {walls}")
+        if "held_out_diff_pct" in s:
+            print(
+                f"{'':<6} held-out loss: TRL {s['trl_held_out']:.4f}, alignkit {s['alignkit_held_out']:.4f}"
+                f" ({s['held_out_diff_pct']:+.2f}%)"
+            )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
@@ -170,15 +234,24 @@ def _summary(runs: list[dict], method: str) -> dict:
         return statistics.median(r[key] for r in runs if r["method"] == method and r["side"] == side)
 
     trl_time, our_time = median("trl", "train_runtime"), median("alignkit", "train_runtime")
+    trl_wall, our_wall = median("trl", "wall"), median("alignkit", "wall")
     trl_loss, our_loss = median("trl", "train_loss"), median("alignkit", "train_loss")
-    return {
+    summary = {
         "trl_runtime": trl_time,
         "alignkit_runtime": our_time,
         "speedup": trl_time / our_time,
+        "trl_wall": trl_wall,
+        "alignkit_wall": our_wall,
+        "wall_speedup": trl_wall / our_wall,
         "trl_loss": trl_loss,
         "alignkit_loss": our_loss,
         "loss_diff_pct": 100 * (our_loss - trl_loss) / trl_loss,
     }
+    if all("held_out_loss" in r for r in runs if r["method"] == method):
+        trl_held, our_held = median("trl", "held_out_loss"), median("alignkit", "held_out_loss")
+        summary |= {"trl_held_out": trl_held, "alignkit_held_out": our_held}
+        summary["held_out_diff_pct"] = 100 * (our_held - trl_held) / trl_held
+    return summary
 
 
 if __name__ == "__main__":
