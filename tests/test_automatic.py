@@ -90,6 +90,16 @@ def test_a_preference_method_caches_reference_log_probs_and_groups_pairs_by_leng
     )
 
 
+def test_the_reference_pass_runs_one_pair_at_a_time_on_a_cpu_and_batches_on_a_gpu():
+    assert decided("dpo", CPU)["dpo.precompute_ref_batch_size"][:2] == (1, True)
+    assert decided("dpo", GPU)["dpo.precompute_ref_batch_size"][:2] == (None, True)
+    chosen = decided("dpo", CPU, dpo={"precompute_ref_batch_size": 16})["dpo.precompute_ref_batch_size"]
+    assert chosen[:2] == (16, False)
+    applied = apply(recipe("dpo"), decide(recipe("dpo"), CPU))
+    assert applied.section.precompute_ref_batch_size == 1
+    assert applied.method.trl_settings(applied.section)["precompute_ref_batch_size"] == 1
+
+
 def test_apply_writes_the_decisions_into_the_recipe_and_leaves_recipe_values():
     original = recipe("dpo", training={"mixed_precision": "no"})
     applied = apply(original, decide(original, CPU))

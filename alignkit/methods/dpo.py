@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from alignkit.data import formats
 from alignkit.methods.method import PAIR_ROWS, DataNeeds, Method, imported
-from alignkit.recipe.bounds import TokenLength
+from alignkit.recipe.bounds import TokenLength, within
 from alignkit.recipe.sections import Section, check_prompt_length
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -80,6 +80,8 @@ class DpoSection(Section):
     """Prompts longer than this are cut from the left before the pair is truncated to max_length."""
     precompute_ref_log_probs: bool | None = None
     """Compute the reference model's log-probs once before training, cached on disk. Unset: on."""
+    precompute_ref_batch_size: within(1, 65536) | None = None
+    """Pairs per batch of that reference pass. Unset: 1 on a CPU, TRL's default (the per-device batch) on a GPU."""
     padding_free: bool = False
 
     @model_validator(mode="after")
@@ -102,12 +104,16 @@ def _trl_settings(section: DpoSection) -> dict[str, Any]:
         "label_smoothing": section.label_smoothing,
         "max_length": section.max_length,
         "precompute_ref_log_probs": section.precompute_ref_log_probs,
+        "precompute_ref_batch_size": section.precompute_ref_batch_size,
         "padding_free": section.padding_free,
     }
 
 
 def _automatic(section: DpoSection, facts) -> list:
-    return [cached_reference(section.precompute_ref_log_probs, "dpo")]
+    return [
+        cached_reference(section.precompute_ref_log_probs, "dpo"),
+        reference_batch(section.precompute_ref_batch_size, "dpo", facts),
+    ]
 
 
 def cached_reference(chosen: bool | None, section_name: str):
@@ -123,6 +129,21 @@ def cached_reference(chosen: bool | None, section_name: str):
         "the reference model runs once over the data, not once per step, and its log-probs are cached on disk"
         " (keyed by the data and the reference weights), so reruns, resumed runs and scan arms reuse them",
     )
+
+
+def reference_batch(chosen: int | None, section_name: str, facts):
+    """The automatic `precompute_ref_batch_size`: how many pairs the reference pass runs together."""
+    from alignkit.recipe.automatic import Setting
+
+    path = f"{section_name}.precompute_ref_batch_size"
+    if chosen is not None:
+        return Setting(path, chosen, "set in the recipe", automatic=False)
+    if facts.device == "cpu":
+        # TRL runs that pass in dataset order, so a batch mixes lengths; measured on the reference workload's dpo
+        # (benchmarks/RESULTS.md): about 45 s with batches of 8, 27 s one pair at a time.
+        reason = "the pass runs the pairs in dataset order, so batches of mixed lengths compute padding; one pair"
+        return Setting(path, 1, reason + " at a time computes none, and a CPU gains little from batching rows")
+    return Setting(path, None, "a GPU computes a batch of pairs at once: TRL's default, the per-device batch size")
 
 
 # What of a DPOConfig changes TRL's tokenized rows or the reference log-probs computed from them.
