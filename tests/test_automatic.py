@@ -248,3 +248,10 @@ def test_checkpointing_is_turned_on_when_the_activations_would_not_fit(tiny_mode
     assert facts["activations_fit"] is False and "a 1 MiB device" in facts["memory_reason"]
     settings = decided("sft", Facts(device="cpu", bf16=True, flash_attn=False, liger=False, **facts))
     assert settings["training.gradient_checkpointing"][:2] == (True, True)
+
+
+def test_kto_shows_the_order_its_trainer_requires():
+    value, automatic, reason = decided("kto", CPU)["training.train_sampling_strategy"]
+    assert (value, automatic) == ("sequential", True) and "KL term" in reason
+    unpaired = decided("kto", CPU, kto={"loss_type": "apo_zero_unpaired"})["training.train_sampling_strategy"]
+    assert unpaired[0] == "random"

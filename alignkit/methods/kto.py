@@ -79,12 +79,19 @@ def _trl_settings(section: KtoSection) -> dict[str, Any]:
         "max_length": section.max_length,
         "precompute_ref_log_probs": section.precompute_ref_log_probs,
     }
-    if section.loss_type == "kto":
-        # The KL estimate pairs each row with its batch neighbours in dataset order, so KTOTrainer refuses any
-        # other sampler; the data layer has already shuffled the rows (data.seed), so the order is random. Set
-        # here rather than refused in the recipe: a frozen recipe spells out the training section's default.
+    if _fixed_order(section):
+        # Set here rather than refused in the recipe: a frozen recipe spells out the training section's default.
         settings["train_sampling_strategy"] = "sequential"
     return settings
+
+
+def _fixed_order(section: KtoSection) -> str | None:
+    if section.loss_type != "kto":
+        return None  # apo_zero_unpaired has no KL term
+    return (
+        "TRL's kto trainer estimates its KL term by pairing each row with its batch neighbours in dataset order,"
+        " so it reads the rows in order; the data layer has already shuffled them (data.seed)"
+    )
 
 
 def _recipe_rules(recipe) -> None:
@@ -153,6 +160,7 @@ METHOD = Method(
     trl_fields=TRL_FIELDS,
     trl_config=imported("trl", "KTOConfig"),
     trl_settings=_trl_settings,
+    fixed_order=_fixed_order,
     trainer=imported("trl", "KTOTrainer"),
     data=DataNeeds(
         formats=(formats.UNPAIRED, formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),

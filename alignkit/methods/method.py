@@ -129,6 +129,9 @@ class Method:
     `input_ids` to read it from (None: the length of `input_ids`)."""
     groups_by_length: bool = False
     """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
+    fixed_order: Callable[[Any], str | None] = lambda section: None
+    """Why the method's trainer must read the rows in dataset order under the section's settings (its
+    `trl_settings` then set `train_sampling_strategy: sequential`), or None where any order is fine."""
     automatic: Callable[[Any, Any], list] = lambda section, facts: []
     """(section, automatic.Facts) -> automatic.Setting list for the method's own fields left unset."""
     reference_model: Callable[[Any], bool] = lambda section: False

@@ -114,6 +114,9 @@ def _sampling(method, section, chosen: str | None) -> Setting:
     path = "training.train_sampling_strategy"
     if chosen is not None:
         return Setting(path, chosen, "set in the recipe", automatic=False)
+    fixed = method.fixed_order(section)
+    if fixed:
+        return Setting(path, "sequential", fixed)
     if method.packs(section):
         return Setting(path, "random", "packed rows carry no padding, so grouping by length saves nothing")
     if not method.groups_by_length:
