@@ -255,3 +255,9 @@ def test_kto_shows_the_order_its_trainer_requires():
     assert (value, automatic) == ("sequential", True) and "KL term" in reason
     unpaired = decided("kto", CPU, kto={"loss_type": "apo_zero_unpaired"})["training.train_sampling_strategy"]
     assert unpaired[0] == "random"
+
+
+def test_kto_computes_its_reference_log_probs_once_unless_the_recipe_says_otherwise():
+    assert decided("kto", CPU)["kto.precompute_ref_log_probs"][:2] == (True, True)
+    chosen = decided("kto", CPU, kto={"precompute_ref_log_probs": False})["kto.precompute_ref_log_probs"]
+    assert chosen[:2] == (False, False)

@@ -195,7 +195,7 @@ def test_a_flat_trl_kto_config_converts(cli, write_recipe):
         "undesirable_weight": 1.0,
         "max_length": 512,
         "max_prompt_length": 256,
-        "precompute_ref_log_probs": False,
+        "precompute_ref_log_probs": None,
     }
     assert recipe["data"]["datasets"][0]["path"] == "trl-lib/kto-mix-14k"
     refused = cli("dpo", "--recipe", path, "--dry-run")

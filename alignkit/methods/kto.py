@@ -62,7 +62,9 @@ class KtoSection(Section):
     """Prompt and completion together; longer rows are cut from the right by the trainer."""
     max_prompt_length: TokenLength | None = 512
     """Prompts longer than this are cut from the left by the data layer (KTOConfig has no such field)."""
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool | None = None
+    """Compute the reference model's log-probs (the KL term's too) once before training, cached on disk.
+    Unset: on."""
 
     @model_validator(mode="after")
     def _lengths(self) -> KtoSection:
@@ -83,6 +85,19 @@ def _trl_settings(section: KtoSection) -> dict[str, Any]:
         # Set here rather than refused in the recipe: a frozen recipe spells out the training section's default.
         settings["train_sampling_strategy"] = "sequential"
     return settings
+
+
+def _automatic(section: KtoSection, facts) -> list:
+    from alignkit.recipe.automatic import Setting
+
+    path = "kto.precompute_ref_log_probs"
+    if section.precompute_ref_log_probs is not None:
+        return [Setting(path, section.precompute_ref_log_probs, "set in the recipe", automatic=False)]
+    reason = (
+        "the reference model runs once over the rows (and their KL partners), not once per step; its log-probs"
+        " are cached on disk, so a rerun or a resumed run with the same settings reuses them"
+    )
+    return [Setting(path, True, reason)]
 
 
 def _fixed_order(section: KtoSection) -> str | None:
@@ -161,6 +176,7 @@ METHOD = Method(
     trl_config=imported("trl", "KTOConfig"),
     trl_settings=_trl_settings,
     fixed_order=_fixed_order,
+    automatic=_automatic,
     trainer=imported("trl", "KTOTrainer"),
     data=DataNeeds(
         formats=(formats.UNPAIRED, formats.PREFERENCE, formats.PREFERENCE_IMPLICIT),
