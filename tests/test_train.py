@@ -423,3 +423,22 @@ def test_hub_kernels_are_off_unless_the_recipe_turns_them_on(tiny_model_dir, dat
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     load_model(resolved.recipe, detect(), tokenizer, new_tokens=False)
     assert seen["use_kernels"] is bool(chosen)
+
+
+def test_row_lengths_for_grouping_come_from_the_arrow_columns_in_the_dataset_row_order():
+    from datasets import Dataset
+
+    from alignkit.methods import METHODS
+    from alignkit.train.factory import token_counts
+
+    rows = {
+        "prompt_ids": [[1, 2], [3], [4, 5, 6], [7]],
+        "chosen_ids": [[1], [2, 3, 4], [], [5, 6]],
+        "rejected_ids": [[1, 2, 3], [4], [5], [6]],
+        "ref_chosen_logps": [0.1, 0.2, 0.3, 0.4],
+    }
+    dataset = Dataset.from_dict(rows).shuffle(seed=3).select([3, 1, 0])  # an indices mapping, as TRL leaves
+    counts = token_counts(dataset)
+    assert set(counts) == {"prompt_ids", "chosen_ids", "rejected_ids"}
+    expected = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in dataset]
+    assert list(METHODS["dpo"].batch_length(counts)) == expected

@@ -168,8 +168,10 @@ def _config_class() -> type:
     return DPOConfig
 
 
-def _pair_length(row) -> int:
-    return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+def _pair_length(counts):
+    import numpy
+
+    return counts["prompt_ids"] + numpy.maximum(counts["chosen_ids"], counts["rejected_ids"])
 
 
 def _card_rows(section: DpoSection) -> list[tuple[str, str]]:

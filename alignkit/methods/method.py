@@ -124,9 +124,10 @@ class Method:
     """The kind of model it trains (a causal LM unless the method says otherwise)."""
     packs: Callable[[Any], bool] = lambda section: False
     """Whether the section's settings pack rows (then batches carry no padding to avoid by grouping)."""
-    batch_length: Callable[[Mapping[str, Any]], int] | None = None
-    """The padded length one row of TRL's tokenized dataset takes in a batch, where the rows have no
-    `input_ids` to read it from (None: the length of `input_ids`)."""
+    batch_length: Callable[[Mapping[str, Any]], Any] | None = None
+    """The padded length each row of TRL's tokenized dataset takes in a batch, from the token counts of its
+    columns (column name -> array of every row's count), where the rows have no `input_ids` to read it from
+    (None: the `input_ids` counts)."""
     groups_by_length: bool = False
     """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
     fixed_order: Callable[[Any], str | None] = lambda section: None

@@ -103,10 +103,27 @@ def build_trainer(
     )
 
 
+def token_counts(dataset) -> dict[str, Any]:
+    """Every list column's per-row length (a numpy array per column), read from the Arrow data in the
+    dataset's row order without decoding a row: seconds for millions of rows, where a loop over rows takes
+    minutes."""
+    import pyarrow
+    import pyarrow.compute
+
+    schema = dataset.features.arrow_schema
+    kinds = (pyarrow.types.is_list, pyarrow.types.is_large_list)
+    listed = [field.name for field in schema if any(kind(field.type) for kind in kinds)]
+    table = dataset.select_columns(listed).with_format("arrow")[:]
+    return {
+        name: pyarrow.compute.fill_null(pyarrow.compute.list_value_length(table.column(name)), 0).to_numpy()
+        for name in listed
+    }
+
+
 def _group_by_length(trainer, method, config, settings: list[Setting]) -> list[Setting]:
     """Install alignkit's length-grouped sampler; an automatic choice is first checked against the data."""
-    measure = method.batch_length or (lambda row: len(row["input_ids"]))
-    lengths = [measure(row) for row in trainer.train_dataset]
+    measure = method.batch_length or (lambda counts: counts["input_ids"])
+    lengths = [int(length) for length in measure(token_counts(trainer.train_dataset))]
     group = config.per_device_train_batch_size * config.world_size
     path = "training.train_sampling_strategy"
     chosen = next(s for s in settings if s.path == path)
