@@ -450,13 +450,14 @@ def test_the_final_fsdp_save_writes_a_tied_model_once(tmp_path):
     loads back with the trained weights."""
     from types import SimpleNamespace
 
+    import torch
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     from alignkit.train.finalize import _without_tied_copies
 
     model = _tied_llama()
-    with torch_no_grad():
+    with torch.no_grad():
         model.model.embed_tokens.weight.mul_(3)
 
     def save(output_dir=None, state_dict=None):
@@ -469,9 +470,3 @@ def test_the_final_fsdp_save_writes_a_tied_model_once(tmp_path):
         assert "lm_head.weight" not in weights.keys() and "model.embed_tokens.weight" in weights.keys()  # noqa: SIM118
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.lm_head.weight.equal(model.model.embed_tokens.weight)
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()

@@ -111,13 +111,18 @@ def _trl_settings(section: DpoSection) -> dict[str, Any]:
 
 def _automatic(section: DpoSection, facts) -> list:
     return [
-        cached_reference(section.precompute_ref_log_probs, "dpo"),
+        cached_reference(
+            section.precompute_ref_log_probs,
+            "dpo",
+            " (keyed by the data and the reference weights), so reruns, resumed runs and scan arms reuse them",
+        ),
         reference_batch(section.precompute_ref_batch_size, "dpo", facts),
     ]
 
 
-def cached_reference(chosen: bool | None, section_name: str):
-    """The automatic `precompute_ref_log_probs` of the methods with a frozen reference model."""
+def cached_reference(chosen: bool | None, section_name: str, reused: str):
+    """The automatic `precompute_ref_log_probs` of the methods with a frozen reference model; `reused` says
+    what the cache is keyed by and which runs reuse it."""
     from alignkit.recipe.automatic import Setting
 
     path = f"{section_name}.precompute_ref_log_probs"
@@ -126,8 +131,7 @@ def cached_reference(chosen: bool | None, section_name: str):
     return Setting(
         path,
         True,
-        "the reference model runs once over the data, not once per step, and its log-probs are cached on disk"
-        " (keyed by the data and the reference weights), so reruns, resumed runs and scan arms reuse them",
+        f"the reference model runs once over the data, not once per step, and its log-probs are cached on disk{reused}",
     )
 
 

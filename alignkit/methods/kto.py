@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from alignkit.data import formats
+from alignkit.methods.dpo import cached_reference
 from alignkit.methods.method import UNPAIRED_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.bounds import TokenLength
 from alignkit.recipe.sections import Section, at, check_prompt_length
@@ -88,16 +89,10 @@ def _trl_settings(section: KtoSection) -> dict[str, Any]:
 
 
 def _automatic(section: KtoSection, facts) -> list:
-    from alignkit.recipe.automatic import Setting
-
-    path = "kto.precompute_ref_log_probs"
-    if section.precompute_ref_log_probs is not None:
-        return [Setting(path, section.precompute_ref_log_probs, "set in the recipe", automatic=False)]
-    reason = (
-        "the reference model runs once over the rows (and their KL partners), not once per step; its log-probs"
-        " are cached on disk, so a rerun or a resumed run with the same settings reuses them"
-    )
-    return [Setting(path, True, reason)]
+    # The KL term's partner rows are part of that pass; TRL keys the cache by the whole config, so only a rerun
+    # or resumed run with the same settings finds it (dpo's narrower key lets scan arms share it too).
+    reused = ", with the KL term's; a rerun or a resumed run with the same settings reuses them"
+    return [cached_reference(section.precompute_ref_log_probs, "kto", reused)]
 
 
 def _fixed_order(section: KtoSection) -> str | None:

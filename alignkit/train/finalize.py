@@ -47,7 +47,7 @@ def drop_tied_copies(state_dict: dict[str, Any], model: Any) -> list[str]:
     for copy, source in tied.items():
         if copy not in state_dict or source not in state_dict:
             continue
-        if state_dict[copy].shape == state_dict[source].shape and bool((state_dict[copy] == state_dict[source]).all()):
+        if state_dict[copy].equal(state_dict[source]):
             del state_dict[copy]
             dropped.append(copy)
         else:
