@@ -59,12 +59,12 @@ class RunRecord:
     @classmethod
     def load(cls, output_dir: Path) -> RunRecord:
         """Read a run directory written by `freeze` (validating the recipe again)."""
-        from alignkit.methods import METHODS
         from alignkit.recipe.yamlio import read_yaml_mapping
+        from alignkit.stages import recipe_model
 
         info = json.loads((output_dir / RUN_FILE).read_text(encoding="utf-8"))
         raw = read_yaml_mapping(output_dir / RECIPE_FILE)
-        recipe = METHODS[info["method"]].recipe.model_validate(raw)
+        recipe = recipe_model(info["method"]).model_validate(raw)
         return cls(output_dir=output_dir, name=info.get("name", output_dir.name), recipe=recipe, info=info)
 
 

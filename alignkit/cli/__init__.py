@@ -9,7 +9,7 @@ Each command imports the heavy stack it needs inside itself.
 
 from __future__ import annotations
 
-from alignkit.cli import diagnose, jobs, plan, training
+from alignkit.cli import diagnose, jobs, plan, sampling, training
 from alignkit.cli.app import app
 from alignkit.cli.recipes import recipes_app
 from alignkit.methods import METHODS
@@ -17,6 +17,7 @@ from alignkit.methods import METHODS
 app.add_typer(recipes_app, name="recipes")
 for _name in METHODS:
     app.command(_name)(training.method_command(METHODS.listing(_name)))
+app.command("sample")(sampling.sample)
 app.command("run")(training.run_stages)
 app.command("env")(diagnose.env)
 app.command("slurm")(jobs.slurm)

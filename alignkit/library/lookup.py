@@ -14,7 +14,7 @@ from typing import NoReturn
 from alignkit.errors import Problem, UserError
 from alignkit.library import registry
 from alignkit.library.registry import RecipeEntry
-from alignkit.methods import METHODS
+from alignkit.stages import STAGE_KINDS
 
 
 def refuse_unknown(name: str, *, source: str = "--recipe", names: list[str] | None = None, note: str = "") -> NoReturn:
@@ -51,7 +51,7 @@ def find_entry(ref: str, *, source: str = "--recipe") -> RecipeEntry:
         return find(ref, source=source)
     entry = registry.folder_entry(folder)
     if not entry.files:
-        expected = ", ".join(f"{m}.yaml" for m in METHODS)
+        expected = ", ".join(f"{m}.yaml" for m in STAGE_KINDS)
         raise UserError(
             Problem(
                 source=ref,
@@ -68,9 +68,9 @@ def file_methods(path: Path) -> list[str]:
     from alignkit.recipe.yamlio import read_yaml_mapping
 
     for named in (path.stem.partition(".")[0], path.parent.name):
-        if named in METHODS:
+        if named in STAGE_KINDS:
             return [named]
-    return [m for m in METHODS if m in read_yaml_mapping(path)]
+    return [m for m in STAGE_KINDS if m in read_yaml_mapping(path)]
 
 
 def method_file(entry: RecipeEntry, method: str, *, source: str = "--recipe", fix: str = "") -> Path:

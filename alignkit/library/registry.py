@@ -1,4 +1,5 @@
-"""The recipe registry, discovered from `configs/recipes/<name>/<method>.yaml` (no hand-kept list).
+"""The recipe registry, discovered from `configs/recipes/<name>/<stage>.yaml` (no hand-kept list); a stage is a
+training method or `sample` (alignkit.stages).
 
 A variant of a recipe lives beside it as `<method>.<variant>.yaml` and is named `<name>:<variant>`
 (`zephyr-7b-beta:qlora`). Listing reads only each file's few metadata keys, so it stays fast. A folder of the
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from alignkit.methods import METHODS
+from alignkit.stages import STAGE_KINDS
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SIZE = re.compile(r"(?<![\w.])(\d+x)?\d+(\.\d+)?[bm](?![a-z])", re.IGNORECASE)
@@ -45,7 +46,7 @@ class RecipeEntry:
 
     @property
     def methods(self) -> list[str]:
-        return [m for m in METHODS if m in self.files]
+        return [m for m in STAGE_KINDS if m in self.files]
 
     @property
     def size(self) -> str:
@@ -64,7 +65,7 @@ def discover(root: Path | None = None) -> dict[str, RecipeEntry]:
     if recipes_root.is_dir():
         for path in sorted(recipes_root.glob("*/*.yaml")):
             method, _, variant = path.stem.partition(".")
-            if method not in METHODS:
+            if method not in STAGE_KINDS:
                 continue
             name = path.parent.name + (f":{variant}" if variant else "")
             found.setdefault(name, {})[method] = path
@@ -79,7 +80,7 @@ def folder_name(folder: Path) -> str:
 def folder_entry(folder: Path) -> RecipeEntry:
     """A recipe folder outside the library: its `<method>.yaml` files (no variants), named after the folder."""
     # Only the files: their contents are the user's, read and checked when a stage is resolved.
-    files = {m: folder / f"{m}.yaml" for m in METHODS if (folder / f"{m}.yaml").is_file()}
+    files = {m: folder / f"{m}.yaml" for m in STAGE_KINDS if (folder / f"{m}.yaml").is_file()}
     return RecipeEntry(name=folder_name(folder), files=files)
 
 
@@ -87,13 +88,13 @@ def file_name(path: Path) -> str:
     """The recipe name of a file: its stem, or for a library-style `<method>[.<variant>].yaml` its folder's name
     (`my-zephyr/sft.yaml` -> `my-zephyr`, so its run is not called `sft-sft`)."""
     method, _, variant = path.stem.partition(".")
-    if method not in METHODS:
+    if method not in STAGE_KINDS:
         return path.stem
     return folder_name(path.parent) + (f":{variant}" if variant else "")
 
 
 def _entry(name: str, files: dict[str, Path]) -> RecipeEntry:
-    first = files[next(m for m in METHODS if m in files)]
+    first = files[next(m for m in STAGE_KINDS if m in files)]
     try:
         data = yaml.load(first.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError:

@@ -29,6 +29,7 @@ from alignkit.recipe.qlora import apply_qlora
 from alignkit.recipe.schema import RecipeBase
 from alignkit.recipe.secrets import find_secrets
 from alignkit.recipe.yamlio import read_yaml_mapping
+from alignkit.stages import STAGE_KINDS, is_training, recipe_model
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ResolvedRecipe:
     @property
     def method(self) -> str:
         """The name of the recipe's method (the subcommand that runs it)."""
-        return self.recipe.method.name
+        return self.recipe.stage
 
     @property
     def output_dir(self) -> Path:
@@ -62,7 +63,7 @@ def resolve_recipe(
     output_dir: str | None = None,
     mirrors: dict[str, str] | None = None,
 ) -> ResolvedRecipe:
-    """Resolve and validate a recipe for `method`.
+    """Resolve and validate a recipe for `method` (any stage kind: a training method, or sample).
 
     `mirrors` maps Hub ids to local paths (alignkit.recipe.mirrors); None reads ALIGNKIT_MIRRORS, {} applies
     none.
@@ -75,7 +76,7 @@ def resolve_recipe(
     raw = file_raw = read_yaml_mapping(path)
     notices: list[str] = []
     origins: dict[str, str] = {}
-    if handbook.is_flat(raw):
+    if handbook.is_flat(raw) and is_training(method):
         converted = handbook.convert_flat(raw, METHODS[method], source)
         raw, origins = converted.recipe, converted.origins
         notices = [f"{source} is a flat handbook/TRL config; converted it to an alignkit recipe:"]
@@ -86,7 +87,7 @@ def resolve_recipe(
         mirrors = mirrors_from_env() or {}
     raw, applied = apply_mirrors(raw, mirrors)
     raw = absolute_data_paths(raw, [Path.cwd()] if ref in registry.discover() else [path.parent, Path.cwd()])
-    if qlora:
+    if qlora and is_training(method):  # a pipeline's --qlora reaches its training stages only
         raw, qlora_notices = apply_qlora(raw, METHODS[method])
         notices += qlora_notices
     parsed = parse_overrides(list(overrides))
@@ -100,13 +101,11 @@ def resolve_recipe(
         raw = apply_overrides(raw, parse_overrides([f"training.output_dir={output_dir}"]))
         set_by["training.output_dir"] = f"--output-dir {output_dir}"
     raw = _fill_defaults(raw, method, name)
-    recipe_model = METHODS[method].recipe
+    model = recipe_model(method)
     try:
-        recipe = recipe_model.model_validate(raw)
+        recipe = model.model_validate(raw)
     except ValidationError as err:
-        problems = problems_from_validation(
-            err, recipe_model, source=source, method=method, overrides=set_by, origins=origins
-        )
+        problems = problems_from_validation(err, model, source=source, method=method, overrides=set_by, origins=origins)
         raise UserError(problems) from None
     return ResolvedRecipe(
         name=name,
@@ -131,7 +130,7 @@ def _refuse_secrets(raw: dict[str, Any], source: str, overrides: list[Override],
 
 
 def _refuse_other_method(raw: dict[str, Any], method: str, source: str) -> None:
-    others = [key for key in METHODS if key in raw and key != method]
+    others = [key for key in STAGE_KINDS if key in raw and key != method]
     if others and method not in raw:
         raise UserError(
             Problem(
@@ -150,7 +149,7 @@ def _fill_defaults(raw: dict[str, Any], method: str, name: str) -> dict[str, Any
     if not isinstance(training, dict):
         return raw  # validation reports the wrong type
     training = dict(training)
-    if training.get("learning_rate") is None:
+    if training.get("learning_rate") is None and is_training(method):
         training["learning_rate"] = METHODS[method].default_learning_rate
     if not training.get("output_dir"):
         safe_name = name.replace(":", "-")

@@ -47,6 +47,11 @@ class RecipeBase(Section):
     hub: HubSection = HubSection()
 
     @property
+    def stage(self) -> str:
+        """The stage kind of the recipe: its method's name (alignkit.stages)."""
+        return self.method.name
+
+    @property
     def section(self) -> Section:
         """The method's own section (`recipe.sft` for an sft recipe)."""
         return getattr(self, self.method.name)

@@ -1,0 +1,62 @@
+"""`alignkit sample`: generate candidates for prompts with a policy, score them, select training rows.
+
+Only flags are read here; the recipe is resolved by `alignkit.recipe.resolve` and the run lives in
+`alignkit.sampling`, imported inside the command so `--help` stays light.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from alignkit.cli.options import (
+    DryRunOption,
+    JsonOption,
+    MirrorOption,
+    OutputDirOption,
+    OverwriteOption,
+    RecipeOption,
+    SetOption,
+    check_json,
+    command_line,
+    print_notices,
+)
+from alignkit.stages import SAMPLE
+
+
+def sample(
+    recipe: RecipeOption,
+    overrides: SetOption = None,
+    mirror: MirrorOption = None,
+    output_dir: OutputDirOption = None,
+    dry_run: DryRunOption = False,
+    as_json: JsonOption = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Rejection sampling: generate N completions per prompt, score them, keep the best as training rows.
+
+    Writes candidates.jsonl (every completion with each scorer's value), selected.jsonl (rows sft or dpo
+    reads directly), alignkit_sample.json, scores.png and a card. A killed run resumes at its first
+    unfinished shard.
+
+    Examples:
+
+      [cyan]alignkit sample --recipe my_sample.yaml --dry-run[/cyan]
+
+      [cyan]alignkit sample --recipe my_sample.yaml --set sample.num_samples=8 --output-dir runs/bon[/cyan]
+    """
+    from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
+    from alignkit.recipe.resolve import resolve_recipe
+
+    check_json(as_json, dry_run)
+    mirrors = selected_mirrors(mirror)
+    resolved = resolve_recipe(SAMPLE, recipe, overrides=overrides or (), output_dir=output_dir, mirrors=mirrors or {})
+    resolved = with_unused_notices(resolved, mirrors)
+    if dry_run:
+        from alignkit.sampling.dry_run import print_dry_run
+
+        print_dry_run(resolved, as_json=as_json, overwrite=overwrite, notices_to=print_notices)
+        return
+    print_notices(resolved.notices)
+    from alignkit.sampling.run import start_sample
+
+    start_sample(resolved, overwrite=overwrite, argv=command_line(), echo=typer.echo)

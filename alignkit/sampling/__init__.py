@@ -1,0 +1,1 @@
+"""alignkit sample: generate candidates for prompts, score them, select training rows."""
