@@ -2,21 +2,44 @@
 steps that train nothing but make data for the next stage (`sample`: generate, score, select).
 
 The registry finds `<kind>.yaml` files, the resolver validates them with the kind's recipe model, a run
-directory's record is read back with it, and pipelines chain any of them. Light: the recipe models are
-imported only when asked for.
+directory's record is read back with it, and pipelines chain any of them (`start_stage`). Light: recipe
+models and runners are imported only when asked for.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from alignkit.methods import METHODS
 
 SAMPLE = "sample"
-_OTHER_KINDS = {SAMPLE: "alignkit.sampling.recipe"}
-"""Stage kinds that are not training methods -> the module whose `RECIPE` is their recipe model."""
 
-STAGE_KINDS: tuple[str, ...] = (*METHODS, *_OTHER_KINDS)
+
+@dataclass(frozen=True)
+class DataStage:
+    """A stage kind that makes data rather than a model."""
+
+    recipe: str
+    """`module:attribute` of its recipe model."""
+    start: str
+    """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo)."""
+    output: str
+    """The file in its output folder that later stages train on."""
+
+
+_DATA_STAGES = {
+    SAMPLE: DataStage("alignkit.sampling.recipe:SampleRecipe", "alignkit.sampling.run:start_sample", "selected.jsonl")
+}
+
+STAGE_KINDS: tuple[str, ...] = (*METHODS, *_DATA_STAGES)
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def is_training(kind: str) -> bool:
@@ -28,11 +51,27 @@ def recipe_model(kind: str) -> type:
     """The pydantic recipe model of a stage kind; an unknown kind raises KeyError."""
     if kind in METHODS:
         return METHODS[kind].recipe
-    return importlib.import_module(_OTHER_KINDS[kind]).RECIPE
+    return _load(_DATA_STAGES[kind].recipe)
+
+
+def data_output(kind: str, output_dir: Path | str = "") -> Path | None:
+    """The training rows a data-making stage leaves in `output_dir`; None for a stage that makes a model."""
+    stage = _DATA_STAGES.get(kind)
+    return None if stage is None else Path(output_dir) / stage.output
 
 
 def known_stage(name: str) -> str:
     """`name` when it is a stage kind; a ValueError naming the choices otherwise."""
     if name not in STAGE_KINDS:
-        raise ValueError(f"unknown stage kind {name!r}; one of {', '.join(STAGE_KINDS)}")
+        raise ValueError(f"unknown method {name!r}; one of {', '.join(STAGE_KINDS)}")
     return name
+
+
+def start_stage(resolved, plan, options, *, overwrite: bool, argv: list[str], echo) -> None:
+    """Run one resolved stage of any kind into its output folder (a training stage as `plan` launches it)."""
+    if is_training(resolved.method):
+        from alignkit.launch.start import start_training
+
+        start_training(resolved, plan, options, overwrite=overwrite, argv=argv, echo=echo)
+        return
+    _load(_DATA_STAGES[resolved.method].start)(resolved, overwrite=overwrite, argv=argv, echo=echo)

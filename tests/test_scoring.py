@@ -420,7 +420,7 @@ def test_check_scorers_finds_a_missing_column_and_a_python_target_that_does_not_
     assert check_scorers(specs[:1], None, where="sample.scorers", source="r.yaml") == []
 
 
-GIVE = "give a reward model (a sequence classifier with one output), such as the output folder of an `alignkit rm` run"
+GIVE = "give a reward model (a sequence classifier with one output), such as a reward model alignkit trained"
 
 
 def reward_problems(path) -> list[str]:

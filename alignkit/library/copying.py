@@ -86,7 +86,7 @@ def _pipeline_files(name: str, target: Path, plan: list[CopiedFile]) -> list[Cop
         return []
     planned = {c.dest: c.source for c in plan}
     extra = []
-    for stage in load_pipeline(name).stages:
+    for stage in load_pipeline(name).flat:
         recipe = stage_recipe(stage, name)
         if family(recipe) != family(name):
             continue  # a stage pinned to another family keeps running the library's recipe

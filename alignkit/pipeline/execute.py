@@ -25,6 +25,7 @@ from alignkit.pipeline.scan import is_scan, plan_scan
 from alignkit.pipeline.spec import PlannedStage, describe, load_pipeline, plan_pipeline
 from alignkit.recipe.mirrors import unused_notices
 from alignkit.run_record import changes_since, is_finished
+from alignkit.stages import is_training, start_stage
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class PipelineRun:
     name: str
     description: str
     stages: list[PlannedStage]
-    launches: list[LaunchPlan]
+    launches: list[LaunchPlan | None]
+    """Per stage: its launch plan (None for a stage that trains nothing, such as sample)."""
     runs: list[bool]
     """Per stage: whether it trains (unfinished, or --overwrite)."""
     notices: list[str]
@@ -69,7 +71,7 @@ def plan_run(
         description = load_pipeline(name).description
         stages = plan_pipeline(name, qlora=qlora, overrides=overrides, output_root=output_root, mirrors=mirrors)
         kind = "pipeline"
-    launches = [plan_launch(stage.resolved.recipe, options) for stage in stages]
+    launches = [plan_launch(s.resolved.recipe, options) if is_training(s.method) else None for s in stages]
     runs = [overwrite or not stage.finished for stage in stages]
     _refuse_changed(stages, runs, "point" if kind == "scan" else "stage")
     _refuse_stale(stages, runs)
@@ -107,20 +109,36 @@ def _refuse_stale(stages: list[PlannedStage], runs: list[bool]) -> None:
     for index, stage in enumerate(stages):
         if runs[index]:
             continue
-        source = stage.from_stage
-        while source is not None and not runs[by_name[source]]:
-            source = stages[by_name[source]].from_stage
+        source = _rerun_source(stage, stages, runs, by_name)
         if source is not None:
             problems.append(
                 Problem(
                     source=str(stage.output_dir),
-                    message=f"stage {stage.name} is finished, but it starts from stage {source}, which has not"
-                    f" finished and trains now, so {stage.name} would be stale; pass --overwrite to retrain"
+                    message=f"stage {stage.name} is finished, but it {_reads(stage, source)} stage {source}, which"
+                    f" has not finished and trains now, so {stage.name} would be stale; pass --overwrite to retrain"
                     f" every stage, or remove {stage.output_dir} to retrain it after {source}",
                 )
             )
     if problems:
         raise UserError(problems)
+
+
+def _reads(stage: PlannedStage, source: str) -> str:
+    return "starts from" if source == stage.from_stage else "builds on"
+
+
+def _rerun_source(stage: PlannedStage, stages: list[PlannedStage], runs: list[bool], by_name) -> str | None:
+    """The first stage `stage` reads from, directly or through finished stages, that runs again; else None."""
+    pending, seen = list(stage.sources), set()
+    while pending:
+        name = pending.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        if runs[by_name[name]]:
+            return name
+        pending += list(stages[by_name[name]].sources)
+    return None
 
 
 def document(planned: PipelineRun) -> dict[str, Any]:
@@ -142,7 +160,7 @@ def document(planned: PipelineRun) -> dict[str, Any]:
         entries = describe(planned.stages)
     for entry, launch, runs in zip(entries, planned.launches, planned.runs, strict=True):
         entry["runs"] = runs
-        entry["launch"] = launch.as_dict()
+        entry["launch"] = launch.as_dict() if launch is not None else None
     upcoming = _next(planned)
     return {
         planned.kind: planned.name,
@@ -180,7 +198,7 @@ def print_plan(planned: PipelineRun, *, as_json: bool, echo) -> None:
             model = f"{stage.from_stage} output" if stage.from_stage else stage.model
             cells = (stage.method, stage.recipe_name, model)
         status = ("retrain (--overwrite)" if stage.finished else "train") if runs else "finished, skipped"
-        launched = f"{launch.profile}, {launch.world_size} process(es)"
+        launched = f"{launch.profile}, {launch.world_size} process(es)" if launch is not None else "-"
         table.add_row(stage.name, *cells, str(stage.output_dir), launched, status)
     console.print(table)
     upcoming = _next(planned)
@@ -200,8 +218,6 @@ def execute(planned: PipelineRun, options: LaunchOptions, *, overwrite: bool, ar
     Raises:
         UserError, RunError: from one run; the ones before it stay finished, so a rerun resumes there.
     """
-    from alignkit.launch.start import start_training
-
     total = len(planned.stages)
     for stage, launch, runs in zip(planned.stages, planned.launches, planned.runs, strict=True):
         label = f"{planned.unit} {stage.name}" + (f"/{total}" if planned.kind == "scan" else "")
@@ -209,11 +225,13 @@ def execute(planned: PipelineRun, options: LaunchOptions, *, overwrite: bool, ar
             echo(f"{label}: finished, skipped")
             continue
         start = f", from stage {stage.from_stage}" if stage.from_stage else ""
+        reads = [s for s in stage.sources if s != stage.from_stage]
+        start += f", reading stage {', '.join(reads)}" if reads else ""
         settings = f", {' '.join(stage.settings)}" if stage.settings else ""
         echo(f"{label}: {stage.method} with recipe {stage.recipe_name}{start}{settings} -> {stage.output_dir}")
         # A scan point's run file records its own command, the one that reproduces this point alone.
         command = shlex.split(stage.command) if stage.command else argv
-        start_training(stage.resolved, launch, options, overwrite=overwrite, argv=command, echo=echo)
+        start_stage(stage.resolved, launch, options, overwrite=overwrite, argv=command, echo=echo)
         # A later stage loads this output: make sure the run really finished (machine 0 writes the flag).
         if options.machine_rank == 0 and not is_finished(stage.output_dir):
             raise RunError(f"{label} ended without marking {stage.output_dir} finished; rerun to resume")

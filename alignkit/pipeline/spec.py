@@ -9,6 +9,21 @@ A family declares its stages in `configs/recipes/<name>/pipeline.yaml`:
         method: dpo
         from: sft          # model.name_or_path <- the sft stage's output_dir
 
+A stage is any stage kind (alignkit.stages): a training method, or `sample`, which makes data. Wiring
+beyond `from`: `data: STAGE` makes a sample stage's selected rows the stage's first data source, and
+`inputs: {FIELD: STAGE}` sets any field to an earlier stage's output folder (a sample stage's reward-model
+scorer: `sample.scorers.0.reward_model: rm`). A block repeats for N rounds (iterative DPO):
+
+      - repeat: 3
+        start: {dpo: sft}  # in round 1, `dpo` (the newest policy) means the sft stage
+        stages:
+          - {name: sample, method: sample, from: dpo}
+          - {name: dpo, method: dpo, from: dpo, data: sample}
+
+Round r's stages are named `sample-r`, `dpo-r`. Inside the block, a name that comes earlier in the block
+means this round's stage, the stage's own name or a later one the previous round's (in round 1 the `start`
+stage); after the block, a block stage's name means its last round.
+
 A stage runs the family's recipe file for its method. Run under a variant name (`zephyr-7b-beta:qlora`), a
 stage takes the variant's file when the variant has one for its method and the base recipe's otherwise; a
 stage with `recipe:` is pinned to that registry name whatever the run's name (SmolLM3's two SFT stages).
@@ -29,19 +44,30 @@ Light: no torch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alignkit.errors import Problem, UserError
 from alignkit.library import registry
 from alignkit.library.lookup import find_entry, recipe_folder
-from alignkit.methods import METHODS, known_method
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
 from alignkit.run_record import is_finished
+from alignkit.stages import STAGE_KINDS, data_output, is_training, known_stage
 
 PIPELINE_FILE = "pipeline.yaml"
 
@@ -53,12 +79,95 @@ class StageSpec(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     method: str
+    """The stage kind: a training method or sample."""
     recipe: str | None = None
     """Registry name this stage always runs; unset: the run's recipe (or its family's base recipe)."""
     from_stage: str | None = Field(None, alias="from")
-    """An earlier stage whose output_dir becomes this stage's model.name_or_path."""
+    """An earlier training stage whose output_dir becomes this stage's model.name_or_path."""
+    data_stage: str | None = Field(None, alias="data")
+    """An earlier sample stage whose selected rows become this stage's first data source."""
+    inputs: dict[str, str] = Field(default_factory=dict)
+    """Recipe field path -> an earlier stage whose output_dir the field takes."""
+    overrides: list[str] = Field(default_factory=list, alias="set")
+    """`PATH=VALUE` overrides of this stage's recipe (the command line's `--set STAGE:...` come after)."""
 
-    _known_method = field_validator("method")(known_method)
+    _known_method = field_validator("method")(known_stage)
+    _round: int | None = PrivateAttr(None)
+    """The round of a repeated block this stage belongs to (set by the expansion)."""
+
+    @property
+    def sources(self) -> list[str]:
+        """Every stage this one reads from."""
+        found = [self.from_stage, self.data_stage, *self.inputs.values()]
+        return [name for name in found if name is not None]
+
+
+class RepeatSpec(BaseModel):
+    """A block of stages run for several rounds, each round from the previous one's outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repeat: int = Field(ge=1, le=1000)
+    start: dict[str, str | None] = Field(default_factory=dict)
+    """Block stage name -> the earlier stage that stands in for it in round 1; null: in round 1 the stage reads
+    its recipe's own value (the model or data the recipe file names)."""
+    stages: list[StageSpec] = Field(min_length=1)
+
+    def rounds(self, latest: dict[str, str]) -> list[StageSpec]:
+        """The block's stages for every round, references renamed; `latest` maps names to their newest stage."""
+        names = [stage.name for stage in self.stages]
+        out = []
+        for round_ in range(1, self.repeat + 1):
+            for position, stage in enumerate(self.stages):
+
+                def ref(name: str | None, position=position, round_=round_, stage=stage) -> str | None:
+                    if name is None or name not in names:
+                        return latest.get(name, name) if name is not None else None
+                    if names.index(name) < position:
+                        return f"{name}-{round_}"
+                    if round_ > 1:
+                        return f"{name}-{round_ - 1}"
+                    if name not in self.start:
+                        raise ValueError(
+                            f"in round 1, stage {stage.name!r} reads {name!r}, which has not run yet; add"
+                            f" start: {{{name}: STAGE}} naming the earlier stage that stands in for it"
+                        )
+                    stand_in = self.start[name]
+                    return None if stand_in is None else latest.get(stand_in, stand_in)
+
+                inputs = {field: ref(source) for field, source in stage.inputs.items()}
+                update = {
+                    "name": f"{stage.name}-{round_}",
+                    "from_stage": ref(stage.from_stage),
+                    "data_stage": ref(stage.data_stage),
+                    "inputs": {field: source for field, source in inputs.items() if source is not None},
+                }
+                copy = stage.model_copy(update=update)
+                copy._round = round_
+                out.append(copy)
+        return out
+
+
+def _after_blocks(stage: StageSpec, latest: dict[str, str]) -> StageSpec:
+    """A stage outside any block, its references to a repeated stage renamed to that stage's last round."""
+    if not latest:
+        return stage
+
+    def ref(name: str | None) -> str | None:
+        return None if name is None else latest.get(name, name)
+
+    inputs = {field: ref(source) for field, source in stage.inputs.items()}
+    return stage.model_copy(
+        update={"from_stage": ref(stage.from_stage), "data_stage": ref(stage.data_stage), "inputs": inputs}
+    )
+
+
+def _item_kind(item: Any) -> str:
+    """A pipeline item is a repeated block when it has `repeat`, else a stage."""
+    return "repeat" if isinstance(item, RepeatSpec) or (isinstance(item, dict) and "repeat" in item) else "stage"
+
+
+_ITEM = Discriminator(_item_kind)
 
 
 class PipelineSpec(BaseModel):
@@ -67,19 +176,47 @@ class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[Annotated[Annotated[StageSpec, Tag("stage")] | Annotated[RepeatSpec, Tag("repeat")], _ITEM]] = Field(
+        min_length=1
+    )
+
+    @property
+    def flat(self) -> list[StageSpec]:
+        """Every stage in run order, repeated blocks expanded into their rounds."""
+        latest: dict[str, str] = {}
+        out: list[StageSpec] = []
+        for item in self.stages:
+            expanded = [_after_blocks(item, latest)] if isinstance(item, StageSpec) else item.rounds(latest)
+            for stage in expanded:
+                latest[stage.name.rsplit("-", 1)[0] if isinstance(item, RepeatSpec) else stage.name] = stage.name
+            out += expanded
+        return out
 
     @model_validator(mode="after")
     def _stage_graph(self) -> PipelineSpec:
-        seen: set[str] = set()
-        for stage in self.stages:
-            if stage.name in seen:
+        kinds: dict[str, str] = {}
+        for stage in self.flat:
+            if stage.name in kinds:
                 raise ValueError(f"stage name {stage.name!r} is used twice")
-            if stage.from_stage is not None and stage.from_stage not in seen:
+            for role, source in (("starts from", stage.from_stage), ("reads data from", stage.data_stage)):
+                if source is not None and source not in kinds:
+                    raise ValueError(f"stage {stage.name!r} {role} {source!r}, which is not an earlier stage")
+            for field, source in stage.inputs.items():
+                if source not in kinds:
+                    raise ValueError(
+                        f"stage {stage.name!r} sets {field} from {source!r}, which is not an earlier stage"
+                    )
+            if stage.from_stage is not None and not is_training(kinds[stage.from_stage]):
                 raise ValueError(
-                    f"stage {stage.name!r} starts from {stage.from_stage!r}, which is not an earlier stage"
+                    f"stage {stage.name!r} starts from {stage.from_stage!r}, a {kinds[stage.from_stage]} stage, which"
+                    " makes data, not a model; read its rows with data: instead"
                 )
-            seen.add(stage.name)
+            if stage.data_stage is not None and data_output(kinds[stage.data_stage]) is None:
+                raise ValueError(
+                    f"stage {stage.name!r} reads data from {stage.data_stage!r}, a {kinds[stage.data_stage]} stage,"
+                    " which makes a model, not data; start from it with from: instead"
+                )
+            kinds[stage.name] = stage.method
         return self
 
 
@@ -93,6 +230,8 @@ class PlannedStage:
     resolved: ResolvedRecipe
     from_stage: str | None
     finished: bool
+    sources: tuple[str, ...] = ()
+    """Every earlier stage this one reads (its model, data or another input)."""
     settings: tuple[str, ...] = ()
     """The overrides that make a scan point what it is (empty for a pipeline stage)."""
     command: str = ""
@@ -190,24 +329,27 @@ def plan_pipeline(
     Raises:
         UserError: a bad pipeline, an override for an unknown stage, or any stage's recipe problems.
     """
-    spec = load_pipeline(name)
-    global_sets, stage_sets = _split_overrides(overrides, [s.name for s in spec.stages])
+    stages = load_pipeline(name).flat
+    global_sets, stage_sets = _split_overrides(overrides, _override_names(stages))
     planned: dict[str, PlannedStage] = {}
-    for stage in spec.stages:
+    for stage in stages:
         recipe_name = stage_recipe(stage, name)
-        sets = [o for o in global_sets if _applies(o, stage.method)]
-        if stage.from_stage is not None:
-            source = planned[stage.from_stage]
-            # A local folder has no revision; the recipe's (a Hub branch of the published model) must go.
-            sets += [f"model.name_or_path={source.output_dir}", "model.revision=main"]
+        sets = [o for o in global_sets if _applies(o, stage.method)] + _wiring(stage, planned) + stage.overrides
         if output_root is not None:
             sets.append(f"training.output_dir={Path(output_root) / stage.name}")
         elif recipe_name != name and stage.recipe is None:
             # The base recipe's stage run under a variant: its default folder would be the base pipeline's.
             sets.append(f"training.output_dir=outputs/{name.replace(':', '-')}-{stage.method}")
-        # Stage overrides last, so an explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins.
+        # Stage overrides last, so an explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins; a
+        # repeated stage takes its block name's (`dpo:`) before its round's (`dpo-2:`).
+        if stage._round is not None:
+            sets += stage_sets.get(stage.name.rsplit("-", 1)[0], [])
         sets += stage_sets.get(stage.name, [])
         resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets, mirrors=mirrors)
+        if stage._round is not None and output_root is None:
+            # Every round would share the recipe's folder: each gets its own, named after its round.
+            sets.append(f"training.output_dir={resolved.output_dir}-{stage._round}")
+            resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets, mirrors=mirrors)
         planned[stage.name] = PlannedStage(
             name=stage.name,
             method=stage.method,
@@ -215,8 +357,30 @@ def plan_pipeline(
             resolved=resolved,
             from_stage=stage.from_stage,
             finished=is_finished(resolved.recipe.training.output_dir or ""),
+            sources=tuple(stage.sources),
         )
     return list(planned.values())
+
+
+def _wiring(stage: StageSpec, planned: dict[str, PlannedStage]) -> list[str]:
+    """The overrides that connect a stage to the earlier stages it reads."""
+    sets = []
+    if stage.from_stage is not None:
+        # A local folder has no revision; the recipe's (a Hub branch of the published model) must go.
+        sets += [f"model.name_or_path={planned[stage.from_stage].output_dir}", "model.revision=main"]
+    if stage.data_stage is not None:
+        source = planned[stage.data_stage]
+        rows = data_output(source.method, source.output_dir)
+        sets.append(f"data.datasets.0={json.dumps({'path': str(rows), 'split': 'train'})}")
+    for field, name in stage.inputs.items():
+        sets.append(f"{field}={json.dumps(str(planned[name].output_dir))}")
+    return sets
+
+
+def _override_names(stages: list[StageSpec]) -> list[str]:
+    """The stage names a `STAGE:` override may give: every stage, and each repeated block's stage names."""
+    names = [stage.name for stage in stages]
+    return names + list(dict.fromkeys(s.name.rsplit("-", 1)[0] for s in stages if s._round is not None))
 
 
 def next_stage(plan: list[PlannedStage]) -> PlannedStage | None:
@@ -248,7 +412,7 @@ def _split_overrides(texts: list[str] | tuple[str, ...], stages: list[str]) -> t
 
 def _applies(text: str, method: str) -> bool:
     section = text.partition("=")[0].strip().split(".", 1)[0]
-    return section not in METHODS or section == method
+    return section not in STAGE_KINDS or section == method
 
 
 def describe(plan: list[PlannedStage]) -> list[dict[str, Any]]:
@@ -260,6 +424,7 @@ def describe(plan: list[PlannedStage]) -> list[dict[str, Any]]:
             "recipe": s.recipe_name,
             "model": s.model,
             "from": s.from_stage,
+            "reads": list(s.sources),
             "output_dir": str(s.output_dir),
             "finished": s.finished,
         }

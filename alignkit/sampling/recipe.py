@@ -134,6 +134,3 @@ class SampleRecipe(Section):
                 at("data.datasets", "every source has role test; sample reads the prompts of train (or both) sources")
             )
         return self
-
-
-RECIPE = SampleRecipe

@@ -124,7 +124,7 @@ def _threshold(section) -> str:
 
 
 def _row_kind(select: str) -> str:
-    return "prompt/chosen/rejected pairs for dpo" if select == "best_worst" else "conversations for sft"
+    return "prompt/chosen/rejected preference pairs" if select == "best_worst" else "conversations ending in the answer"
 
 
 def _cell(found: dict[str, float] | None) -> str:

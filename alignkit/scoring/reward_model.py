@@ -28,7 +28,7 @@ from alignkit.methods.rm import reward_text
 if TYPE_CHECKING:
     from alignkit.scoring.specs import RewardModelSpec
 
-_GIVE = "give a reward model (a sequence classifier with one output), such as the output folder of an `alignkit rm` run"
+_GIVE = "give a reward model (a sequence classifier with one output), such as a reward model alignkit trained"
 
 
 def reward_model_problem(path: str) -> str | None:
@@ -146,7 +146,8 @@ def _ready_to_score(model, tokenizer, path: str) -> int:
     if tokenizer.chat_template is None:
         raise UserError(
             Problem(
-                source=path, message="its tokenizer has no chat template to render a conversation as rm training did"
+                source=path,
+                message="its tokenizer has no chat template to render a conversation as reward-model training did",
             )
         )
     # rm training padded with the tokenizer's pad token, else the end-of-sequence token, and the classifier
