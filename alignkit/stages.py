@@ -28,10 +28,17 @@ class DataStage:
     """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo)."""
     output: str
     """The file in its output folder that later stages train on."""
+    gpus: str = ""
+    """The recipe field saying how many GPUs its one process uses (empty: one)."""
 
 
 _DATA_STAGES = {
-    SAMPLE: DataStage("alignkit.sampling.recipe:SampleRecipe", "alignkit.sampling.run:start_sample", "selected.jsonl")
+    SAMPLE: DataStage(
+        "alignkit.sampling.recipe:SampleRecipe",
+        "alignkit.sampling.run:start_sample",
+        "selected.jsonl",
+        gpus="sample.tensor_parallel_size",
+    )
 }
 
 STAGE_KINDS: tuple[str, ...] = (*METHODS, *_DATA_STAGES)
@@ -58,6 +65,29 @@ def data_output(kind: str, output_dir: Path | str = "") -> Path | None:
     """The training rows a data-making stage leaves in `output_dir`; None for a stage that makes a model."""
     stage = _DATA_STAGES.get(kind)
     return None if stage is None else Path(output_dir) / stage.output
+
+
+def process_gpus(kind: str, recipe: Any) -> tuple[str, int] | None:
+    """For a stage that runs as one process (a data-making stage): the recipe field saying how many GPUs that
+    process uses, and its value in `recipe`. None for a training method, which starts one process per GPU
+    through its launch plan."""
+    stage = _DATA_STAGES.get(kind)
+    if stage is None:
+        return None
+    if not stage.gpus:
+        return "", 1
+    value = recipe
+    for part in stage.gpus.split("."):
+        value = getattr(value, part)
+    return stage.gpus, int(value)
+
+
+def run_packages(kind: str, recipe: Any) -> tuple[str, ...]:
+    """Python packages beyond alignkit's own that running `recipe` needs on a fresh machine (a dstack task
+    installs them): vLLM when a sample recipe asks for that backend by name."""
+    if kind == SAMPLE and recipe.sample.backend == "vllm":
+        return ("vllm",)
+    return ()
 
 
 def known_stage(name: str) -> str:

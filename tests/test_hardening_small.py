@@ -15,20 +15,23 @@ from conftest import MINIMAL_SFT, REPO
 
 from alignkit.library import registry
 from alignkit.methods import METHODS
-from alignkit.pipeline.spec import has_pipeline, load_pipeline
+from alignkit.pipeline.spec import StageSpec, has_pipeline, load_pipeline
 
 # The chat fine-tuning method (token rows) and the first preference method (pairs).
 CHAT = next(name for name, method in METHODS.items() if method.data.rows == "tokens")
-# A library family whose stages are not pinned, and one whose pipeline pins a variant.
+# A library family whose stages are plain (none pinned, repeated or given settings of its own), and one whose
+# pipeline pins a variant.
 FAMILY = next(
     n
     for n in registry.discover()
-    if ":" not in n and has_pipeline(n) and all(not s.recipe for s in load_pipeline(n).stages)
+    if ":" not in n
+    and has_pipeline(n)
+    and all(isinstance(s, StageSpec) and not s.recipe and not s.overrides for s in load_pipeline(n).stages)
 )
 PINNED = next(
     n
     for n in registry.discover()
-    if has_pipeline(n) and any(s.recipe and ":" in s.recipe for s in load_pipeline(n).stages)
+    if has_pipeline(n) and any(s.recipe and ":" in s.recipe for s in load_pipeline(n).flat)
 )
 
 

@@ -143,3 +143,97 @@ def test_apply_without_dstack_is_a_user_error_and_keeps_the_files(cli, tmp_path,
     assert result.exit_code == 2
     assert "error: --apply: the dstack command line is not installed here" in result.stderr
     assert out.is_file()
+
+
+# --- sample: one `alignkit sample` process on one node ----------------------------------------------------
+
+SAMPLE_RECIPE = """\
+model: {name_or_path: some/model}
+data: {datasets: [{path: prompts.jsonl}]}
+sample:
+  num_samples: 4
+  tensor_parallel_size: 2
+  scorers: [{exact_match: {column: answer}}]
+"""
+
+
+def _sample_task(cli, tmp_path, write_recipe, *flags):
+    recipe = write_recipe(SAMPLE_RECIPE, "mine.yaml")
+    out = tmp_path / "sample.dstack.yml"
+    return recipe, out, cli("dstack", "sample", "--recipe", recipe, "--output", out, *flags)
+
+
+def test_sample_task_is_a_valid_dstack_task_running_one_sample_command(cli, tmp_path, write_recipe):
+    recipe, out, result = _sample_task(cli, tmp_path, write_recipe, "--gpu", "H100:2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"wrote {out}", f"run it with: dstack apply -f {out}"]
+    assert out.read_text().splitlines()[0] == (
+        "# alignkit sample on dstack: 1 node(s) with GPU H100:2, one process, no launch profile."
+    )
+    task = configurations.parse_run_configuration(_load(out))
+    assert isinstance(task, configurations.TaskConfiguration)
+    assert task.name == "alignkit-mine-sample"
+    assert task.nodes in (None, 1)
+    assert task.resources.gpu.count.min == task.resources.gpu.count.max == 2
+    assert task.resources.gpu.name == ["H100"]
+    assert [(f.local_path, f.path) for f in task.files] == [(str(recipe.resolve()), "alignkit-recipes/mine.yaml")]
+    assert task.commands == [
+        "pip install alignkit==" + __import__("alignkit").__version__,
+        "alignkit sample --recipe alignkit-recipes/mine.yaml --output-dir outputs/mine-sample",
+    ]
+    assert not list(tmp_path.glob("*fleet*"))
+
+
+def test_sample_task_with_the_vllm_backend_installs_vllm(cli, tmp_path, write_recipe):
+    _, out, result = _sample_task(
+        cli, tmp_path, write_recipe, "--gpu", "A100:80GB:4", "--set", "sample.backend=vllm", "--set",
+        "sample.tensor_parallel_size=4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    task = configurations.parse_run_configuration(_load(out))
+    assert task.commands == [
+        f"pip install alignkit=={__import__('alignkit').__version__} vllm",
+        "alignkit sample --recipe alignkit-recipes/mine.yaml --set sample.backend=vllm"
+        " --set sample.tensor_parallel_size=4 --output-dir outputs/mine-sample",
+    ]
+    assert task.resources.gpu.count.min == 4
+
+
+def test_sample_task_refuses_what_one_process_cannot_use(cli, tmp_path, write_recipe):
+    _, out, result = _sample_task(cli, tmp_path, write_recipe, "--gpu", "H100:2", "--nodes", "2", "--launch", "zero3")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --nodes: alignkit sample runs as one process on one node (given: 2); give --nodes 1, and more GPUs"
+        " with --gpu if the model needs them",
+        "error: --launch: alignkit sample has no launch profile: it runs as one process, not through accelerate;"
+        " remove it",
+    ]
+    assert not out.exists()
+    assert not list(tmp_path.glob("*fleet*"))
+    _, out, result = _sample_task(cli, tmp_path, write_recipe, "--gpu", "L4")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --gpu: gives 1 GPU(s), but sample.tensor_parallel_size is 2 (the GPUs one alignkit sample process"
+        " spreads the model over); ask for at least 2, or --set sample.tensor_parallel_size=1\n"
+    )
+    assert not out.exists()
+
+
+def test_sample_task_keeps_an_edited_file_and_applies(cli, tmp_path, write_recipe, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "dstack"
+    stand_in.write_text(f'#!/bin/bash\necho "$*" >> {tmp_path / "dstack.log"}\n', encoding="utf-8")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "sample.dstack.yml"
+    out.write_text("# edited by hand\n")
+    _, _, refused = _sample_task(cli, tmp_path, write_recipe, "--gpu", "H100:2", "--apply")
+    assert refused.exit_code == 2
+    assert f"error: {out}: already exists; not overwriting it (pass --overwrite" in refused.stderr
+    assert out.read_text() == "# edited by hand\n"
+    assert not (tmp_path / "dstack.log").exists()
+    _, _, applied = _sample_task(cli, tmp_path, write_recipe, "--gpu", "H100:2", "--apply", "--overwrite")
+    assert applied.exit_code == 0, applied.output
+    assert (tmp_path / "dstack.log").read_text().splitlines() == [f"apply -f {out}"]
+    assert configurations.parse_run_configuration(_load(out)).commands[1].startswith("alignkit sample ")

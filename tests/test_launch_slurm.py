@@ -258,3 +258,155 @@ def test_secrets_are_never_written(tmp_path, cli, monkeypatch):
         "--output", tmp_path / "key.sbatch", "--set", f"hub.hub_model_id={sha}",
     )  # fmt: skip
     assert wandb_like.exit_code == 2
+
+
+# --- sample: one `alignkit sample` process on one node ----------------------------------------------------
+
+SAMPLE_RECIPE = """\
+model: {name_or_path: some/model}
+data: {datasets: [{path: prompts.jsonl}]}
+sample:
+  num_samples: 4
+  tensor_parallel_size: 2
+  scorers: [{exact_match: {column: answer}}]
+"""
+
+
+def _sample_job(cli, tmp_path, write_recipe, monkeypatch, *flags):
+    """Write the sbatch script of a sample recipe (tensor_parallel_size 2) from tmp_path; returns it and the result."""
+    recipe = write_recipe(SAMPLE_RECIPE, "mine.yaml")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sample.sbatch"
+    result = cli("slurm", "sample", "--recipe", "mine.yaml", "--output", out, *flags)
+    return recipe, out, result
+
+
+def test_sample_job_runs_one_alignkit_sample_with_the_requested_gpus(tmp_path, cli, write_recipe, monkeypatch):
+    recipe, out, result = _sample_job(
+        cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "2", "--partition", "gpu",
+        "--time", "04:00:00",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"wrote {out}: 1 node x 2 GPU(s), one alignkit sample process",
+        f"submit it with: sbatch {out}",
+    ]
+    assert result.stderr == ""  # the job asks for exactly the GPUs the process uses
+    text = out.read_text()
+    assert [line for line in text.splitlines() if line.startswith("#SBATCH")] == [
+        "#SBATCH --job-name=alignkit-mine-sample",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --exclusive",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --output=%x-%j.out",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=04:00:00",
+    ]
+    assert text.splitlines()[1] == "# alignkit sample on 1 node x 2 GPU(s): one process, no launch profile."
+    output_dir = tmp_path / "outputs" / "mine-sample"
+    assert f"ALIGNKIT_ARGS=(\n  sample\n  --recipe {recipe.resolve()}\n  --output-dir {output_dir}\n)\n" in text
+    assert '\nsrun --ntasks=1 $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &\n' in text
+    assert "# Either way the requeued job resumes where the unfinished run in its output folder stopped." in text
+    for launcher in ("--launch", "--num-processes", "--machine-rank", "accelerate", "torchrun", "MAIN_NODE"):
+        assert launcher not in text
+    assert subprocess.run(["bash", "-n", str(out)], check=False).returncode == 0
+
+
+def test_sample_job_starts_exactly_the_sample_command_and_requeues(tmp_path, stand_ins, cli, write_recipe, monkeypatch):
+    recipe, out, result = _sample_job(
+        cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "2", "--set",
+        "sample.num_samples=8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    env = _slurm_env(tmp_path, ALIGNKIT=str(stand_ins / "fake-alignkit"))
+    ran = subprocess.run(["bash", str(out)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "alignkit_args").read_text().splitlines() == [
+        "sample",
+        "--recipe",
+        str(recipe.resolve()),
+        "--set",
+        "sample.num_samples=8",
+        "--output-dir",
+        str(tmp_path / "outputs" / "mine-sample"),
+    ]
+    assert (tmp_path / "standin.log").read_text().splitlines() == [
+        f"srun --ntasks=1 {stand_ins / 'fake-alignkit'} sample --recipe {recipe.resolve()} --set"
+        f" sample.num_samples=8 --output-dir {tmp_path / 'outputs' / 'mine-sample'}"
+    ]
+    # Near the time limit it requeues itself, as a training job does; the rerun resumes the unfinished shards.
+    log = tmp_path / "standin.log"
+    with (tmp_path / "job.out").open("w") as job_out:
+        process = subprocess.Popen(
+            ["bash", str(out)], env={**env, "FAKE_SLEEP": "60"}, start_new_session=True, stdout=job_out
+        )
+    try:
+        _wait_for(lambda: (tmp_path / "started").exists())
+        process.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: "requeue 4242" in log.read_text().splitlines())
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert "alignkit: requeueing job 4242" in (tmp_path / "job.out").read_text()
+
+
+def test_sample_job_notes_gpus_its_one_process_leaves_idle(tmp_path, cli, write_recipe, monkeypatch):
+    _, out, result = _sample_job(cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "8")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        "note: the job asks for 8 GPU(s); alignkit sample runs one process on 2 of them"
+        " (sample.tensor_parallel_size is 2; raise it to use more)\n"
+    )
+    assert "#SBATCH --gpus-per-node=8" in out.read_text().splitlines()
+
+
+def test_sample_job_refuses_what_one_process_cannot_use(tmp_path, cli, write_recipe, monkeypatch):
+    _, out, result = _sample_job(
+        cli, tmp_path, write_recipe, monkeypatch, "--nodes", "2", "--gpus-per-node", "2", "--launch", "ddp", "--qlora"
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --nodes: alignkit sample runs as one process on one node (given: 2); give --nodes 1, and more GPUs"
+        " with --gpus-per-node if the model needs them",
+        "error: --launch: alignkit sample has no launch profile: it runs as one process, not through accelerate;"
+        " remove it",
+        "error: --qlora: applies to the training methods; alignkit sample loads the model as its recipe says;"
+        " remove it",
+    ]
+    assert not out.exists()
+    result = cli("slurm", "sample", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "1", "--output", out)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --gpus-per-node: gives 1 GPU(s), but sample.tensor_parallel_size is 2 (the GPUs one alignkit sample"
+        " process spreads the model over); ask for at least 2, or --set sample.tensor_parallel_size=1\n"
+    )
+    assert not out.exists()
+    fixed = cli(
+        "slurm", "sample", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "1", "--output", out,
+        "--set", "sample.tensor_parallel_size=1",
+    )  # fmt: skip
+    assert fixed.exit_code == 0, fixed.output
+    result = cli("slurm", "ppo", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "1")
+    assert result.exit_code == 2
+    assert "error: --method: unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, sample" in result.stderr
+
+
+def test_sample_job_file_is_replaced_only_with_overwrite_and_submits(
+    tmp_path, stand_ins, cli, write_recipe, monkeypatch
+):
+    _, out, _ = _sample_job(cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "2")
+    out.write_text("# edited by hand\n")
+    args = ("slurm", "sample", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "2", "--output", out)
+    refused = cli(*args, "--submit")
+    assert refused.exit_code == 2
+    assert f"error: {out}: already exists; not overwriting it (pass --overwrite" in refused.stderr
+    assert out.read_text() == "# edited by hand\n"
+    assert not (tmp_path / "standin.log").exists()
+    replaced = cli(*args, "--overwrite", "--submit")
+    assert replaced.exit_code == 0, replaced.output
+    assert "submitted job 12345" in replaced.stdout
+    assert (tmp_path / "standin.log").read_text().splitlines() == [f"sbatch {out}"]
+    assert "  sample\n" in out.read_text()

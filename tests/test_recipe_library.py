@@ -1,4 +1,5 @@
-"""The recipe library: every Alignment Handbook recipe, its values, variants, `recipes cp`, scans, pipelines."""
+"""The recipe library: every Alignment Handbook recipe, its values, variants, `recipes cp`, scans, pipelines, and
+the sampling families (best-of-n SFT, iterative DPO)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import shared_dir
@@ -14,6 +16,7 @@ from alignkit.errors import UserError
 from alignkit.library import registry
 from alignkit.pipeline import scan, spec
 from alignkit.recipe.resolve import resolve_recipe
+from alignkit.stages import is_training
 
 UF = "HuggingFaceH4/ultrafeedback_binarized"
 UC = "HuggingFaceH4/ultrachat_200k"
@@ -73,6 +76,20 @@ LIBRARY = {
     ("gpt2-nl", "cpt"): ("gpt2", ["yhavinga/mc4_nl_cleaned"]),
     ("gpt2-nl", "sft"): ("BramVanroy/gpt2-cpt-dutch", ["BramVanroy/ultrachat_200k_dutch"]),
     ("gpt2-nl", "dpo"): ("BramVanroy/gpt2-sft-dutch", ["BramVanroy/ultra_feedback_dutch"]),
+    # The sampling families: best-of-n SFT (Llama 2's rejection sampling) and RLHFlow's iterative DPO.
+    ("best-of-n-sft", "sft"): ("HuggingFaceTB/SmolLM2-360M", ["HuggingFaceTB/smol-smoltalk"]),
+    ("best-of-n-sft", "rm"): ("loubnabnl/smollm2-360M-sft", [UF]),
+    ("best-of-n-sft", "sample"): ("loubnabnl/smollm2-360M-sft", [UF]),
+    ("iterative-dpo", "sample"): ("RLHFlow/LLaMA3-SFT", ["RLHFlow/iterative-prompt-v1-iter1-20K"]),
+    ("iterative-dpo", "dpo"): ("RLHFlow/LLaMA3-SFT", [UF]),
+}
+# The training recipes (--qlora reaches those; a sample recipe trains nothing).
+TRAINING = sorted(key for key in LIBRARY if is_training(key[1]))
+# Where the recipes the handbook does not have take their values, as their opening comments name it.
+OTHER_SOURCES = {
+    ("best-of-n-sft", "sample"): "Llama 2 paper (Touvron et al. 2023, arXiv 2307.09288), section 3.2.3",
+    ("iterative-dpo", "sample"): "RLHFlow's Online-RLHF repository (github.com/RLHFlow/Online-RLHF)",
+    ("iterative-dpo", "dpo"): "RLHFlow's Online-RLHF repository (github.com/RLHFlow/Online-RLHF)",
 }
 
 
@@ -103,7 +120,7 @@ def test_every_recipe_dry_runs_with_its_real_model_and_data(cli, name, method):
     assert [n for n in document["notices"] if not n.endswith("a run on this machine refuses it")] == []
 
 
-@pytest.mark.parametrize(("name", "method"), sorted(LIBRARY))
+@pytest.mark.parametrize(("name", "method"), TRAINING)
 def test_qlora_on_every_recipe_validates(cli, name, method):
     result = cli(method, "--recipe", name, "--qlora", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
@@ -121,13 +138,16 @@ def test_every_recipe_file_names_its_hardware_and_source(name, method):
     assert "GPU" in header, "the opening comment says what hardware the recipe was made for"
     assert "Values from " in header, "the opening comment names where the values come from"
     # The handbook has no SimPO or reward recipe; those cite the SimPO paper's config and TRL's reward example.
-    if method not in ("simpo", "rm"):
+    if (name, method) in OTHER_SOURCES:
+        assert OTHER_SOURCES[name, method] in " ".join(header.replace("#", " ").split())
+    elif method not in ("simpo", "rm"):
         assert "Alignment Handbook recipe" in header, "the opening comment names the handbook file"
     recipe = _recipe(method, name)
     assert recipe.description
-    assert recipe.hub.push_to_hub is False and recipe.hub.hub_model_id
     assert recipe.model.attn_implementation == "auto"
-    assert recipe.logging.report_to == ["tensorboard"]
+    if is_training(method):  # a sample recipe publishes and logs nothing
+        assert recipe.hub.push_to_hub is False and recipe.hub.hub_model_id
+        assert recipe.logging.report_to == ["tensorboard"]
 
 
 # ---- handbook values, spot-checked against the reference (exact numbers) ----
@@ -659,8 +679,10 @@ def test_finished_stages_are_skipped(tmp_path):
 def test_every_pipeline_resolves():
     names = [name for name in registry.discover() if ":" not in name and spec.has_pipeline(name)]
     assert names == [
+        "best-of-n-sft",
         "constitutional-ai",
         "gpt2-nl",
+        "iterative-dpo",
         "smollm2",
         "smollm3",
         "starchat2-15b",
@@ -669,7 +691,113 @@ def test_every_pipeline_resolves():
     ]
     for name in names:
         plan = spec.plan_pipeline(name, qlora=True)
-        assert all(s.resolved.recipe.quantization.load_in_4bit for s in plan)
+        assert all(s.resolved.recipe.quantization.load_in_4bit for s in plan if is_training(s.method))
+
+
+# ---- the sampling families ----
+
+
+def test_best_of_n_sft_pipeline_samples_the_sft_model_and_fine_tunes_it_on_the_best_samples():
+    plan = spec.plan_pipeline("best-of-n-sft")
+    assert [(s.name, s.method, s.recipe_name, s.from_stage, s.sources) for s in plan] == [
+        ("sft", "sft", "best-of-n-sft", None, ()),
+        ("rm", "rm", "best-of-n-sft", "sft", ("sft",)),
+        ("sample", "sample", "best-of-n-sft", "sft", ("sft", "rm")),
+        ("sft-bon", "sft", "best-of-n-sft", "sft", ("sft", "sample")),
+    ]
+    sft, rm, sample, bon = plan
+    assert [str(s.output_dir) for s in plan] == [
+        "outputs/best-of-n-sft-sft",
+        "outputs/best-of-n-sft-rm",
+        "outputs/best-of-n-sft-sample",
+        "outputs/best-of-n-sft-sft-bon",
+    ], "sft-bon has a folder of its own, not the sft stage's"
+    assert sft.model == "HuggingFaceTB/SmolLM2-360M"
+    assert rm.model == sample.model == bon.model == str(sft.output_dir)
+    # The sample stage scores with the rm stage's output; the best candidate per prompt is kept as an SFT row.
+    section = sample.resolved.recipe.sample
+    assert [scorer.path for scorer in section.scorers] == [str(rm.output_dir)]
+    assert (section.num_samples, section.temperature, section.select) == (10, 1.2, "best")
+    assert [(d.path, d.split, d.role) for d in sample.resolved.recipe.data.datasets] == [(UF, "train_gen", "train")]
+    assert sample.resolved.recipe.data.chat_template == sft.resolved.recipe.data.chat_template
+    # sft-bon trains on the selected rows (smol-smoltalk's test split still evaluates) at a tenth of the rate.
+    data = bon.resolved.recipe.data.datasets
+    assert [(d.path, d.split, d.role) for d in data] == [
+        (str(Path.cwd() / sample.output_dir / "selected.jsonl"), "train", "train"),
+        ("HuggingFaceTB/smol-smoltalk", "test", "test"),
+    ]
+    assert (sft.resolved.recipe.training.learning_rate, bon.resolved.recipe.training.learning_rate) == (1e-3, 1e-4)
+    assert bon.resolved.recipe.training.num_train_epochs == sft.resolved.recipe.training.num_train_epochs == 2
+    # One GPU throughout: the handbook's smol SFT batch of 128 from accumulation alone.
+    t = sft.resolved.recipe.training
+    assert (t.per_device_train_batch_size * t.gradient_accumulation_steps, sft.resolved.recipe.launch.gpus) == (128, 1)
+    assert rm.resolved.recipe.launch.gpus == sample.resolved.recipe.launch.gpus == 1
+
+
+def test_iterative_dpo_runs_three_rounds_each_from_the_round_before():
+    plan = spec.plan_pipeline("iterative-dpo")
+    assert [(s.name, s.method, s.from_stage) for s in plan] == [
+        ("sample-1", "sample", None),
+        ("dpo-1", "dpo", None),
+        ("sample-2", "sample", "dpo-1"),
+        ("dpo-2", "dpo", "dpo-1"),
+        ("sample-3", "sample", "dpo-2"),
+        ("dpo-3", "dpo", "dpo-2"),
+    ]
+    stages = {s.name: s for s in plan}
+    # Round 1 samples and trains the recipes' own model (start: {dpo: null}); round r the output of dpo-(r-1).
+    assert stages["sample-1"].model == stages["dpo-1"].model == "RLHFlow/LLaMA3-SFT"
+    for r in (2, 3):
+        previous = str(stages[f"dpo-{r - 1}"].output_dir)
+        assert stages[f"sample-{r}"].model == stages[f"dpo-{r}"].model == previous
+    for r in (1, 2, 3):
+        sample, dpo = stages[f"sample-{r}"], stages[f"dpo-{r}"]
+        assert str(sample.output_dir) == f"outputs/iterative-dpo-sample-{r}"
+        assert str(dpo.output_dir) == f"outputs/iterative-dpo-dpo-{r}"
+        assert [(d.path, d.split) for d in dpo.resolved.recipe.data.datasets] == [
+            (str(Path.cwd() / sample.output_dir / "selected.jsonl"), "train")
+        ], "each round trains only on its own pairs, as RLHFlow's train_dir"
+        assert sample.resolved.recipe.data.datasets[0].path == "RLHFlow/iterative-prompt-v1-iter1-20K"
+    # RLHFlow's values: K = 4 at temperature 1.0, best vs worst, the FsfairX reward model; DPO at 5e-7.
+    section = stages["sample-2"].resolved.recipe.sample
+    assert (section.num_samples, section.temperature, section.top_p, section.max_new_tokens) == (4, 1.0, 1.0, 2048)
+    assert (section.select, section.prompt_column, section.seed) == ("best_worst", "context_messages", 42)
+    assert [scorer.path for scorer in section.scorers] == ["sfairXC/FsfairX-LLaMA3-RM-v0.1"]
+    dpo = stages["dpo-2"].resolved.recipe
+    t = dpo.training
+    assert (t.learning_rate, t.num_train_epochs, t.lr_scheduler_type, t.warmup_ratio) == (5e-7, 2, "cosine", 0.0)
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, dpo.launch.gpus) == (1, 16, 8)
+    assert (dpo.dpo.loss_type, dpo.dpo.beta, dpo.dpo.max_length, dpo.dpo.max_prompt_length) == (
+        "sigmoid",
+        0.1,
+        2048,
+        1000,
+    )
+    assert (dpo.dpo.label_smoothing, dpo.launch.profile) == (0.0, "zero2")
+
+
+def test_iterative_dpo_rounds_take_their_own_prompts_from_the_command_line():
+    prompts = "RLHFlow/iterative-prompt-v1-iter{}-20K"
+    sets = [f"sample-{r}:data.datasets.0.path={prompts.format(r)}" for r in (2, 3)]
+    plan = spec.plan_pipeline("iterative-dpo", overrides=sets)
+    assert [s.resolved.recipe.data.datasets[0].path for s in plan if s.method == "sample"] == [
+        prompts.format(r) for r in (1, 2, 3)
+    ]
+    # A block-wide override reaches every round.
+    plan = spec.plan_pipeline("iterative-dpo", overrides=["sample:sample.num_samples=8"])
+    assert [s.resolved.recipe.sample.num_samples for s in plan if s.method == "sample"] == [8, 8, 8]
+
+
+def test_the_sampling_families_dry_run(cli):
+    for name, stages in (("best-of-n-sft", 4), ("iterative-dpo", 6)):
+        result = cli("run", "--recipe", name, "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.stdout)["stages"]) == stages
+    result = cli("sample", "--recipe", "iterative-dpo", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["candidates_per_prompt"], document["select"]) == (4, "best_worst")
+    assert document["prompt_sources"] == ["RLHFlow/iterative-prompt-v1-iter1-20K"]
 
 
 def test_pipeline_errors(tmp_path, monkeypatch):

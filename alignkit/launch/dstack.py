@@ -1,7 +1,9 @@
 """`alignkit dstack`: a dstack task (and, for several nodes, a fleet) that runs one validated recipe.
 
 The task installs alignkit on the cloud machine and runs `alignkit METHOD` once per node with dstack's own
-node variables (`DSTACK_NODE_RANK`, `DSTACK_MASTER_NODE_IP`, `DSTACK_NODES_NUM`, `DSTACK_GPUS_PER_NODE`).
+node variables (`DSTACK_NODE_RANK`, `DSTACK_MASTER_NODE_IP`, `DSTACK_NODES_NUM`, `DSTACK_GPUS_PER_NODE`); a
+stage that runs as one process (`sample`) is one plain command on one node, with the packages its recipe
+needs beside alignkit (vLLM for `sample.backend: vllm`).
 A recipe given as a local file or recipe folder is uploaded beside the task through dstack's `files`.
 Secrets travel by name only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your
 environment when you apply.
@@ -24,6 +26,7 @@ from alignkit import __version__
 from alignkit.errors import Problem, RunError, UserError
 from alignkit.launch.job import Job, JobSpec, plan_job, refuse_overwrite
 from alignkit.library.lookup import recipe_folder
+from alignkit.stages import run_packages
 
 SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
 MAIN_PORT = 29500
@@ -68,7 +71,7 @@ def plan_dstack(method: str, recipe: str, *, gpu: str, nodes: int = 1, **spec_op
     spec = JobSpec(method=method, recipe=recipe, nodes=nodes, gpus_per_node=gpus_per_node(gpu), **spec_options)
     local = _uploaded(recipe)
     remote = f"{REMOTE_RECIPE_DIR}/{local.resolve().name}" if local else None
-    return plan_job(spec, recipe_ref=remote, shared_disk=False)
+    return plan_job(spec, recipe_ref=remote, shared_disk=False, gpu_flag="--gpu")
 
 
 def _uploaded(recipe: str) -> Path | None:
@@ -80,10 +83,9 @@ def _uploaded(recipe: str) -> Path | None:
 def task_config(job: Job, gpu: str) -> dict:
     """The dstack task configuration (a mapping that dumps to the task's YAML)."""
     spec = job.spec
-    command = (
-        shlex.join(["alignkit", *job.argv])
-        + ' --num-machines "$DSTACK_NODES_NUM" --num-processes "$DSTACK_GPUS_PER_NODE"'
-    )
+    command = shlex.join(["alignkit", *job.argv])
+    if job.plan is not None:  # a training method starts a process per GPU; a stage like sample runs as one
+        command += ' --num-machines "$DSTACK_NODES_NUM" --num-processes "$DSTACK_GPUS_PER_NODE"'
     if spec.nodes > 1:
         command += (
             ' --machine-rank "$DSTACK_NODE_RANK" --main-process-ip "$DSTACK_MASTER_NODE_IP"'
@@ -98,7 +100,8 @@ def task_config(job: Job, gpu: str) -> dict:
     local = _uploaded(spec.recipe)
     if local is not None:
         config["files"] = [f"{local.resolve()}:{REMOTE_RECIPE_DIR}/{local.resolve().name}"]
-    config["commands"] = [f"pip install {shlex.quote(f'alignkit=={__version__}')}", command]
+    packages = [f"alignkit=={__version__}", *run_packages(spec.method, job.resolved.recipe)]
+    config["commands"] = [shlex.join(["pip", "install", *packages]), command]
     # NCCL between the GPUs of a node needs more shared memory than containers get by default.
     config["resources"] = {"gpu": gpu, "shm_size": "24GB"}
     return config
@@ -128,10 +131,9 @@ def write_files(job: Job, gpu: str, output: Path | None = None, *, overwrite: bo
     if job.spec.nodes > 1:
         fleet_path = task_path.with_name(task_path.name.replace(".dstack.yml", "") + "-fleet.dstack.yml")
     refuse_overwrite([p for p in (fleet_path, task_path) if p is not None], overwrite=overwrite)
-    plan = job.plan
+    how = f"launch profile {job.plan.profile}" if job.plan else "one process, no launch profile"
     header = (
-        f"# alignkit {job.spec.method} on dstack: {job.spec.nodes} node(s) with GPU {gpu}, launch profile"
-        f" {plan.profile}.\n"
+        f"# alignkit {job.spec.method} on dstack: {job.spec.nodes} node(s) with GPU {gpu}, {how}.\n"
         f"# Recipe: {job.resolved.name}. Secrets are passed by name: export {' and '.join(SECRETS)} before"
         " `dstack apply`.\n"
     )

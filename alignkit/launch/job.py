@@ -2,8 +2,10 @@
 
 The recipe is resolved and its multi-node launch planned here, before any file is written, so a bad recipe
 or contradictory flags never produce a job. The node-specific values (machine rank, the main node's
-address) are left to the scheduler's variables; everything else is fixed in the generated file. A job file
-that exists already (perhaps edited by hand) is replaced only with `--overwrite`.
+address) are left to the scheduler's variables; everything else is fixed in the generated file. A stage
+that trains nothing (`sample`) runs as one process on one node instead: no launch plan, and the job must
+ask for at least the GPUs its recipe spreads the model over. A job file that exists already (perhaps edited
+by hand) is replaced only with `--overwrite`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from alignkit.errors import Problem, UserError
 from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
+from alignkit.stages import is_training, process_gpus
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,13 @@ class Job:
 
     spec: JobSpec
     resolved: ResolvedRecipe
-    plan: LaunchPlan
+    plan: LaunchPlan | None
+    """How a training method's processes are launched; None for a stage that runs as one process (sample)."""
     argv: tuple[str, ...]
-    """`alignkit` arguments shared by all nodes; the scheduler appends the counts, the node's rank and the
-    main node's address."""
+    """`alignkit` arguments shared by all nodes; for training the scheduler appends the counts, the node's rank
+    and the main node's address."""
+    notices: tuple[str, ...] = ()
+    """Said when the job is written (GPUs the job asks for that its one process leaves idle)."""
 
     @property
     def name(self) -> str:
@@ -49,7 +55,9 @@ class Job:
         return re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:60]
 
 
-def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool = True) -> Job:
+def plan_job(
+    spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool = True, gpu_flag: str = "--gpus-per-node"
+) -> Job:
     """Validate the recipe and the multi-node plan; return the job (raises `UserError` on bad input).
 
     Args:
@@ -58,26 +66,25 @@ def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool 
             uploaded to the cloud machine).
         shared_disk: the nodes see this machine's files (Slurm): local paths are made absolute. Without a
             shared disk (dstack) the output directory stays relative to the job's working directory.
+        gpu_flag: the flag that gave `spec.gpus_per_node`, named in errors.
     """
-    problems = []
-    if spec.nodes < 1:
-        problems.append(Problem(source="--nodes", message=f"must be at least 1 (given: {spec.nodes})"))
-    if spec.gpus_per_node < 1:
-        problems.append(Problem(source="--gpus-per-node", message=f"must be at least 1 (given: {spec.gpus_per_node})"))
-    if problems:
-        raise UserError(problems)
+    _refuse_request(spec, gpu_flag)
     # Resolving refuses a recipe or --set holding a secret: job files name secrets, never hold them.
     resolved = resolve_recipe(
         spec.method, spec.recipe, qlora=spec.qlora, overrides=list(spec.overrides), output_dir=spec.output_dir
     )
-    options = LaunchOptions(
-        launch=spec.launch,
-        num_processes=spec.gpus_per_node,
-        num_machines=spec.nodes,
-        # Checked here with a placeholder; each node is given the real address by the scheduler.
-        main_process_ip="main-node" if spec.nodes > 1 else None,
-    )
-    plan = plan_launch(resolved.recipe, options)
+    plan, notices = None, ()
+    if is_training(spec.method):
+        options = LaunchOptions(
+            launch=spec.launch,
+            num_processes=spec.gpus_per_node,
+            num_machines=spec.nodes,
+            # Checked here with a placeholder; each node is given the real address by the scheduler.
+            main_process_ip="main-node" if spec.nodes > 1 else None,
+        )
+        plan = plan_launch(resolved.recipe, options)
+    else:
+        notices = _process_gpus(spec, resolved, gpu_flag)
     if recipe_ref is None:
         recipe_ref = spec.recipe
         if shared_disk and Path(recipe_ref).expanduser().exists():
@@ -90,8 +97,60 @@ def plan_job(spec: JobSpec, *, recipe_ref: str | None = None, shared_disk: bool 
         argv.append("--qlora")
     for text in spec.overrides:
         argv += ["--set", text]
-    argv += ["--launch", plan.profile, "--output-dir", str(output_dir)]
-    return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv))
+    if plan is not None:
+        argv += ["--launch", plan.profile]
+    argv += ["--output-dir", str(output_dir)]
+    return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv), notices=notices)
+
+
+def _refuse_request(spec: JobSpec, gpu_flag: str) -> None:
+    """Refuse counts below one and, for a stage that runs as one process, the flags of a distributed launch."""
+    problems = []
+    if spec.nodes < 1:
+        problems.append(Problem(source="--nodes", message=f"must be at least 1 (given: {spec.nodes})"))
+    if spec.gpus_per_node < 1:
+        problems.append(Problem(source=gpu_flag, message=f"must be at least 1 (given: {spec.gpus_per_node})"))
+    if not is_training(spec.method):
+        problems += _one_process_problems(spec, gpu_flag)
+    if problems:
+        raise UserError(problems)
+
+
+def _one_process_problems(spec: JobSpec, gpu_flag: str) -> list[Problem]:
+    """What a one-process stage cannot take: several nodes, a launch profile, QLoRA."""
+    kind = spec.method
+    problems = []
+    if spec.nodes > 1:
+        message = (
+            f"alignkit {kind} runs as one process on one node (given: {spec.nodes}); give --nodes 1, and more"
+            f" GPUs with {gpu_flag} if the model needs them"
+        )
+        problems.append(Problem(source="--nodes", message=message))
+    if spec.launch is not None:
+        message = f"alignkit {kind} has no launch profile: it runs as one process, not through accelerate; remove it"
+        problems.append(Problem(source="--launch", message=message))
+    if spec.qlora:
+        message = f"applies to the training methods; alignkit {kind} loads the model as its recipe says; remove it"
+        problems.append(Problem(source="--qlora", message=message))
+    return problems
+
+
+def _process_gpus(spec: JobSpec, resolved: ResolvedRecipe, gpu_flag: str) -> tuple[str, ...]:
+    """Refuse fewer GPUs than the stage's one process spreads its model over; note the ones it leaves idle."""
+    field_name, needed = process_gpus(spec.method, resolved.recipe)
+    given = spec.gpus_per_node
+    if given < needed:
+        raise UserError(
+            Problem(
+                source=gpu_flag,
+                message=f"gives {given} GPU(s), but {field_name} is {needed} (the GPUs one alignkit {spec.method}"
+                f" process spreads the model over); ask for at least {needed}, or --set {field_name}={given}",
+            )
+        )
+    if given > needed:
+        why = f" ({field_name} is {needed}; raise it to use more)" if field_name else ""
+        return (f"the job asks for {given} GPU(s); alignkit {spec.method} runs one process on {needed} of them{why}",)
+    return ()
 
 
 def refuse_overwrite(paths: list[Path], *, overwrite: bool) -> None:

@@ -2,10 +2,11 @@
 
 The script asks Slurm for one task per node, derives the main node from the allocation (`scontrol show
 hostnames`), and starts alignkit once per node through `srun`, passing the node's rank and the counts; alignkit
-then starts that node's workers itself. It requeues itself when preempted or near its time limit, and a
-requeued job resumes from the run's last checkpoint, because alignkit resumes an unfinished run of the same
-recipe. Secrets are never written: sbatch passes the submitting shell's environment (HF_TOKEN,
-WANDB_API_KEY) to the job.
+then starts that node's workers itself. A stage that runs as one process (`sample`) is one task on one node,
+started directly. The job requeues itself when preempted or near its time limit, and a requeued job resumes
+where it stopped (a training run from its last checkpoint, sample at its first unfinished shard), because
+alignkit resumes an unfinished run of the same recipe. Secrets are never written: sbatch passes the
+submitting shell's environment (HF_TOKEN, WANDB_API_KEY) to the job.
 """
 
 from __future__ import annotations
@@ -68,24 +69,54 @@ def _directives(job: Job, options: SlurmOptions) -> list[str]:
 def sbatch_script(job: Job, options: SlurmOptions) -> str:
     """The sbatch script for `job`."""
     check_options(options)
-    spec, plan = job.spec, job.plan
     python = shlex.quote(sys.executable)
-    directives = _directives(job, options)
-    args = "\n  ".join(_argument_lines(job.argv))
+    resumes = "from the run's last checkpoint" if job.plan else "where the unfinished run in its output folder stopped"
     lines = [
         "#!/bin/bash",
-        f"# alignkit {spec.method} on {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s), launch profile"
-        f" {plan.profile}: {plan.world_size} processes, effective batch {plan.effective_batch_size}.",
-        f"# Recipe: {job.resolved.name} ({job.resolved.source}). Submit with: sbatch <this file>",
-        *_batch_note(job),
+        *_summary(job),
         "# HF_TOKEN and WANDB_API_KEY are taken from the environment you submit from; none is written here.",
-        *(f"#SBATCH {d}" for d in directives),
+        *(f"#SBATCH {d}" for d in _directives(job, options)),
         "",
         "set -euo pipefail",
         "",
         "# The Python environment alignkit was installed in when this script was written (override: ALIGNKIT).",
         f'ALIGNKIT="${{ALIGNKIT:-{python} -m alignkit}}"',
         "",
+        *(_main_node(options) if job.plan else []),
+        "# Near the time limit (Slurm sends USR1, see --signal): requeue. Preemption requeues through --requeue.",
+        f"# Either way the requeued job resumes {resumes}.",
+        "requeue() {",
+        '  echo "alignkit: requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "}",
+        "trap requeue USR1",
+        "",
+        *(_srun_per_node(job) if job.plan else _srun_once(job)),
+        "# Wait in the background so the requeue trap can run while alignkit works.",
+        "wait $!",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _summary(job: Job) -> list[str]:
+    spec, plan = job.spec, job.plan
+    if plan is None:
+        what = f"# alignkit {spec.method} on 1 node x {spec.gpus_per_node} GPU(s): one process, no launch profile."
+    else:
+        what = (
+            f"# alignkit {spec.method} on {spec.nodes} node(s) x {spec.gpus_per_node} GPU(s), launch profile"
+            f" {plan.profile}: {plan.world_size} processes, effective batch {plan.effective_batch_size}."
+        )
+    return [
+        what,
+        f"# Recipe: {job.resolved.name} ({job.resolved.source}). Submit with: sbatch <this file>",
+        *_batch_note(job),
+    ]
+
+
+def _main_node(options: SlurmOptions) -> list[str]:
+    return [
         "# The first node of the allocation hosts rank 0; every node is told its address.",
         "# (Read whole: `| head -n 1` would end scontrol with SIGPIPE, which pipefail turns into a failure.)",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
@@ -93,14 +124,14 @@ def sbatch_script(job: Job, options: SlurmOptions) -> str:
         f'MAIN_PORT="${{MAIN_PORT:-{options.main_process_port}}}"',
         "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed rank ends the job instead of hanging it",
         "",
-        "# Near the time limit (Slurm sends USR1, see --signal): requeue. Preemption requeues through --requeue.",
-        "# Either way the requeued job resumes from the run's last checkpoint.",
-        "requeue() {",
-        '  echo "alignkit: requeueing job $SLURM_JOB_ID"',
-        '  scontrol requeue "$SLURM_JOB_ID"',
-        "}",
-        "trap requeue USR1",
-        "",
+    ]
+
+
+def _srun_per_node(job: Job) -> list[str]:
+    """A training method: alignkit once per node, told the counts, the main node and (by srun) its rank."""
+    spec = job.spec
+    args = "\n  ".join(_argument_lines(job.argv))
+    return [
         f"ALIGNKIT_ARGS=(\n  {args}\n  --num-machines {spec.nodes}\n  --num-processes {spec.gpus_per_node}",
         '  --main-process-ip "$MAIN_NODE"\n  --main-process-port "$MAIN_PORT"\n)',
         "",
@@ -110,11 +141,19 @@ def sbatch_script(job: Job, options: SlurmOptions) -> str:
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --wait=60 \\",
         '  bash -c \'exec "$@" --machine-rank "$SLURM_NODEID"\' \\',
         '  alignkit $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &',
-        "# Wait in the background so the requeue trap can run while training.",
-        "wait $!",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _srun_once(job: Job) -> list[str]:
+    """A stage that runs as one process (sample): one task with all the job's GPUs, no launcher."""
+    args = "\n  ".join(_argument_lines(job.argv))
+    return [
+        f"ALIGNKIT_ARGS=(\n  {args}\n)",
+        "",
+        f'echo "alignkit: {job.spec.method} on $(hostname), GPUs ${{CUDA_VISIBLE_DEVICES:-none visible}}"',
+        "# shellcheck disable=SC2086",
+        'srun --ntasks=1 $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &',
+    ]
 
 
 def _argument_lines(argv: tuple[str, ...]) -> list[str]:
@@ -130,7 +169,7 @@ def _argument_lines(argv: tuple[str, ...]) -> list[str]:
 
 def _batch_note(job: Job) -> list[str]:
     plan = job.plan
-    if plan.effective_batch_size == plan.recipe_effective_batch_size:
+    if plan is None or plan.effective_batch_size == plan.recipe_effective_batch_size:
         return []
     return [
         f"# Note: the recipe was tuned for {plan.recipe_gpus} GPU(s), effective batch"
