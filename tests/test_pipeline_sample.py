@@ -211,3 +211,80 @@ def test_an_iterative_pipeline_runs_every_round_and_a_rerun_skips_them(cli, tmp_
     again = cli("run", "--recipe", family, "--output-dir", root)
     assert again.exit_code == 0, again.output
     assert "stage sample-2: finished, skipped" in again.output and "all 6 stages finished" in again.output
+
+
+def _write_family(folder: Path, model: Path, stages: list) -> Path:
+    folder.mkdir()
+    (folder / "chats.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n",
+        encoding="utf-8",
+    )
+    (folder / "prompts.jsonl").write_text(json.dumps({"prompt": "hi", "answer": "yo"}) + "\n", encoding="utf-8")
+    sample = {"num_samples": 2, "scorers": [{"exact_match": "answer"}], "select": "best"}
+    files = {
+        "sft": {"model": {"name_or_path": str(model)}, "data": {"datasets": [{"path": "chats.jsonl"}]}},
+        "sample": {
+            "model": {"name_or_path": str(model)},
+            "data": {"datasets": [{"path": "prompts.jsonl"}]},
+            "sample": sample,
+        },
+        "pipeline": {"stages": stages},
+    }
+    for name, content in files.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(content), encoding="utf-8")
+    return folder
+
+
+def test_a_second_stage_of_one_method_gets_its_own_folder_and_two_stages_in_one_folder_are_refused(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from alignkit.errors import UserError
+    from alignkit.pipeline.spec import plan_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    stages = [
+        {"name": "sft", "method": "sft"},
+        {"name": "sample", "method": "sample", "from": "sft"},
+        {"name": "sft-bon", "method": "sft", "from": "sft", "data": "sample", "set": ["training.learning_rate=1e-5"]},
+    ]
+    family = _write_family(tmp_path / "bon", tiny_model_dir, stages)
+    plan = {s.name: s for s in plan_pipeline(str(family))}
+    assert str(plan["sft"].output_dir) == "outputs/bon-sft"
+    assert str(plan["sft-bon"].output_dir) == "outputs/bon-sft-bon"
+    assert plan["sft-bon"].resolved.recipe.training.learning_rate == 1e-5
+    with pytest.raises(UserError) as err:
+        plan_pipeline(str(family), overrides=["sft-bon:training.output_dir=outputs/bon-sft"])
+    assert str(err.value) == (
+        "outputs/bon-sft: stages sft and sft-bon would both write here; give one of them its own folder"
+        " (--set sft-bon:training.output_dir=DIR, or --output-dir ROOT for one folder per stage)"
+    )
+
+
+def test_round_in_a_repeated_stages_set_is_the_rounds_number(tmp_path, tiny_model_dir, monkeypatch):
+    from alignkit.pipeline.spec import plan_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    for r in (1, 2):
+        (tmp_path / f"prompts-{r}.jsonl").write_text(json.dumps({"prompt": "q", "answer": "a"}) + "\n")
+    stages = [
+        {"name": "sft", "method": "sft"},
+        {
+            "repeat": 2,
+            "start": {"sft2": "sft"},
+            "stages": [
+                {
+                    "name": "sample",
+                    "method": "sample",
+                    "from": "sft2",
+                    "set": [f"data.datasets.0.path={tmp_path}/prompts-{{round}}.jsonl"],
+                },
+                {"name": "sft2", "method": "sft", "from": "sft2", "data": "sample"},
+            ],
+        },
+    ]
+    family = _write_family(tmp_path / "loop", tiny_model_dir, stages)
+    plan = {s.name: s.resolved.recipe for s in plan_pipeline(str(family))}
+    assert [plan[f"sample-{r}"].data.datasets[0].path for r in (1, 2)] == [
+        str(tmp_path / "prompts-1.jsonl"),
+        str(tmp_path / "prompts-2.jsonl"),
+    ]

@@ -757,7 +757,7 @@ def test_iterative_dpo_runs_three_rounds_each_from_the_round_before():
         assert [(d.path, d.split) for d in dpo.resolved.recipe.data.datasets] == [
             (str(Path.cwd() / sample.output_dir / "selected.jsonl"), "train")
         ], "each round trains only on its own pairs, as RLHFlow's train_dir"
-        assert sample.resolved.recipe.data.datasets[0].path == "RLHFlow/iterative-prompt-v1-iter1-20K"
+        assert sample.resolved.recipe.data.datasets[0].path == f"RLHFlow/iterative-prompt-v1-iter{r}-20K"
     # RLHFlow's values: K = 4 at temperature 1.0, best vs worst, the FsfairX reward model; DPO at 5e-7.
     section = stages["sample-2"].resolved.recipe.sample
     assert (section.num_samples, section.temperature, section.top_p, section.max_new_tokens) == (4, 1.0, 1.0, 2048)
@@ -776,12 +776,17 @@ def test_iterative_dpo_runs_three_rounds_each_from_the_round_before():
     assert (dpo.dpo.label_smoothing, dpo.launch.profile) == (0.0, "zero2")
 
 
-def test_iterative_dpo_rounds_take_their_own_prompts_from_the_command_line():
+def test_iterative_dpo_rounds_read_their_own_prompt_sets():
     prompts = "RLHFlow/iterative-prompt-v1-iter{}-20K"
-    sets = [f"sample-{r}:data.datasets.0.path={prompts.format(r)}" for r in (2, 3)]
-    plan = spec.plan_pipeline("iterative-dpo", overrides=sets)
+    plan = spec.plan_pipeline("iterative-dpo")
     assert [s.resolved.recipe.data.datasets[0].path for s in plan if s.method == "sample"] == [
         prompts.format(r) for r in (1, 2, 3)
+    ]
+    plan = spec.plan_pipeline("iterative-dpo", overrides=["sample-2:data.datasets.0.path=my/prompts"])
+    assert [s.resolved.recipe.data.datasets[0].path for s in plan if s.method == "sample"] == [
+        prompts.format(1),
+        "my/prompts",
+        prompts.format(3),
     ]
     # A block-wide override reaches every round.
     plan = spec.plan_pipeline("iterative-dpo", overrides=["sample:sample.num_samples=8"])

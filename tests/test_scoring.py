@@ -598,3 +598,22 @@ def test_scoring_specs_import_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+class _BosTokenizer:
+    """A Llama-3-like tokenizer stand-in: its template writes BOS and encoding adds another."""
+
+    bos_token, bos_token_id, eos_token = "<s>", 1, "</s>"
+
+    def apply_chat_template(self, messages, tokenize=False):
+        return "<s>" + "".join(f"[{m['role']}] {m['content']}\n" for m in messages)
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [5] * len(text)}
+
+
+def test_reward_text_drops_the_template_bos_that_encoding_adds_again_as_reward_model_training_did():
+    from alignkit.methods.rm import reward_text
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert reward_text(_BosTokenizer(), messages) == "[user] hi\n[assistant] yo</s>"

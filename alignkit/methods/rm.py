@@ -86,7 +86,13 @@ def _card_rows(section: RmSection) -> list[tuple[str, str]]:
 def reward_text(tokenizer, messages: list[dict[str, str]]) -> str:
     """A conversation rendered as the reward model saw it in training: the chat template's text without trailing
     whitespace, ending with the end-of-sequence token (tokenize it with the tokenizer's special tokens)."""
+    from alignkit.data.templates import adds_bos_on_encode
+
     text = tokenizer.apply_chat_template(messages, tokenize=False).rstrip()
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and adds_bos_on_encode(tokenizer):
+        # Training dropped the template's BOS because encoding adds one (alignkit.data.preference): so here.
+        text = text[len(bos) :]
     eos = tokenizer.eos_token
     return text if not eos or text.endswith(eos) else text + eos
 

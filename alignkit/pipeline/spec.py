@@ -89,7 +89,8 @@ class StageSpec(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict)
     """Recipe field path -> an earlier stage whose output_dir the field takes."""
     overrides: list[str] = Field(default_factory=list, alias="set")
-    """`PATH=VALUE` overrides of this stage's recipe (the command line's `--set STAGE:...` come after)."""
+    """`PATH=VALUE` overrides of this stage's recipe (the command line's `--set STAGE:...` come after); in a
+    repeated block `{round}` stands for the round's number (a prompt set per round)."""
 
     _known_method = field_validator("method")(known_stage)
     _round: int | None = PrivateAttr(None)
@@ -138,6 +139,7 @@ class RepeatSpec(BaseModel):
                 inputs = {field: ref(source) for field, source in stage.inputs.items()}
                 update = {
                     "name": f"{stage.name}-{round_}",
+                    "overrides": [text.replace("{round}", str(round_)) for text in stage.overrides],
                     "from_stage": ref(stage.from_stage),
                     "data_stage": ref(stage.data_stage),
                     "inputs": {field: source for field, source in inputs.items() if source is not None},
@@ -322,7 +324,9 @@ def plan_pipeline(
     With `output_root`, stage S writes to `output_root/S`; otherwise each stage keeps its recipe's own
     output_dir (by default outputs/<recipe>-<method>, the folder a stand-alone run of that stage uses, so
     stages run by hand count as finished), except a base-recipe stage run under a variant name, which writes
-    to outputs/<variant name>-<method> so it never mistakes the base pipeline's run for its own. `mirrors`
+    to outputs/<variant name>-<method> so it never mistakes the base pipeline's run for its own, a stage named
+    other than its method (sft-bon), which writes to outputs/<recipe>-<stage>, and a repeated stage, which
+    writes to its recipe's folder with `-<round>` added. Two stages left with one folder are refused. `mirrors`
     (Hub id -> local path) reaches every stage's own file, before the `from` wiring; None reads
     ALIGNKIT_MIRRORS.
 
@@ -334,22 +338,22 @@ def plan_pipeline(
     planned: dict[str, PlannedStage] = {}
     for stage in stages:
         recipe_name = stage_recipe(stage, name)
+        # Global overrides, then the wiring, then the pipeline's own `set:`, then the folder, then the command
+        # line's STAGE: overrides (a repeated stage's block name's `dpo:` before its round's `dpo-2:`), so an
+        # explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins.
         sets = [o for o in global_sets if _applies(o, stage.method)] + _wiring(stage, planned) + stage.overrides
         if output_root is not None:
             sets.append(f"training.output_dir={Path(output_root) / stage.name}")
         elif recipe_name != name and stage.recipe is None:
             # The base recipe's stage run under a variant: its default folder would be the base pipeline's.
             sets.append(f"training.output_dir=outputs/{name.replace(':', '-')}-{stage.method}")
-        # Stage overrides last, so an explicit `STAGE:training.output_dir=...` or `STAGE:model...` wins; a
-        # repeated stage takes its block name's (`dpo:`) before its round's (`dpo-2:`).
-        if stage._round is not None:
-            sets += stage_sets.get(stage.name.rsplit("-", 1)[0], [])
-        sets += stage_sets.get(stage.name, [])
-        resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets, mirrors=mirrors)
-        if stage._round is not None and output_root is None:
-            # Every round would share the recipe's folder: each gets its own, named after its round.
-            sets.append(f"training.output_dir={resolved.output_dir}-{stage._round}")
-            resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets, mirrors=mirrors)
+        given = stage_sets.get(stage.name.rsplit("-", 1)[0], []) if stage._round is not None else []
+        given += stage_sets.get(stage.name, [])
+        resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets + given, mirrors=mirrors)
+        folder = None if output_root is not None or _sets_folder(given) else _own_folder(stage, resolved)
+        if folder is not None:
+            sets.append(f"training.output_dir={folder}")
+            resolved = resolve_recipe(stage.method, recipe_name, qlora=qlora, overrides=sets + given, mirrors=mirrors)
         planned[stage.name] = PlannedStage(
             name=stage.name,
             method=stage.method,
@@ -359,7 +363,43 @@ def plan_pipeline(
             finished=is_finished(resolved.recipe.training.output_dir or ""),
             sources=tuple(stage.sources),
         )
+    _refuse_shared_folders(list(planned.values()))
     return list(planned.values())
+
+
+def _own_folder(stage: StageSpec, resolved: ResolvedRecipe) -> str | None:
+    """A folder of its own for a stage that would share its recipe's: a repeated stage's round (`-2` added),
+    or a second stage of one method (sft-bon beside sft) left with the default `outputs/<recipe>-<method>`."""
+    if stage._round is not None:
+        return f"{resolved.output_dir}-{stage._round}"
+    default = Path("outputs") / f"{resolved.name.replace(':', '-')}-{stage.method}"
+    if stage.name != stage.method and stage.recipe is None and resolved.output_dir == default:
+        return str(default.with_name(f"{resolved.name.replace(':', '-')}-{stage.name}"))
+    return None
+
+
+def _sets_folder(texts: list[str]) -> bool:
+    return any(text.partition("=")[0].strip() == "training.output_dir" for text in texts)
+
+
+def _refuse_shared_folders(stages: list[PlannedStage]) -> None:
+    """Two stages writing one folder would each find the other's run there: refuse, naming the fix."""
+    first: dict[Path, str] = {}
+    problems = []
+    for stage in stages:
+        folder = stage.output_dir.expanduser().resolve()
+        if folder in first:
+            problems.append(
+                Problem(
+                    source=str(stage.output_dir),
+                    message=f"stages {first[folder]} and {stage.name} would both write here; give one of them its"
+                    f" own folder (--set {stage.name}:training.output_dir=DIR, or --output-dir ROOT for one folder"
+                    " per stage)",
+                )
+            )
+        first.setdefault(folder, stage.name)
+    if problems:
+        raise UserError(problems)
 
 
 def _wiring(stage: StageSpec, planned: dict[str, PlannedStage]) -> list[str]:
