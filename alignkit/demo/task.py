@@ -2,6 +2,8 @@
 
 Training and held-out problems never share a pair of operands. DPO pairs put the right sum against a
 plausible wrong one (off by a little, or with two digits swapped), so preference accuracy means something.
+The prompts file holds training questions with their answer in a column of its own, as `alignkit sample`'s
+exact-match scorer reads a reference.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ def split_pairs(seed: int, n_test: int) -> tuple[list[tuple[int, int]], list[tup
     return pairs[n_test:], pairs[:n_test]
 
 
-def write_task(folder: Path, *, seed: int = 0, n_test: int = 200, n_dpo: int = 2000) -> dict[str, Path]:
-    """Write sft/dpo train and test jsonl files into `folder`; returns their paths by name."""
+def write_task(
+    folder: Path, *, seed: int = 0, n_test: int = 200, n_dpo: int = 2000, n_prompts: int = 4000
+) -> dict[str, Path]:
+    """Write sft/dpo train and test jsonl files and the sampling prompts into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 1)
     train, test = split_pairs(seed, n_test)
@@ -60,6 +64,7 @@ def write_task(folder: Path, *, seed: int = 0, n_test: int = 200, n_dpo: int = 2
         "sft_test": [sft_row(a, b) for a, b in test],
         "dpo": [dpo_row(a, b) for a, b in rng.sample(train, min(n_dpo, len(train)))],
         "dpo_test": [dpo_row(a, b) for a, b in test],
+        "prompts": [{"prompt": question(a, b), "answer": str(a + b)} for a, b in train[:n_prompts]],
     }
     paths = {}
     for name, rows in files.items():
