@@ -25,7 +25,7 @@ class DataStage:
     recipe: str
     """`module:attribute` of its recipe model."""
     start: str
-    """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo)."""
+    """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo, num_processes)."""
     output: str
     """The file in its output folder that later stages train on."""
     gpus: str = ""
@@ -82,9 +82,9 @@ def process_gpus(kind: str, recipe: Any) -> tuple[str, int] | None:
     return stage.gpus, int(value)
 
 
-def run_packages(kind: str, recipe: Any) -> tuple[str, ...]:
-    """Python packages beyond alignkit's own that running `recipe` needs on a fresh machine (a dstack task
-    installs them): vLLM when a sample recipe asks for that backend by name."""
+def run_extras(kind: str, recipe: Any) -> tuple[str, ...]:
+    """alignkit's optional extras that running `recipe` needs on a fresh machine (a dstack task installs
+    them): `vllm` when a sample recipe asks for that backend by name."""
     if kind == SAMPLE and recipe.sample.backend == "vllm":
         return ("vllm",)
     return ()
@@ -104,4 +104,5 @@ def start_stage(resolved, plan, options, *, overwrite: bool, argv: list[str], ec
 
         start_training(resolved, plan, options, overwrite=overwrite, argv=argv, echo=echo)
         return
-    _load(_DATA_STAGES[resolved.method].start)(resolved, overwrite=overwrite, argv=argv, echo=echo)
+    start = _load(_DATA_STAGES[resolved.method].start)
+    start(resolved, overwrite=overwrite, argv=argv, echo=echo, num_processes=options.num_processes or 1)

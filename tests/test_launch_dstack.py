@@ -192,7 +192,7 @@ def test_sample_task_with_the_vllm_backend_installs_vllm(cli, tmp_path, write_re
     assert result.exit_code == 0, result.output
     task = configurations.parse_run_configuration(_load(out))
     assert task.commands == [
-        f"pip install alignkit=={__import__('alignkit').__version__} vllm",
+        f"pip install 'alignkit[vllm]=={__import__('alignkit').__version__}'",
         "alignkit sample --recipe alignkit-recipes/mine.yaml --set sample.backend=vllm"
         " --set sample.tensor_parallel_size=4 --output-dir outputs/mine-sample",
     ]

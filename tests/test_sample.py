@@ -360,3 +360,15 @@ def test_a_scorer_the_run_cannot_use_exits_2_before_generating_and_leaves_nothin
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_shards_and_give_the_candidates_one_process_gives(cli, tmp_path, tiny_model_dir):
+    scorers = [{"regex": "[0-9]"}]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli("sample", "--recipe", _sample_recipe(tmp_path, tiny_model_dir, scorers, one)).exit_code == 0
+    result = cli("sample", "--recipe", _sample_recipe(tmp_path, tiny_model_dir, scorers, two), "--num-processes", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 processes share the 3 unfinished shards" in result.output
+    assert _read(two / "candidates.jsonl") == _read(one / "candidates.jsonl")
+    assert (two / "selected.jsonl").read_text() == (one / "selected.jsonl").read_text()

@@ -6,6 +6,8 @@ Only flags are read here; the recipe is resolved by `alignkit.recipe.resolve` an
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from alignkit.cli.options import (
@@ -31,6 +33,12 @@ def sample(
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
     overwrite: OverwriteOption = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            "--num-processes", min=1, help="Processes on this machine sharing the prompts (one GPU each on GPUs)."
+        ),
+    ] = 1,
 ) -> None:
     """Rejection sampling: generate N completions per prompt, score them, keep the best as training rows.
 
@@ -43,6 +51,8 @@ def sample(
       [cyan]alignkit sample --recipe my_sample.yaml --dry-run[/cyan]
 
       [cyan]alignkit sample --recipe my_sample.yaml --set sample.num_samples=8 --output-dir runs/bon[/cyan]
+
+      [cyan]alignkit sample --recipe my_sample.yaml --num-processes 8[/cyan]
     """
     from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
     from alignkit.recipe.resolve import resolve_recipe
@@ -59,4 +69,4 @@ def sample(
     print_notices(resolved.notices)
     from alignkit.sampling.run import start_sample
 
-    start_sample(resolved, overwrite=overwrite, argv=command_line(), echo=typer.echo)
+    start_sample(resolved, overwrite=overwrite, argv=command_line(), echo=typer.echo, num_processes=num_processes)

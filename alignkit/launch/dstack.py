@@ -26,7 +26,7 @@ from alignkit import __version__
 from alignkit.errors import Problem, RunError, UserError
 from alignkit.launch.job import Job, JobSpec, plan_job, refuse_overwrite
 from alignkit.library.lookup import recipe_folder
-from alignkit.stages import run_packages
+from alignkit.stages import run_extras
 
 SECRETS = ("HF_TOKEN", "WANDB_API_KEY")
 MAIN_PORT = 29500
@@ -100,7 +100,8 @@ def task_config(job: Job, gpu: str) -> dict:
     local = _uploaded(spec.recipe)
     if local is not None:
         config["files"] = [f"{local.resolve()}:{REMOTE_RECIPE_DIR}/{local.resolve().name}"]
-    packages = [f"alignkit=={__version__}", *run_packages(spec.method, job.resolved.recipe)]
+    extras = run_extras(spec.method, job.resolved.recipe)
+    packages = [f"alignkit[{','.join(extras)}]=={__version__}" if extras else f"alignkit=={__version__}"]
     config["commands"] = [shlex.join(["pip", "install", *packages]), command]
     # NCCL between the GPUs of a node needs more shared memory than containers get by default.
     config["resources"] = {"gpu": gpu, "shm_size": "24GB"}

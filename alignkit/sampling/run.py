@@ -51,8 +51,19 @@ def shards(count: int, size: int) -> list[Shard]:
     return [Shard(i, start, min(start + size, count)) for i, start in enumerate(range(0, count, size))]
 
 
-def start_sample(resolved: ResolvedRecipe, *, overwrite: bool = False, argv: list[str] | None = None, echo=print):
-    """Run `resolved` (a sample recipe) into its output folder; returns the summary."""
+def start_sample(
+    resolved: ResolvedRecipe,
+    *,
+    overwrite: bool = False,
+    argv: list[str] | None = None,
+    echo=print,
+    num_processes: int = 1,
+):
+    """Run `resolved` (a sample recipe) into its output folder; returns the summary.
+
+    With `num_processes` above 1, that many worker processes on this machine (one GPU each on a GPU machine)
+    share the unfinished shards (alignkit.sampling.worker), and this process selects once they are done.
+    """
     out = resolved.output_dir
     with output_lock(out, echo=echo):
         action = prepare_output_dir(resolved, overwrite=overwrite)
@@ -62,7 +73,7 @@ def start_sample(resolved: ResolvedRecipe, *, overwrite: bool = False, argv: lis
             echo(f"note: replacing the run in {out} (--overwrite); it waits in {aside} until generation starts")
         try:
             record = _freeze(resolved, list(argv or sys.argv), previous, aside)
-            return _sample(resolved, record, aside, echo=echo)
+            return _sample(resolved, record, aside, echo=echo, num_processes=num_processes)
         except BaseException as err:
             if aside is not None and aside.is_dir():
                 put_back(out, aside)
@@ -98,7 +109,7 @@ def _freeze(resolved: ResolvedRecipe, argv: list[str], previous: dict | None, as
     return record
 
 
-def _sample(resolved: ResolvedRecipe, record: RunRecord, aside: Path | None, *, echo) -> dict[str, Any]:
+def _sample(resolved: ResolvedRecipe, record: RunRecord, aside: Path | None, *, echo, num_processes: int) -> dict:
     from alignkit.quiet import quiet_libraries
     from alignkit.sampling.generation import choose_backend
     from alignkit.sampling.prompts import load_prompts
@@ -117,7 +128,14 @@ def _sample(resolved: ResolvedRecipe, record: RunRecord, aside: Path | None, *, 
         done = len(planned) - len(todo)
         where = f"resuming at shard {todo[0].index}" if todo else "selecting"
         echo(f"note: {done} of {len(planned)} shards are finished; {where}")
-    timing = _generate(recipe, backend, prompt_set.prompts, todo, names, out, aside, echo) if todo else {}
+    record.info["backend"] = backend
+    record.save_info()
+    if todo and num_processes > 1:
+        timing = _generate_in_workers(out, num_processes, len(todo), echo)
+    elif todo:
+        timing = generate_shards(recipe, backend, prompt_set.prompts, todo, names, out, echo=echo, aside=aside)
+    else:
+        timing = {}
     drop_replaced(aside)
     records = [json.loads(line) for shard in planned for line in shard.path(out).read_text("utf-8").splitlines()]
     run_facts = {"backend": backend, "backend_reason": reason, "generation": timing}
@@ -138,8 +156,21 @@ def _check_scorers(recipe, columns: set[str], source: str) -> None:
         raise UserError(problems)
 
 
-def _generate(recipe, backend: str, prompts, todo: list[Shard], names, out: Path, aside, echo) -> dict[str, Any]:
-    """Generate and score every unfinished shard, writing each as it finishes; returns the throughput figures."""
+def _generate_in_workers(out: Path, processes: int, shards_left: int, echo) -> dict[str, Any]:
+    """Start `processes` workers on this machine to share the unfinished shards; wait for them."""
+    from alignkit.launch.spawn import launch_workers
+    from alignkit.sampling.worker import WORKER_MODULE, worker_plan
+
+    echo(f"note: {processes} processes share the {shards_left} unfinished shards")
+    started = time.monotonic()
+    launch_workers(out, worker_plan(processes), module=WORKER_MODULE, module_args=[str(out.resolve())])
+    return {"seconds": round(time.monotonic() - started, 3), "processes": processes}
+
+
+def generate_shards(
+    recipe, backend: str, prompts, todo: list[Shard], names, out: Path, *, echo, aside=None, device=None
+) -> dict[str, Any]:
+    """Generate and score every shard of `todo`, writing each as it finishes; returns the throughput figures."""
     from alignkit.sampling.generation import GenerationSettings, load_generator
     from alignkit.scoring.build import build_scorers
 
@@ -153,7 +184,7 @@ def _generate(recipe, backend: str, prompts, todo: list[Shard], names, out: Path
         stop=tuple(section.stop),
         batch_size=section.batch_size,
     )
-    generator = load_generator(recipe, backend)
+    generator = load_generator(recipe, backend, device=device)
     scorers = build_scorers(section.scorers, names)
     drop_replaced(aside)  # every input is read and every model loaded: the replaced run can go
     progress = Progress(sum(shard.stop - shard.start for shard in todo), section.num_samples, echo=echo)
