@@ -265,6 +265,7 @@ def test_sample_scores_every_candidate_selects_the_best_and_the_rows_train_sft(
     summary = json.loads((out / "alignkit_sample.json").read_text())
     assert summary["counts"]["prompts"] == 5 and summary["counts"]["completions"] == 15
     assert summary["counts"]["selected_rows"] == 5 and summary["backend"] == "transformers"
+    assert summary["generation"]["prompts"] == 5 and summary["generation"]["completions_per_second"] > 0
     assert json.loads((out / "alignkit_run.json").read_text())["finished"] is True
     assert (out / "scores.png").stat().st_size > 0 and "selected.jsonl" in (out / "README.md").read_text()
     assert "sample done: 5 prompts, 15 completions" in result.output
@@ -372,3 +373,6 @@ def test_two_processes_share_the_shards_and_give_the_candidates_one_process_give
     assert "2 processes share the 3 unfinished shards" in result.output
     assert _read(two / "candidates.jsonl") == _read(one / "candidates.jsonl")
     assert (two / "selected.jsonl").read_text() == (one / "selected.jsonl").read_text()
+    generation = json.loads((two / "alignkit_sample.json").read_text())["generation"]
+    assert generation["processes"] == 2 and generation["prompts"] == 5
+    assert generation["completions_per_second"] > 0 and generation["tokens_per_second"] > 0

@@ -131,7 +131,7 @@ def _sample(resolved: ResolvedRecipe, record: RunRecord, aside: Path | None, *, 
     record.info["backend"] = backend
     record.save_info()
     if todo and num_processes > 1:
-        timing = _generate_in_workers(out, num_processes, len(todo), echo)
+        timing = _generate_in_workers(out, num_processes, todo, echo)
     elif todo:
         timing = generate_shards(recipe, backend, prompt_set.prompts, todo, names, out, echo=echo, aside=aside)
     else:
@@ -156,15 +156,32 @@ def _check_scorers(recipe, columns: set[str], source: str) -> None:
         raise UserError(problems)
 
 
-def _generate_in_workers(out: Path, processes: int, shards_left: int, echo) -> dict[str, Any]:
-    """Start `processes` workers on this machine to share the unfinished shards; wait for them."""
+def _generate_in_workers(out: Path, processes: int, todo: list[Shard], echo) -> dict[str, Any]:
+    """Start `processes` workers on this machine to share the unfinished shards; wait for them; returns the
+    throughput of all of them together (worker start-up included)."""
     from alignkit.launch.spawn import launch_workers
     from alignkit.sampling.worker import WORKER_MODULE, worker_plan
 
-    echo(f"note: {processes} processes share the {shards_left} unfinished shards")
+    echo(f"note: {processes} processes share the {len(todo)} unfinished shards")
     started = time.monotonic()
     launch_workers(out, worker_plan(processes), module=WORKER_MODULE, module_args=[str(out.resolve())])
-    return {"seconds": round(time.monotonic() - started, 3), "processes": processes}
+    elapsed = time.monotonic() - started
+    candidates = [
+        c
+        for shard in todo
+        for line in shard.path(out).read_text("utf-8").splitlines()
+        for c in json.loads(line)["candidates"]
+    ]
+    completions = sum(c["copies"] for c in candidates)
+    tokens = sum(c["tokens"] * c["copies"] for c in candidates)
+    return {
+        "seconds": round(elapsed, 3),
+        "processes": processes,
+        "prompts": sum(shard.stop - shard.start for shard in todo),
+        "generated_tokens": tokens,
+        "completions_per_second": round(completions / elapsed, 3),
+        "tokens_per_second": round(tokens / elapsed, 3),
+    }
 
 
 def generate_shards(
