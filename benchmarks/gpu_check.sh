@@ -12,6 +12,8 @@
 #   qlora_memory    Mistral-7B shape, `alignkit sft --qlora`: peak GPU memory against `alignkit plan --qlora`
 #                   (gpu_qlora.py);
 #   gpu_tests       every test marked `gpu` (`pytest -m gpu`): FSDP's full-state-dict save of the tiny model;
+#   sample          `alignkit sample` on the 1B shape with the transformers backend and, when vLLM is installed,
+#                   the vllm one: completions/s and tokens/s; and generation.py's batching ratio (gpu_sample.py);
 #   sft_liger       sft_throughput again with liger-kernel installed (the wheel in benchmarks/wheels/optional),
 #                   so alignkit's automatic settings turn Liger on, if time is left;
 #   fsdp_save       the same save for the 1B shape (gpu_fsdp.py), if time is left.
@@ -50,11 +52,11 @@ export USE_HUB_KERNELS="${USE_HUB_KERNELS:-NO}"
 
 if [[ "${GPU_CHECK_SHAPES:-}" == tiny ]]; then
   SFT_ARGS=(--shape tiny --steps 4 --warmup 1) QLORA_ARGS=(--shape tiny --steps 2) FSDP_ARGS=(--shape tiny)
-  LIGER_ARGS=(--shape tiny --steps 4 --warmup 1)
+  LIGER_ARGS=(--shape tiny --steps 4 --warmup 1) SAMPLE_ARGS=(--shape tiny --prompts 16 --max-new-tokens 8)
   ALLOW_CPU=--allow-cpu
 else
   SFT_ARGS=(--shape 1b --steps 40 --warmup 5) QLORA_ARGS=(--shape 7b --steps 5) FSDP_ARGS=(--shape 1b --steps 2)
-  LIGER_ARGS=(--shape 1b --steps 25 --warmup 5)
+  LIGER_ARGS=(--shape 1b --steps 25 --warmup 5) SAMPLE_ARGS=(--shape 1b --prompts 256 --max-new-tokens 128)
   ALLOW_CPU=
 fi
 export ROOT PYTHON SECTIONS ALLOW_CPU SITE WORK
@@ -142,6 +144,8 @@ section qlora_memory 180 "$PYTHON" benchmarks/gpu_qlora.py "${QLORA_ARGS[@]}" \
   --workdir "$WORK/qlora-model" --out "$SECTIONS/qlora_memory.json"
 rm -rf "$WORK/qlora-model" # 14 GiB of 7B weights: the disk is small
 section gpu_tests 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -s "$@"
+section sample 100 "$PYTHON" benchmarks/gpu_sample.py "${SAMPLE_ARGS[@]}" \
+  --workdir "$WORK/sft-model" --out "$SECTIONS/sample.json"
 section sft_liger 110 bash -c 'liger "$@"' liger "${LIGER_ARGS[@]}" \
   --workdir "$WORK/sft-model" --out "$SECTIONS/sft_liger.json"
 section fsdp_save 100 "$PYTHON" benchmarks/gpu_fsdp.py "${FSDP_ARGS[@]}" \

@@ -90,6 +90,18 @@ def _headline(name: str, figures: dict | None, last_line: str) -> str:
             return f"{measured}; plan skipped: {figures['plan']['skipped']}"
         ratio = figures.get("plan_over_device_peak", figures["plan_over_peak"])
         return f"{measured}; plan {figures['plan']['planned_total'] / 2**30:.1f} GiB, plan/measured {ratio:.2f}"
+    if name == "sample":
+        parts = []
+        for backend in ("transformers", "vllm"):
+            side = figures.get(backend, {})
+            if "completions_per_second" in side:
+                parts.append(f"{backend} {side['completions_per_second']:.0f} completions/s")
+            else:
+                parts.append(f"{backend} {side.get('skipped') or side.get('error')}")
+        batching = figures.get("batching", {})
+        if "ratio" in batching:
+            parts.append(f"batching {1 / batching['ratio']:.1f}x")
+        return "; ".join(parts)
     if name == "fsdp_save":
         passed = sum(figures["checks"].values())
         return f"{passed}/{len(figures['checks'])} checks, {figures['saved_bytes'] / 2**30:.2f} GiB saved"

@@ -162,7 +162,8 @@ def _dry_run(cli, tmp_path, recipe: dict, *extra: str):
     [
         (
             {"scorers": []},
-            "sample.scorers: give at least one scorer (reward_model, exact_match, regex or python) to select by",
+            "sample.scorers: give at least one scorer (reward_model, exact_match, regex, python, math, think_format or"
+            " overlong) to select by",
         ),
         ({"num_samples": 1}, "sample.num_samples: select best compares candidates: generate at least 2 per prompt"),
         ({"temperature": 0}, "sample.temperature: 0 is greedy decoding, which gives num_samples identical"),

@@ -1,5 +1,6 @@
 """Scorers: recipe shapes and their errors, the rule, Python and reward-model scorers, the pre-load checks,
-and the weighted total."""
+the weighted total, the reasoning scorers (each against TRL's reward function of the same purpose), and the
+scorers as TRL reward functions."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from alignkit.scoring.custom import PythonScorer, load_function
 from alignkit.scoring.rules import ExactMatchScorer, RegexScorer, answers_match, normalise
 from alignkit.scoring.specs import (
     ExactMatchSpec,
+    MathSpec,
+    OverlongSpec,
     PythonSpec,
     RegexSpec,
     RewardModelSpec,
     ScorerList,
+    ThinkFormatSpec,
     check_scorers,
     labels,
 )
@@ -40,7 +44,7 @@ def errors(*items) -> list[tuple[tuple, str]]:
     return [(e["loc"], e["msg"].removeprefix("Value error, ")) for e in caught.value.errors(include_url=False)]
 
 
-KINDS = "reward_model, exact_match, regex or python"
+KINDS = "reward_model, exact_match, regex, python, math, think_format or overlong"
 
 # ---------------------------------------------------------------------------------------------- recipe shapes
 
@@ -52,6 +56,9 @@ KINDS = "reward_model, exact_match, regex or python"
         ({"exact_match": "answer"}, {"exact_match": {"column": "answer"}}, ExactMatchSpec(column="answer")),
         ({"regex": r"^\d+$"}, {"regex": {"pattern": r"^\d+$"}}, RegexSpec(pattern=r"^\d+$")),
         ({"python": "pkg.mod:fn"}, {"python": {"function": "pkg.mod:fn"}}, PythonSpec(function="pkg.mod:fn")),
+        ({"math": "answer"}, {"math": {"column": "answer"}}, MathSpec(column="answer")),
+        ({"think_format": True}, {"think_format": {}}, ThinkFormatSpec()),
+        ({"think_format": None}, {"think_format": {"weight": 1}}, ThinkFormatSpec()),
     ],
 )
 def test_shorthand_and_mapping_give_the_same_spec(shorthand, mapping, expected):
@@ -154,6 +161,30 @@ def test_a_spec_dumps_to_the_mapping_form_and_validates_back():
         ),
         ({"exact_match": {"colum": "a"}}, ("scorers", 0, "exact_match"), "[colum] unknown key; did you mean column?"),
         ({"exact_match": {}}, ("scorers", 0, "exact_match", "column"), "Field required"),
+        ({"math": {}}, ("scorers", 0, "math", "column"), "Field required"),
+        (
+            {"think_format": False},
+            ("scorers", 0, "think_format"),
+            "think_format: false scores nothing; remove the scorer",
+        ),
+        (
+            {"think_format": "yes"},
+            ("scorers", 0, "think_format"),
+            "think_format takes true, or a mapping of its settings such as {weight: 0.5} (given: 'yes')",
+        ),
+        ({"overlong": 4096}, ("scorers", 0, "overlong"), "overlong takes a mapping of its settings (given: 4096)"),
+        ({"overlong": {"max_completion_length": 4096}}, ("scorers", 0, "overlong", "buffer"), "Field required"),
+        (
+            {"overlong": {"max_completion_length": 100, "buffer": 101}},
+            ("scorers", 0, "overlong"),
+            "[buffer] 101 exceeds max_completion_length (100); the penalty starts at max_completion_length - buffer"
+            " tokens",
+        ),
+        (
+            {"overlong": {"max_completion_length": 0, "buffer": 0}},
+            ("scorers", 0, "overlong", "max_completion_length"),
+            "must be a whole number from 1 to 16,777,216",
+        ),
     ],
 )
 def test_a_wrong_item_is_refused_under_its_kind(item, loc, message):
@@ -617,3 +648,334 @@ def test_reward_text_drops_the_template_bos_that_encoding_adds_again_as_reward_m
 
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert reward_text(_BosTokenizer(), messages) == "[user] hi\n[assistant] yo</s>"
+
+
+# ---------------------------------------------------------------------------------------------- reasoning scorers
+
+
+def test_reasoning_kinds_label_read_columns_and_dump_to_the_mapping_form():
+    specs = parse(
+        {"math": "answer", "weight": 2}, {"think_format": True, "weight": 0.5},
+        {"overlong": {"max_completion_length": 4096, "buffer": 1024}},
+    )  # fmt: skip
+    assert labels(specs) == ["math:answer", "think_format", "overlong"]
+    assert [set(spec.columns) for spec in specs] == [{"answer"}, set(), set()]
+    dumped = Holder(scorers=specs).model_dump(mode="json")["scorers"]
+    assert dumped == [
+        {"math": {"column": "answer", "weight": 2.0}},
+        {"think_format": {"weight": 0.5}},
+        {"overlong": {"max_completion_length": 4096, "buffer": 1024, "weight": 1.0}},
+    ]
+    assert parse(*dumped) == specs
+
+
+def test_an_overlong_buffer_past_the_maximum_is_located_at_buffer():
+    from alignkit.recipe.problems import problems_from_validation
+
+    with pytest.raises(ValidationError) as caught:
+        parse({"regex": "a"}, {"overlong": {"max_completion_length": 100, "buffer": 101}})
+    (problem,) = problems_from_validation(caught.value, Holder, source="r.yaml", method="sft")
+    assert str(problem) == (
+        "r.yaml: scorers.1.overlong.buffer: 101 exceeds max_completion_length (100); the penalty starts at"
+        " max_completion_length - buffer tokens"
+    )
+
+
+# (completion, reference, value): what TRL's accuracy_reward gives, which the math scorer must give too.
+MATH_CASES = [
+    (r"\boxed{1/2}", "0.5", 1.0),
+    (r"The answer is $\frac{1}{2}$", "1/2", 1.0),
+    (r"$\frac{1}{2}$", "1/2", 0.0),  # no \boxed{} and no anchor such as "the answer is": not read
+    (r"\boxed{\frac{1}{3}}", r"\frac{1}{3}", 1.0),
+    (r"\boxed{3}", "2", 0.0),
+    ("5", "5", 0.0),  # a bare number is no LaTeX answer
+    (r"\boxed{1,000}", "1000", 1.0),
+    (r"\boxed{-7}", "-7.0", 1.0),
+    (r"\boxed{50\%}", "0.5", 1.0),
+    (r"\boxed{x = 3}", "3", 1.0),
+    (r"\boxed{3}", "$3$", 1.0),
+    (r"the answer is \boxed{5 \text{ cm}}", "5", 1.0),  # units normalised away
+    (r"\boxed{2}", "#### 2", 1.0),
+    ("<think>1/2?</think> The final answer is $0.5$", "1/2", 1.0),
+    ("", "1", 0.0),
+    (r"\boxed{0.5}", "hello", None),  # a reference math-verify cannot parse: no score
+    (r"\boxed{x}", "", None),
+    (r"\boxed{(1, 2)}", "(1,2)", None),
+]
+
+
+def math_scorer():
+    from alignkit.scoring.reasoning import MathScorer
+
+    return MathScorer(MathSpec(column="answer"), "math:answer")
+
+
+def test_math_scorer_verifies_the_final_answer():
+    completions = [completion for completion, _, _ in MATH_CASES]
+    rows = [{"answer": reference} for _, reference, _ in MATH_CASES]
+    assert math_scorer().score([[]] * len(rows), completions, rows) == [value for _, _, value in MATH_CASES]
+
+
+def test_math_scorer_equals_trls_accuracy_reward():
+    from trl.rewards import accuracy_reward
+
+    completions = [completion for completion, _, _ in MATH_CASES]
+    references = [reference for _, reference, _ in MATH_CASES]
+    ours = math_scorer().score([[]] * len(references), completions, [{"answer": r} for r in references])
+    theirs = accuracy_reward([[{"role": "assistant", "content": c}] for c in completions], references)
+    assert ours == theirs
+
+
+def test_math_scorer_reads_numbers_skips_rows_without_a_reference_and_refuses_a_mapping():
+    rows = [{"answer": 0.5}, {"answer": 3}, {"answer": None}, {}]
+    assert math_scorer().score([[]] * 4, [r"\boxed{1/2}", r"\boxed{4}", r"\boxed{1}", "x"], rows) == [
+        1.0,
+        0.0,
+        None,
+        None,
+    ]
+    with pytest.raises(UserError) as caught:
+        math_scorer().score([[]], [r"\boxed{1}"], [{"answer": {"value": 1}}])
+    assert str(caught.value) == (
+        "prompt rows: answer: holds dict values; math compares the completion's final answer with one reference, a"
+        " string or a number: set column to the one holding it"
+    )
+
+
+def test_math_scorer_runs_off_the_main_thread_without_timeouts():
+    import threading
+
+    found = []
+    thread = threading.Thread(
+        target=lambda: found.append(math_scorer().score([[]], [r"\boxed{1/2}"], [{"answer": "0.5"}]))
+    )
+    thread.start()
+    thread.join()
+    assert found == [[1.0]]  # math-verify's signal.alarm() timeouts would raise here; they are off, as in TRL
+
+
+THINK_CASES = [
+    ("<think>\nreasoning\n</think>\nanswer", 1.0),
+    ("<think>a</think>", 1.0),
+    ("<think></think>", 1.0),
+    ("<think>a\n</think>\n\n", 1.0),
+    ("<think>\nno close", 0.0),
+    ("answer <think>x</think>", 0.0),
+    (" <think>a</think>", 0.0),
+    ("intro\n<think>a</think>", 0.0),
+    ("<think>a</think><think>b</think>", 0.0),
+    ("<think>a<think>b</think>", 0.0),
+    ("<THINK>a</THINK>", 0.0),
+    ("</think>", 0.0),
+]
+
+
+def test_think_format_equals_trls_think_format_reward():
+    from trl.rewards import think_format_reward
+
+    from alignkit.scoring.reasoning import ThinkFormatScorer
+
+    texts = [text for text, _ in THINK_CASES]
+    ours = ThinkFormatScorer(ThinkFormatSpec(), "think_format").score([[]] * len(texts), texts, [{}] * len(texts))
+    assert ours == [value for _, value in THINK_CASES]
+    assert ours == think_format_reward([[{"content": text}] for text in texts])
+
+
+@pytest.mark.parametrize(("max_length", "buffer"), [(100, 20), (4096, 1024), (10, 0), (10, 10), (3, 1)])
+def test_overlong_equals_trls_soft_overlong_punishment_at_the_boundaries(max_length, buffer):
+    from trl.rewards import get_soft_overlong_punishment
+
+    from alignkit.scoring.reasoning import OverlongScorer
+
+    start = max_length - buffer
+    lengths = sorted({0, 1, max(start - 1, 0), start, start + 1, (start + max_length) // 2, max_length - 1, max_length,
+                      max_length + 1, 2 * max_length})  # fmt: skip
+    scorer = OverlongScorer(OverlongSpec(max_completion_length=max_length, buffer=buffer), "overlong")
+    ours = scorer.score([[]] * len(lengths), [""] * len(lengths), [{}] * len(lengths), tokens=lengths)
+    assert ours == get_soft_overlong_punishment(max_length, buffer)([[7] * length for length in lengths])
+    assert ours[lengths.index(start)] == 0.0
+    assert ours[lengths.index(max_length)] == (-1.0 if buffer else 0.0)
+    assert ours[lengths.index(max_length + 1)] == -1.0
+
+
+def test_overlong_values_and_its_refusal_without_token_counts():
+    from alignkit.scoring.reasoning import OverlongScorer
+
+    scorer = OverlongScorer(OverlongSpec(max_completion_length=100, buffer=20), "overlong")
+    assert scorer.score([[]] * 4, ["a"] * 4, [{}] * 4, tokens=[80, 90, 100, 101]) == [0.0, -0.5, -1.0, -1.0]
+    with pytest.raises(RuntimeError, match=r"scorer overlong needs each completion's length in tokens"):
+        scorer.score([[]], ["a"], [{}])
+    with pytest.raises(ValueError, match="2 token counts for 1 completions"):
+        scorer.score([[]], ["a"], [{}], tokens=[1, 2])
+
+
+def test_the_rule_and_python_scorers_take_and_ignore_token_counts(rewards_module):
+    scorers = build_scorers(parse({"regex": "5"}, {"exact_match": "answer"}, {"python": f"{rewards_module}:maybe"}))
+    values = [scorer.score([[]] * 3, ["5", "6", "x"], [{"answer": "5"}] * 3, tokens=[1, 2, 3]) for scorer in scorers]
+    assert values == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [None, 1.0, 2.0]]
+
+
+def test_sample_passes_each_candidates_token_count_to_the_scorers():
+    from types import SimpleNamespace
+
+    from alignkit.sampling.generation import Completion
+    from alignkit.sampling.run import scored_records
+
+    prompt = SimpleNamespace(messages=[{"role": "user", "content": "q"}], row={"answer": "1/2"})
+    generated = [
+        [Completion(text=r"\boxed{0.5}", tokens=9, finish="eos"), Completion(text="no", tokens=12, finish="length")]
+    ]
+    scorers = build_scorers(parse({"overlong": {"max_completion_length": 12, "buffer": 4}}, {"math": "answer"}))
+    (record,) = scored_records([prompt], generated, scorers, first_id=0)
+    assert [c["scores"] for c in record["candidates"]] == [
+        {"overlong": -0.25, "math:answer": 1.0},
+        {"overlong": -1.0, "math:answer": 0.0},
+    ]
+
+
+def test_check_scorers_finds_a_math_column_the_rows_lack():
+    specs = parse({"math": "answer"}, {"think_format": True}, {"math": "solution"})
+    problems = check_scorers(specs, {"prompt", "solution"}, where="sample.scorers", source="r.yaml")
+    assert [str(problem) for problem in problems] == [
+        "r.yaml: sample.scorers.0.math: the prompt rows have no column 'answer' (their columns: prompt, solution);"
+        " set column to the one holding the reference answer",
+    ]
+
+
+MISSING = "math needs the math-verify package, which is not installed: pip install 'alignkit[math]'"
+
+
+def test_math_without_math_verify_is_refused_before_and_when_it_is_built(monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed: importing it fails
+    specs = parse({"math": "answer"}, {"think_format": True})
+    problems = check_scorers(specs, {"answer"}, where="sample.scorers", source="r.yaml")
+    assert [str(problem) for problem in problems] == [f"r.yaml: sample.scorers.0.math: {MISSING}"]
+    with pytest.raises(UserError) as caught:
+        build_scorers(specs)
+    assert str(caught.value) == f"math:answer: {MISSING}"
+    assert caught.value.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- TRL reward functions
+
+
+def reward_scorers(rewards_module):
+    math, think = {"math": "answer", "weight": 2}, {"think_format": {"weight": 0.5}}
+    overlong = {"overlong": {"max_completion_length": 10, "buffer": 4}, "weight": -1}
+    return build_scorers(parse(math, think, overlong, {"python": f"{rewards_module}:brevity"}))
+
+
+COMPLETION_TEXTS = [r"<think>half</think> \boxed{0.5}", r"\boxed{3}", r"<think>x</think>\boxed{1}"]
+EXPECTED = {
+    "math:answer": [1.0, 0.0, None],
+    "think_format": [1.0, 0.0, 1.0],
+    "overlong": [0.0, -0.5, -1.0],
+    "python:brevity": [-31.0, -9.0, -25.0],
+}
+
+
+def trainer_keywords(logged):
+    """What GRPOTrainer passes beside prompts, completions and completion_ids: the dataset's other columns, one
+    value per completion, and its own keywords."""
+    return {
+        "answer": ["1/2", "1/2", "hello"],
+        "level": [1, 1, 2],
+        "trainer_state": object(),
+        "log_extra": lambda *args: logged.append(args),
+        "log_metric": lambda *args: logged.append(args),
+    }
+
+
+@pytest.mark.parametrize("conversational", [True, False])
+def test_reward_functions_are_called_as_grpo_trainer_calls_them(rewards_module, conversational):
+    from alignkit.scoring.trl_rewards import reward_functions, reward_weights
+
+    scorers = reward_scorers(rewards_module)
+    functions = reward_functions(scorers)
+    assert [function.__name__ for function in functions] == list(EXPECTED)
+    assert reward_weights(scorers) == [2.0, 0.5, -1.0, 1.0]
+    if conversational:
+        prompts = [[{"role": "user", "content": "half?"}]] * 2 + [[{"role": "user", "content": "q"}]]
+        completions = [[{"role": "assistant", "content": text}] for text in COMPLETION_TEXTS]
+    else:
+        prompts, completions = ["half?", "half?", "q"], COMPLETION_TEXTS
+    logged = []
+    ids = [[5] * 6, [5] * 8, [5] * 11]
+    values = {
+        function.__name__: function(
+            prompts=prompts, completions=completions, completion_ids=ids, **trainer_keywords(logged)
+        )
+        for function in functions
+    }
+    assert values == EXPECTED
+    (call,) = sys.modules[rewards_module].CALLS  # the python scorer saw the columns, not the trainer's keywords
+    assert call == {
+        "prompts": [[{"role": "user", "content": "half?"}]] * 2 + [[{"role": "user", "content": "q"}]],
+        "completions": [[{"role": "assistant", "content": text}] for text in COMPLETION_TEXTS],
+        "answer": ["1/2", "1/2", "hello"],
+        "level": [1, 1, 2],
+    }
+    assert logged == []
+
+
+def test_grpo_trainers_own_reward_step_takes_the_functions(rewards_module):
+    """TRL's GRPOTrainer._calculate_rewards (private; TRL is pinned to 1.16) on a stand-in trainer: the call, the
+    names it logs under, and None read as NaN."""
+    from types import SimpleNamespace
+
+    import torch
+    from trl import GRPOTrainer
+    from trl.trainer.utils import get_callable_name
+
+    from alignkit.scoring.trl_rewards import reward_functions
+
+    functions = reward_functions(reward_scorers(rewards_module))
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(device="cpu", is_main_process=True),
+        state=SimpleNamespace(global_step=0),
+        args=SimpleNamespace(report_to=[]),
+        _log_completion_extra=lambda *args: None,
+        _log_metric=lambda *args: None,
+        environments=None,
+        reward_funcs=functions,
+        reward_processing_classes=[None] * len(functions),
+        reward_func_names=[get_callable_name(function) for function in functions],
+    )
+    prompts = [[{"role": "user", "content": "half?"}]] * 2 + [[{"role": "user", "content": "q"}]]
+    columns = zip(prompts, ["1/2", "1/2", "hello"], [1, 1, 2], strict=True)
+    inputs = [{"prompt": prompt, "answer": answer, "level": level} for prompt, answer, level in columns]
+    completions = [[{"role": "assistant", "content": text}] for text in COMPLETION_TEXTS]
+    ids = [[5] * 6, [5] * 8, [5] * 11]
+    rewards = GRPOTrainer._calculate_rewards(trainer, inputs, prompts, completions, ids)
+    assert trainer.reward_func_names == list(EXPECTED)
+    expected = torch.tensor([[float("nan") if v is None else v for v in values] for values in EXPECTED.values()]).T
+    assert torch.allclose(rewards, expected, equal_nan=True)
+
+
+def test_completion_text_and_prompt_messages():
+    from alignkit.scoring.trl_rewards import completion_text, prompt_messages
+
+    assert prompt_messages("hi") == [{"role": "user", "content": "hi"}]
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert prompt_messages(messages) == messages
+    assert completion_text("plain") == "plain"
+    assert (
+        completion_text([{"content": "no role, as TRL's examples write it"}]) == "no role, as TRL's examples write it"
+    )
+    tool_use = [
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "add"}]},
+        {"role": "tool", "content": "5"},
+        {"role": "assistant", "content": [{"type": "text", "text": "so "}, {"type": "text", "text": r"\boxed{5}"}]},
+    ]
+    assert completion_text(tool_use) == r"so \boxed{5}"
+
+
+def test_reward_functions_pickle_with_their_scorers():
+    import pickle
+
+    from alignkit.scoring.trl_rewards import reward_functions
+
+    (function,) = reward_functions(build_scorers(parse({"regex": r"\d"})))
+    copy = pickle.loads(pickle.dumps(function))
+    assert copy.__name__ == "regex"
+    assert copy(prompts=["a", "b"], completions=["1", "x"], completion_ids=[[1], [2]]) == [1.0, 0.0]

@@ -16,9 +16,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from alignkit.errors import either
 from alignkit.recipe.bounds import Seed, within
 from alignkit.recipe.sections import DataSection, LaunchSection, ModelSection, Section, at
-from alignkit.scoring.specs import ScorerList
+from alignkit.scoring.specs import KINDS, ScorerList
 
 Selection = Literal["best", "best_worst", "threshold"]
 Backend = Literal["auto", "transformers", "vllm"]
@@ -58,8 +59,8 @@ class SampleSection(Section):
     shard_size: within(1, 10**9) = 256
     """Prompts per shard; finished shards are kept, so a killed run resumes at the first unfinished one."""
     scorers: ScorerList = Field(default_factory=list)
-    """How candidates are scored: reward_model, exact_match, regex, python; each with an optional weight. A
-    candidate's score is the weighted sum."""
+    """How candidates are scored: reward_model, exact_match, regex, python, math, think_format, overlong; each
+    with an optional weight. A candidate's score is the weighted sum."""
     select: Selection = "best"
     """best: the top candidate per prompt as an SFT row; best_worst: highest and lowest as a DPO pair;
     threshold: every candidate scoring at least min_score, as SFT rows."""
@@ -78,9 +79,7 @@ class SampleSection(Section):
     @model_validator(mode="after")
     def _coherent(self) -> SampleSection:
         if not self.scorers:
-            raise ValueError(
-                at("scorers", "give at least one scorer (reward_model, exact_match, regex or python) to select by")
-            )
+            raise ValueError(at("scorers", f"give at least one scorer ({either(list(KINDS))}) to select by"))
         if self.select in ("best", "best_worst") and self.num_samples < 2:
             raise ValueError(
                 at("num_samples", f"select {self.select} compares candidates: generate at least 2 per prompt")

@@ -240,7 +240,8 @@ def scored_records(chunk, generated, scorers, *, first_id: int) -> list[dict[str
     messages = [prompt.messages for prompt, _ in flat]
     texts = [candidate["completion"] for _, candidate in flat]
     rows = [prompt.row for prompt, _ in flat]
-    values = {scorer.label: scorer.score(messages, texts, rows) for scorer in scorers}
+    tokens = [candidate["tokens"] for _, candidate in flat]
+    values = {scorer.label: scorer.score(messages, texts, rows, tokens=tokens) for scorer in scorers}
     totals = weighted_total(scorers, values)
     for index, (_, candidate) in enumerate(flat):
         candidate["scores"] = {label: found[index] for label, found in values.items()}

@@ -1,9 +1,10 @@
 """Scorers built from their specs, and a candidate's weighted total.
 
-Every scorer has a `label` (its column in reports), a `weight`, `score(prompts, completions, rows)` giving one
-value (or None: it could not say) per candidate, and `close()`, which frees what it holds (a reward model).
-The three lists `score` takes are parallel, one entry per candidate: `prompts[i]` the prompt as chat
-messages, `completions[i]` the generated text, `rows[i]` the prompt row's columns.
+Every scorer has a `label` (its column in reports), a `weight`, `score(prompts, completions, rows, tokens=...)`
+giving one value (or None: it could not say) per candidate, and `close()`, which frees what it holds (a reward
+model). The lists `score` takes are parallel, one entry per candidate: `prompts[i]` the prompt as chat
+messages, `completions[i]` the generated text, `rows[i]` the prompt row's columns, and the optional
+`tokens[i]` the completion's length in tokens (only `overlong` needs it, and refuses to score without it).
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from alignkit.scoring.custom import PythonScorer
+from alignkit.scoring.reasoning import MathScorer, OverlongScorer, ThinkFormatScorer
 from alignkit.scoring.reward_model import RewardModelScorer
 from alignkit.scoring.rules import ExactMatchScorer, RegexScorer
-from alignkit.scoring.specs import ExactMatchSpec, PythonSpec, RegexSpec, RewardModelSpec, ScorerSpec
+from alignkit.scoring.specs import (
+    ExactMatchSpec,
+    MathSpec,
+    OverlongSpec,
+    PythonSpec,
+    RegexSpec,
+    RewardModelSpec,
+    ScorerSpec,
+    ThinkFormatSpec,
+)
 from alignkit.scoring.specs import labels as default_labels
 
 _SCORERS = {
@@ -22,6 +33,9 @@ _SCORERS = {
     ExactMatchSpec: ExactMatchScorer,
     RegexSpec: RegexScorer,
     PythonSpec: PythonScorer,
+    MathSpec: MathScorer,
+    ThinkFormatSpec: ThinkFormatScorer,
+    OverlongSpec: OverlongScorer,
 }
 
 
@@ -29,7 +43,9 @@ class Scorer(Protocol):
     label: str
     weight: float
 
-    def score(self, prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[float | None]: ...
+    def score(
+        self, prompts: list[list[dict]], completions: list[str], rows: list[dict], *, tokens: list[int] | None = None
+    ) -> list[float | None]: ...
 
     def close(self) -> None: ...
 

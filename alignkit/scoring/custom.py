@@ -74,7 +74,9 @@ class PythonScorer:
         self.target = spec.function
         self.function = load_function(spec.function)
 
-    def score(self, prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[float | None]:
+    def score(
+        self, prompts: list[list[dict]], completions: list[str], rows: list[dict], *, tokens: list[int] | None = None
+    ) -> list[float | None]:
         keys = dict.fromkeys(key for row in rows for key in row if key not in _RESERVED)
         result = self.function(
             prompts=prompts,

@@ -209,7 +209,9 @@ class RewardModelScorer:
         self.max_length = spec.max_length
         self._loaded: LoadedRewardModel | None = acquire(spec.path, spec.revision)
 
-    def score(self, prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[float | None]:
+    def score(
+        self, prompts: list[list[dict]], completions: list[str], rows: list[dict], *, tokens: list[int] | None = None
+    ) -> list[float | None]:
         if self._loaded is None:
             raise RuntimeError(f"scorer {self.label} is closed")
         if not completions:

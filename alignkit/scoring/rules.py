@@ -67,7 +67,9 @@ class ExactMatchScorer:
         self.weight = spec.weight
         self.column = spec.column
 
-    def score(self, prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[float | None]:
+    def score(
+        self, prompts: list[list[dict]], completions: list[str], rows: list[dict], *, tokens: list[int] | None = None
+    ) -> list[float | None]:
         values: list[float | None] = []
         for completion, row in zip(completions, rows, strict=True):
             reference = row.get(self.column)
@@ -98,7 +100,9 @@ class RegexScorer:
         self.weight = spec.weight
         self.pattern = re.compile(spec.pattern)
 
-    def score(self, prompts: list[list[dict]], completions: list[str], rows: list[dict]) -> list[float | None]:
+    def score(
+        self, prompts: list[list[dict]], completions: list[str], rows: list[dict], *, tokens: list[int] | None = None
+    ) -> list[float | None]:
         return [1.0 if self.pattern.search(completion) else 0.0 for completion in completions]
 
     def close(self) -> None:

@@ -8,12 +8,15 @@ A recipe lists scorers, each item one kind with its settings and an optional wei
       weight: 2                              # beside the kind, or inside its mapping (not both)
     - regex: '^\\d+$'                        # or {pattern: '^\\d+$', weight: 0.5}
     - python: mypkg.rewards:brevity          # or {function: mypkg.rewards:brevity}
+    - math: answer                           # or {column: answer}; needs alignkit[math] (math-verify)
+    - think_format: true                     # or {weight: 0.5}
+    - overlong: {max_completion_length: 4096, buffer: 1024}
 
 A spec dumps to the mapping form (`{exact_match: {column: answer, weight: 2.0}}`), which validates back to
 the same spec, so a frozen recipe re-reads as written. Errors are located under the kind
 (`scorers.1.exact_match.column`), as a callable discriminator tags them. `check_scorers` finds what
 validation cannot (a column the prompt rows lack, a module that does not import, a causal LM given as a
-reward model) before anything heavy is loaded. Light: no torch, transformers or peft.
+reward model, math-verify not installed) before anything heavy is loaded. Light: no torch, transformers or peft.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from alignkit.errors import Problem, UserError, either
 from alignkit.recipe.bounds import TokenLength, within
 from alignkit.recipe.sections import Section, at
 
-KINDS = ("reward_model", "exact_match", "regex", "python")
+KINDS = ("reward_model", "exact_match", "regex", "python", "math", "think_format", "overlong")
 _KIND_LIST = either(list(KINDS))
 _TARGET = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
@@ -39,8 +42,9 @@ class ScorerSpec(Section):
     """Base of the scorer specs: the recipe shape `{kind: settings}` they read and write, and the weight."""
 
     kind: ClassVar[str]
-    shorthand: ClassVar[str]
-    """The setting a bare string stands for (`exact_match: answer` is `exact_match: {column: answer}`)."""
+    shorthand: ClassVar[str | None]
+    """The setting a bare string stands for (`exact_match: answer` is `exact_match: {column: answer}`); None when
+    the kind takes no string."""
 
     weight: within(-1e6, 1e6, float) = 1.0
     """Factor of this scorer's value in a candidate's total; negative makes it a penalty."""
@@ -58,21 +62,26 @@ class ScorerSpec(Section):
         if not isinstance(data, dict) or cls.kind not in data:
             return data  # keyword construction, or a wrong type that the fields' errors describe
         beside = {key: value for key, value in data.items() if key != cls.kind}
-        value = data[cls.kind]
-        if value is None:
-            settings: dict[str, Any] = {}
-        elif isinstance(value, str):
-            settings = {cls.shorthand: value}
-        elif isinstance(value, dict):
-            settings = dict(value)
-        else:
-            raise ValueError(
-                f"{cls.kind} takes its {cls.shorthand} as a string, or a mapping of its settings (given: {value!r})"
-            )
+        settings = cls._settings(data[cls.kind])
         if "weight" in beside and "weight" in settings:
             raise ValueError(f"weight is given both beside {cls.kind} and inside it; give it once")
         cls._known_settings(settings)
         return {**settings, **beside}
+
+    @classmethod
+    def _settings(cls, value: Any) -> dict[str, Any]:
+        """The settings the recipe's value under the kind stands for: none, the shorthand's string, or a mapping."""
+        if value is None:
+            return {}
+        if isinstance(value, str) and cls.shorthand is not None:
+            return {cls.shorthand: value}
+        if isinstance(value, dict):
+            return dict(value)
+        if cls.shorthand is None:
+            raise ValueError(f"{cls.kind} takes a mapping of its settings (given: {value!r})")
+        raise ValueError(
+            f"{cls.kind} takes its {cls.shorthand} as a string, or a mapping of its settings (given: {value!r})"
+        )
 
     @classmethod
     def _known_settings(cls, settings: dict[str, Any]) -> None:
@@ -178,8 +187,72 @@ class PythonSpec(ScorerSpec):
         return f"python:{self.function.rpartition(':')[2]}"
 
 
+class MathSpec(ScorerSpec):
+    """1 when the completion's final answer equals the row's reference mathematically (math-verify), else 0."""
+
+    kind: ClassVar[str] = "math"
+    shorthand: ClassVar[str] = "column"
+
+    column: str = Field(min_length=1)
+    """The prompt-row column holding the reference answer (LaTeX or plain: `\\frac{1}{2}`, `0.5`, `1/2`)."""
+
+    @property
+    def label(self) -> str:
+        return f"math:{self.column}"
+
+    @property
+    def columns(self) -> frozenset[str]:
+        return frozenset({self.column})
+
+
+class ThinkFormatSpec(ScorerSpec):
+    """1 when the completion opens with its reasoning in one `<think>...</think>` block, else 0."""
+
+    kind: ClassVar[str] = "think_format"
+    shorthand: ClassVar[str | None] = None
+
+    @classmethod
+    def _settings(cls, value: Any) -> dict[str, Any]:
+        if value is True:
+            return {}
+        if value is False:
+            raise ValueError("think_format: false scores nothing; remove the scorer")
+        if value is None or isinstance(value, dict):
+            return super()._settings(value)
+        raise ValueError(
+            f"think_format takes true, or a mapping of its settings such as {{weight: 0.5}} (given: {value!r})"
+        )
+
+
+class OverlongSpec(ScorerSpec):
+    """DAPO's soft overlong punishment: 0 up to `max_completion_length - buffer` tokens, then down to -1 at
+    `max_completion_length`, -1 beyond."""
+
+    kind: ClassVar[str] = "overlong"
+    shorthand: ClassVar[str | None] = None
+
+    max_completion_length: TokenLength
+    """Completion length in tokens at which the penalty reaches -1 (the generation limit, as a rule)."""
+    buffer: within(0, 2**24)
+    """Tokens before `max_completion_length` over which the penalty grows from 0 to -1; 0 punishes only a
+    completion longer than `max_completion_length`."""
+
+    @model_validator(mode="after")
+    def _buffer_fits(self) -> OverlongSpec:
+        if self.buffer > self.max_completion_length:
+            raise ValueError(
+                at(
+                    "buffer",
+                    f"{self.buffer} exceeds max_completion_length ({self.max_completion_length}); the"
+                    " penalty starts at max_completion_length - buffer tokens",
+                )
+            )
+        return self
+
+
 SPECS: dict[str, type[ScorerSpec]] = {
-    spec.kind: spec for spec in (RewardModelSpec, ExactMatchSpec, RegexSpec, PythonSpec)
+    spec.kind: spec
+    for spec in (RewardModelSpec, ExactMatchSpec, RegexSpec, PythonSpec, MathSpec, ThinkFormatSpec, OverlongSpec)
 }
 
 
@@ -224,7 +297,10 @@ AnyScorerSpec = Annotated[
         Annotated[RewardModelSpec, Tag("reward_model")]
         | Annotated[ExactMatchSpec, Tag("exact_match")]
         | Annotated[RegexSpec, Tag("regex")]
-        | Annotated[PythonSpec, Tag("python")],
+        | Annotated[PythonSpec, Tag("python")]
+        | Annotated[MathSpec, Tag("math")]
+        | Annotated[ThinkFormatSpec, Tag("think_format")]
+        | Annotated[OverlongSpec, Tag("overlong")],
         Discriminator(_kind_of),
     ],
     BeforeValidator(_one_kind),
@@ -254,25 +330,33 @@ def check_scorers(specs: Sequence[ScorerSpec], columns: set[str] | None, *, wher
         where: the field path of the list (`sample.scorers`), prefixed to each problem's path.
         source: the recipe file, each problem's source.
     """
-    from alignkit.scoring.custom import load_function
-    from alignkit.scoring.reward_model import reward_model_problem
-
     problems = []
     for index, spec in enumerate(specs):
-        message = None
-        if isinstance(spec, ExactMatchSpec) and columns is not None and spec.column not in columns:
-            found = ", ".join(sorted(columns)) or "none"
-            message = (
-                f"the prompt rows have no column {spec.column!r} (their columns: {found}); set column to the one"
-                " holding the reference answer"
-            )
-        elif isinstance(spec, PythonSpec):
-            try:
-                load_function(spec.function)
-            except UserError as err:
-                message = err.problems[0].message
-        elif isinstance(spec, RewardModelSpec):
-            message = reward_model_problem(spec.path)
-        if message is not None:
-            problems.append(Problem(source=source, path=f"{where}.{index}.{spec.kind}", message=message))
+        path = f"{where}.{index}.{spec.kind}"
+        problems += [Problem(source=source, path=path, message=message) for message in _spec_problems(spec, columns)]
     return problems
+
+
+def _spec_problems(spec: ScorerSpec, columns: set[str] | None) -> list[str]:
+    """What is wrong with one scorer, as `check_scorers` looks for it."""
+    from alignkit.scoring.custom import load_function
+    from alignkit.scoring.reasoning import math_verify_problem
+    from alignkit.scoring.reward_model import reward_model_problem
+
+    messages: list[str | None] = []
+    if isinstance(spec, MathSpec):
+        messages.append(math_verify_problem())
+    if isinstance(spec, ExactMatchSpec | MathSpec) and columns is not None and spec.column not in columns:
+        found = ", ".join(sorted(columns)) or "none"
+        messages.append(
+            f"the prompt rows have no column {spec.column!r} (their columns: {found}); set column to the one"
+            " holding the reference answer"
+        )
+    elif isinstance(spec, PythonSpec):
+        try:
+            load_function(spec.function)
+        except UserError as err:
+            messages.append(err.problems[0].message)
+    elif isinstance(spec, RewardModelSpec):
+        messages.append(reward_model_problem(spec.path))
+    return [message for message in messages if message is not None]
