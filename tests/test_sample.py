@@ -377,3 +377,17 @@ def test_two_processes_share_the_shards_and_give_the_candidates_one_process_give
     generation = json.loads((two / "alignkit_sample.json").read_text())["generation"]
     assert generation["processes"] == 2 and generation["prompts"] == 5
     assert generation["completions_per_second"] > 0 and generation["tokens_per_second"] > 0
+
+
+def test_the_library_lists_shows_and_copies_sample_recipes(cli, tmp_path):
+    listed = cli("recipes", "list", "--method", "sample", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert {"tiny-demo", "best-of-n-sft", "iterative-dpo"} <= {row["name"] for row in json.loads(listed.stdout)}
+    shown = cli("recipes", "show", "tiny-demo", "--method", "sample")
+    assert shown.exit_code == 0 and shown.stdout.startswith("# tiny-demo: sample\n")
+    copied = cli("recipes", "cp", "tiny-demo", tmp_path / "mine", "--method", "sample")
+    assert copied.exit_code == 0, copied.output
+    assert (tmp_path / "mine" / "sample.yaml").is_file()
+    unknown = cli("recipes", "show", "tiny-demo", "--method", "ppo")
+    assert unknown.exit_code == 2
+    assert "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, sample" in unknown.output

@@ -61,6 +61,14 @@ def check_method(method: str | None, source: str = "--method") -> None:
         raise UserError(f"unknown method {method!r}; one of {', '.join(METHODS)}", source=source)
 
 
+def check_stage(kind: str | None, source: str = "--method") -> None:
+    """Refuse a stage kind alignkit does not know (a training method or sample; exit 2), naming the choices."""
+    from alignkit.stages import STAGE_KINDS
+
+    if kind is not None and kind not in STAGE_KINDS:
+        raise UserError(f"unknown method {kind!r}; one of {', '.join(STAGE_KINDS)}", source=source)
+
+
 def check_json(as_json: bool, dry_run: bool) -> None:
     if as_json and not dry_run:
         raise UserError("--json needs --dry-run", source="--json")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli.options import JsonOption, check_method, print_notices
+from alignkit.cli.options import JsonOption, check_stage, print_notices
 from alignkit.errors import UserError
 
 recipes_app = typer.Typer(
@@ -29,7 +29,7 @@ def recipes_list(
     """
     from alignkit.library import registry
 
-    check_method(method)
+    check_stage(method)
     entries = [e for e in registry.discover().values() if method is None or method in e.files]
     if as_json:
         rows = [
@@ -88,7 +88,7 @@ def recipes_show(
     from alignkit.recipe.resolve import resolve_recipe
     from alignkit.recipe.yamlio import dump_yaml
 
-    check_method(method)
+    check_stage(method)
     methods = [method] if method else _methods_shown(name)
     documents = []
     for m in methods:
@@ -137,6 +137,6 @@ def recipes_cp(
     """
     from alignkit.library.copying import copy_recipe
 
-    check_method(method)
+    check_stage(method)
     for copied in copy_recipe(name, dest, method):
         typer.echo(f"copied {copied.source.name} to {copied.dest}; run it with: {copied.command}")
