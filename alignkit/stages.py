@@ -28,6 +28,8 @@ class DataStage:
     """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo, num_processes)."""
     output: str
     """The file in its output folder that later stages train on."""
+    preview: str = ""
+    """`module:function` that previews its data for `alignkit data`: (recipe_ref, overrides, show, as_json)."""
     gpus: str = ""
     """The recipe field saying how many GPUs its one process uses (empty: one)."""
 
@@ -37,6 +39,7 @@ _DATA_STAGES = {
         "alignkit.sampling.recipe:SampleRecipe",
         "alignkit.sampling.run:start_sample",
         "selected.jsonl",
+        preview="alignkit.sampling.preview:report_prompts",
         gpus="sample.tensor_parallel_size",
     )
 }
@@ -88,6 +91,16 @@ def run_extras(kind: str, recipe: Any) -> tuple[str, ...]:
     if kind == SAMPLE and recipe.sample.backend == "vllm":
         return ("vllm",)
     return ()
+
+
+def preview_data(kind: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
+    """`alignkit data KIND`: what a training method will train on, or what a data-making stage will read."""
+    if is_training(kind):
+        from alignkit.data.show import report_data
+
+        report_data(kind, recipe_ref, overrides, show, as_json)
+        return
+    _load(_DATA_STAGES[kind].preview)(recipe_ref, overrides, show, as_json)
 
 
 def known_stage(name: str) -> str:

@@ -391,3 +391,19 @@ def test_the_library_lists_shows_and_copies_sample_recipes(cli, tmp_path):
     unknown = cli("recipes", "show", "tiny-demo", "--method", "ppo")
     assert unknown.exit_code == 2
     assert "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, sample" in unknown.output
+
+
+def test_the_data_preview_shows_the_prompts_and_the_columns_and_checks_the_scorers(cli, tmp_path, tiny_model_dir):
+    recipe = _sample_recipe(tmp_path, tiny_model_dir, [{"exact_match": "answer"}], tmp_path / "out")
+    result = cli("data", "sample", "--recipe", recipe, "--show", "2", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["prompts"], document["completions"], document["scorer_columns"]) == (5, 15, ["answer"])
+    assert document["read_as"] == [f"{tmp_path / 'prompts.jsonl'}: prompt column"]
+    first = document["examples"][0]
+    assert first["row"] == {"answer": "3"}
+    assert first["rendered"] == "<|im_start|>user\nwhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    missing = cli("data", "sample", "--recipe", recipe, "--set", "sample.scorers.0.exact_match=solution")
+    assert missing.exit_code == 2
+    assert "sample.scorers.0.exact_match: the prompt rows have no column 'solution'" in missing.output
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from alignkit.cli.options import JsonOption, MethodArgument, RecipeOption, SetOption, check_method
+from alignkit.cli.options import JsonOption, MethodArgument, RecipeOption, SetOption, check_stage
 from alignkit.errors import UserError
 
 
@@ -20,17 +20,18 @@ def data(
     """Load, mix, split and tokenize a recipe's data with its tokenizer only, and show what will be trained on.
 
     Rows per source, train/test sizes, token lengths, rows over max_length, and examples with the loss spans.
+    For sample: the prompts, how each source was read, the columns the scorers may read, and rendered prompts.
 
     Loads no weights and writes nothing to the output directory; the prepared data is cached for training.
 
     Example: [cyan]alignkit data sft --recipe my_sft.yaml --show 2[/cyan]
     """
-    check_method(method)
+    check_stage(method)
     if show < 0:
         raise UserError("--show takes a number of examples, 0 or more", source="--show")
-    from alignkit.data.show import report_data
+    from alignkit.stages import preview_data
 
-    report_data(method, recipe, tuple(overrides or ()), show, as_json)
+    preview_data(method, recipe, tuple(overrides or ()), show, as_json)
 
 
 def env() -> None:

@@ -35,7 +35,7 @@ DryRunOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace finished runs in the output directory.")]
-MethodArgument = Annotated[str, typer.Argument(help=f"The training method: {', '.join(METHODS)}.")]
+MethodArgument = Annotated[str, typer.Argument(help=f"The training method ({', '.join(METHODS)}) or sample.")]
 MethodFilter = Annotated[str | None, typer.Option("--method", "-m", help="Only this method's stage.")]
 
 # The launch flags every training command shares.
