@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from timed_report import measure_and_report  # beside this script: python puts its folder first on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL_SHAPE = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4}
-BUSY_LOAD = 1.5
 
 
 def _conversations(folder: Path, count: int) -> tuple[list[list[dict]], list[str]]:
@@ -130,13 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    load = os.getloadavg()[0]
-    if load > BUSY_LOAD:
-        print(f"warning: load average {load:.2f} is above {BUSY_LOAD}: other work shares the CPUs", file=sys.stderr)
-    result = measure(args)
-    result["load_average"] = load
-    print(json.dumps(result, indent=2) if args.json else _table(result, load))
-    return 0
+    return measure_and_report(measure, args, _table)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,24 @@ def _names(spec: dict) -> list[tuple]:
     return [(s.name, s.from_stage, s.data_stage, s.inputs) for s in PipelineSpec.model_validate(spec).flat]
 
 
-ITERATIVE = {
-    "stages": [
+def _iterative(rounds: int, dpo_set: tuple[str, ...] = ()) -> list[dict]:
+    """sft, rm, then `rounds` rounds of sampling from the newest policy (scored by rm) and DPO on the pairs."""
+    sample = {"name": "sample", "method": "sample", "from": "dpo", "inputs": {"sample.scorers.0.reward_model": "rm"}}
+    dpo = {
+        "name": "dpo",
+        "method": "dpo",
+        "from": "dpo",
+        "data": "sample",
+        **({"set": list(dpo_set)} if dpo_set else {}),
+    }
+    return [
         {"name": "sft", "method": "sft"},
         {"name": "rm", "method": "rm", "from": "sft"},
-        {
-            "repeat": 3,
-            "start": {"dpo": "sft"},
-            "stages": [
-                {
-                    "name": "sample",
-                    "method": "sample",
-                    "from": "dpo",
-                    "inputs": {"sample.scorers.0.reward_model": "rm"},
-                },
-                {"name": "dpo", "method": "dpo", "from": "dpo", "data": "sample"},
-            ],
-        },
-        {"name": "final", "method": "sft", "from": "dpo"},
+        {"repeat": rounds, "start": {"dpo": "sft"}, "stages": [sample, dpo]},
     ]
-}
+
+
+ITERATIVE = {"stages": [*_iterative(3), {"name": "final", "method": "sft", "from": "dpo"}]}
 
 
 def test_a_repeated_block_expands_into_rounds_each_reading_the_previous_round():
@@ -139,26 +137,7 @@ def _family(folder: Path, model: Path) -> Path:
                 "select": "best_worst",
             },
         },
-        "pipeline": {
-            "description": "iterative dpo on the tiny Llama",
-            "stages": [
-                {"name": "sft", "method": "sft"},
-                {"name": "rm", "method": "rm", "from": "sft"},
-                {
-                    "repeat": 2,
-                    "start": {"dpo": "sft"},
-                    "stages": [
-                        {
-                            "name": "sample",
-                            "method": "sample",
-                            "from": "dpo",
-                            "inputs": {"sample.scorers.0.reward_model": "rm"},
-                        },
-                        {"name": "dpo", "method": "dpo", "from": "dpo", "data": "sample", "set": ["dpo.beta=0.2"]},
-                    ],
-                },
-            ],
-        },
+        "pipeline": {"description": "iterative dpo on the tiny Llama", "stages": _iterative(2, ("dpo.beta=0.2",))},
     }
     for name, content in files.items():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")

@@ -240,6 +240,19 @@ def _sample_recipe(tmp_path: Path, model: Path, scorers: list, out: Path, **samp
     return path
 
 
+def _train_on_selected(cli, tmp_path: Path, method: str, model: Path, sampled: Path) -> None:
+    """One training step of `method` on a sample run's selected.jsonl, exactly as a user would point at it."""
+    recipe = tmp_path / f"{method}.yaml"
+    content = {
+        "model": {"name_or_path": str(model), "dtype": "float32"},
+        "data": {"datasets": [{"path": str(sampled / "selected.jsonl")}]},
+        "training": {"output_dir": str(tmp_path / method), "max_steps": 1, "save_strategy": "no"},
+    }
+    recipe.write_text(yaml.safe_dump(content), encoding="utf-8")
+    trained = cli(method, "--recipe", recipe)
+    assert trained.exit_code == 0, trained.output
+
+
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -271,19 +284,7 @@ def test_sample_scores_every_candidate_selects_the_best_and_the_rows_train_sft(
     assert (out / "scores.png").stat().st_size > 0 and "selected.jsonl" in (out / "README.md").read_text()
     assert "sample done: 5 prompts, 15 completions" in result.output
 
-    sft = tmp_path / "sft.yaml"
-    sft.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32"},
-                "data": {"datasets": [{"path": str(out / "selected.jsonl")}]},
-                "training": {"output_dir": str(tmp_path / "sft"), "max_steps": 1, "save_strategy": "no"},
-            }
-        ),
-        encoding="utf-8",
-    )
-    trained = cli("sft", "--recipe", sft)
-    assert trained.exit_code == 0, trained.output
+    _train_on_selected(cli, tmp_path, "sft", tiny_model_dir, out)
     assert (tmp_path / "sft" / "model.safetensors").is_file()
 
 
@@ -328,19 +329,7 @@ def test_best_worst_pairs_train_dpo(cli, tmp_path, tiny_model_dir, reward_model_
     assert cli("sample", "--recipe", recipe).exit_code == 0
     pairs = _read(out / "selected.jsonl")
     assert len(pairs) == 5 and all(set(row) == {"prompt", "chosen", "rejected"} for row in pairs)
-    dpo = tmp_path / "dpo.yaml"
-    dpo.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32"},
-                "data": {"datasets": [{"path": str(out / "selected.jsonl")}]},
-                "training": {"output_dir": str(tmp_path / "dpo"), "max_steps": 1, "save_strategy": "no"},
-            }
-        ),
-        encoding="utf-8",
-    )
-    trained = cli("dpo", "--recipe", dpo)
-    assert trained.exit_code == 0, trained.output
+    _train_on_selected(cli, tmp_path, "dpo", tiny_model_dir, out)
 
 
 @pytest.mark.slow

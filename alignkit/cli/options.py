@@ -69,6 +69,19 @@ def check_stage(kind: str | None, source: str = "--method") -> None:
         raise UserError(f"unknown method {kind!r}; one of {', '.join(STAGE_KINDS)}", source=source)
 
 
+def resolve_from_flags(kind: str, recipe: str, *, overrides, output_dir, mirror, qlora: bool = False):
+    """The recipe a stage command's flags give: resolved and validated, the mirrors applied and the unused ones
+    noted (alignkit.recipe.resolve, alignkit.recipe.mirrors)."""
+    from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
+    from alignkit.recipe.resolve import resolve_recipe
+
+    mirrors = selected_mirrors(mirror)
+    resolved = resolve_recipe(
+        kind, recipe, qlora=qlora, overrides=overrides or (), output_dir=output_dir, mirrors=mirrors or {}
+    )
+    return with_unused_notices(resolved, mirrors)
+
+
 def check_json(as_json: bool, dry_run: bool) -> None:
     if as_json and not dry_run:
         raise UserError("--json needs --dry-run", source="--json")

@@ -21,6 +21,7 @@ from alignkit.cli.options import (
     check_json,
     command_line,
     print_notices,
+    resolve_from_flags,
 )
 from alignkit.stages import SAMPLE
 
@@ -54,13 +55,8 @@ def sample(
 
       [cyan]alignkit sample --recipe my_sample.yaml --num-processes 8[/cyan]
     """
-    from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
-    from alignkit.recipe.resolve import resolve_recipe
-
     check_json(as_json, dry_run)
-    mirrors = selected_mirrors(mirror)
-    resolved = resolve_recipe(SAMPLE, recipe, overrides=overrides or (), output_dir=output_dir, mirrors=mirrors or {})
-    resolved = with_unused_notices(resolved, mirrors)
+    resolved = resolve_from_flags(SAMPLE, recipe, overrides=overrides, output_dir=output_dir, mirror=mirror)
     if dry_run:
         from alignkit.sampling.dry_run import print_dry_run
 

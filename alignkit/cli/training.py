@@ -29,6 +29,7 @@ from alignkit.cli.options import (
     check_json,
     command_line,
     print_notices,
+    resolve_from_flags,
 )
 from alignkit.methods import Listing
 
@@ -66,15 +67,11 @@ def method_command(method: Listing):
         main_process_port: MainProcessPort = 29500,
     ) -> None:
         from alignkit.launch.plan import plan_launch
-        from alignkit.recipe.mirrors import selected_mirrors, with_unused_notices
-        from alignkit.recipe.resolve import resolve_recipe
 
         check_json(as_json, dry_run)
-        mirrors = selected_mirrors(mirror)
-        resolved = resolve_recipe(
-            method.name, recipe, qlora=qlora, overrides=overrides or (), output_dir=output_dir, mirrors=mirrors or {}
+        resolved = resolve_from_flags(
+            method.name, recipe, qlora=qlora, overrides=overrides, output_dir=output_dir, mirror=mirror
         )
-        resolved = with_unused_notices(resolved, mirrors)
         options = _launch_options(launch, num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
         plan = plan_launch(resolved.recipe, options)
         if dry_run:

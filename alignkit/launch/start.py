@@ -90,7 +90,27 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
 def freeze(
     resolved: ResolvedRecipe, plan: LaunchPlan, argv: list[str], *, previous: dict | None, replacing: Path | None = None
 ) -> RunRecord:
-    """Write the resolved recipe and run metadata into the output directory."""
+    """Write the resolved recipe and run metadata (with the launch plan) into the output directory."""
+    launch = {
+        "plan": plan.as_dict(),
+        # What the profile needs on the trainer's side, so the workers never consult the launch profiles.
+        "trainer_kwargs": trainer_kwargs(plan),
+        # A run begun before checkpoints were marked keeps judging its unmarked ones by their files.
+        MARKS_CHECKPOINTS: previous is None or previous.get(MARKS_CHECKPOINTS) is True,
+    }
+    return freeze_run(resolved, argv, previous=previous, replacing=replacing, extra=launch)
+
+
+def freeze_run(
+    resolved: ResolvedRecipe,
+    argv: list[str],
+    *,
+    previous: dict | None,
+    replacing: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunRecord:
+    """Write the resolved recipe and the run file of any stage into its output directory (`extra`: what the
+    stage kind adds to the run file)."""
     out = resolved.output_dir
     out.mkdir(parents=True, exist_ok=True)
     header = (
@@ -105,13 +125,9 @@ def freeze(
         "source": str(resolved.source),
         "command": [redact(part) for part in argv],
         "alignkit_version": __version__,
-        "plan": plan.as_dict(),
-        # What the profile needs on the trainer's side, so the workers never consult the launch profiles.
-        "trainer_kwargs": trainer_kwargs(plan),
+        **(extra or {}),
         "started_at": (previous or {}).get("started_at", now),
         "finished": False,
-        # A run begun before checkpoints were marked keeps judging its unmarked ones by their files.
-        MARKS_CHECKPOINTS: previous is None or previous.get(MARKS_CHECKPOINTS) is True,
     }
     if previous is not None:
         info["resumed_at"] = now

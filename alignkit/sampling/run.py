@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignkit import __version__
 from alignkit.errors import UserError
 from alignkit.files import atomic_write
 from alignkit.launch.lock import output_lock
 from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
-from alignkit.launch.start import prepare_output_dir
+from alignkit.launch.start import freeze_run, prepare_output_dir
 from alignkit.recipe.resolve import ResolvedRecipe
-from alignkit.recipe.secrets import redact
-from alignkit.recipe.yamlio import dump_yaml
-from alignkit.run_record import RECIPE_FILE, RunRecord, read_info
+from alignkit.run_record import RunRecord, read_info
 from alignkit.sampling import report
 from alignkit.sampling.select import merge_duplicates, select
 
@@ -72,7 +69,7 @@ def start_sample(
         if aside is not None:
             echo(f"note: replacing the run in {out} (--overwrite); it waits in {aside} until generation starts")
         try:
-            record = _freeze(resolved, list(argv or sys.argv), previous, aside)
+            record = freeze_run(resolved, list(argv or sys.argv), previous=previous, replacing=aside)
             return _sample(resolved, record, aside, echo=echo, num_processes=num_processes)
         except BaseException as err:
             if aside is not None and aside.is_dir():
@@ -81,32 +78,6 @@ def start_sample(
             elif action == "new" and isinstance(err, UserError) and not (out / SHARDS).is_dir():
                 shutil.rmtree(out, ignore_errors=True)  # bad input found late: leave nothing half written
             raise
-
-
-def _freeze(resolved: ResolvedRecipe, argv: list[str], previous: dict | None, aside: Path | None) -> RunRecord:
-    out = resolved.output_dir
-    header = (
-        f"# Resolved by alignkit {__version__} for `alignkit sample` from {resolved.source}.\n"
-        f"# Re-run it with: alignkit sample --recipe {out / RECIPE_FILE}\n"
-    )
-    atomic_write(out / RECIPE_FILE, header + dump_yaml(resolved.recipe.model_dump(mode="json")))
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info = {
-        "method": resolved.method,
-        "name": resolved.name,
-        "source": str(resolved.source),
-        "command": [redact(part) for part in argv],
-        "alignkit_version": __version__,
-        "started_at": (previous or {}).get("started_at", now),
-        "finished": False,
-    }
-    if previous is not None:
-        info["resumed_at"] = now
-    if aside is not None:
-        info[REPLACING] = str(aside)
-    record = RunRecord(output_dir=out, name=resolved.name, recipe=resolved.recipe, info=info)
-    record.save_info()
-    return record
 
 
 def _sample(resolved: ResolvedRecipe, record: RunRecord, aside: Path | None, *, echo, num_processes: int) -> dict:
