@@ -7,6 +7,7 @@ Every accepted format becomes one of four shapes the rest of the data layer work
     text               text: a string                           (plain text, cpt)
     preference         prompt, chosen, rejected: messages       (explicit prompt, or full conversations)
     unpaired           prompt, completion: strings or messages, label: desirable or not (KTO-style data)
+    prompt             prompt: messages (a prompt column, or a conversation minus its final assistant turn)
 
 A format is named in the logs and the report, so a user sees how each source was read. Row problems raise
 `RowError` (a plain ValueError, picklable across worker processes); the caller adds the source's name.
@@ -29,6 +30,7 @@ TEXT = "text"
 PREFERENCE = "preference"
 PREFERENCE_IMPLICIT = "preference-conversations"
 UNPAIRED = "unpaired"
+PROMPT = "prompt"
 TEMPLATE_CONTEXT = ("tools", "chat_template_kwargs")
 """Columns the chat template reads beside the messages; never training text themselves."""
 
@@ -41,6 +43,8 @@ DESCRIPTIONS = {
     PREFERENCE: "prompt + chosen + rejected (strings or message lists)",
     PREFERENCE_IMPLICIT: "chosen + rejected full conversations (the shared beginning becomes the prompt)",
     UNPAIRED: "prompt + completion (strings or message lists) + label (true: desirable, false: undesirable)",
+    PROMPT: "prompt (a string or a message list), or a conversation (messages, ShareGPT) minus its final assistant"
+    " turn",
 }
 
 SHAREGPT_ROLES = {
@@ -84,6 +88,8 @@ class Detected:
             return "preference"
         if self.format == UNPAIRED:
             return "unpaired"
+        if self.format == PROMPT:
+            return "prompt"
         return "text"
 
 
@@ -132,6 +138,8 @@ def _candidates(found: set[str], first_row: dict[str, Any] | None) -> list[Detec
             candidates.append(Detected(PREFERENCE_IMPLICIT, ("chosen", "rejected")))
     if "text" in found:
         candidates.append(Detected(TEXT, ("text",)))
+    if "prompt" in found:  # last: a prompt beside completions or responses is read as their data first
+        candidates.append(Detected(PROMPT, ("prompt",)))
     return candidates
 
 
@@ -276,6 +284,35 @@ def prompt_completion(row: dict[str, Any], detected: Detected) -> tuple[Any, Any
     else:
         completion = messages_of(completion, "completion")
     return prompt, completion
+
+
+def prompt_of(row: dict[str, Any], detected: Detected) -> list[dict[str, Any]]:
+    """The prompt a policy continues, as messages: the prompt column (a string is one user message), or a
+    conversation without its final assistant turn (which the policy writes anew)."""
+    if detected.format == PROMPT:
+        return prompt_messages(row["prompt"], "prompt")
+    return without_answer(conversation(row, detected), detected.columns[0])
+
+
+def prompt_messages(value: Any, column: str) -> list[dict[str, Any]]:
+    """A prompt column's value as messages: a string as one user message, a message list up to its final
+    assistant turn."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"{column} is empty")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list):
+        return without_answer(messages_of(value, column), column)
+    raise RowError(f"{column} must be a string or a list of messages, got {type(value).__name__}")
+
+
+def without_answer(messages: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """The conversation up to its final assistant turn (which the policy writes anew)."""
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] not in ("user", "tool"):
+        raise RowError(f"{column} leaves no user turn to answer once the final assistant turn is removed")
+    return messages
 
 
 def _scalar(value: Any) -> Any:

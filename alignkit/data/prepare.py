@@ -12,6 +12,7 @@ re-tokenizing):
     tokens   input_ids, assistant_masks            the trainer folds the mask into labels (any flags)
     pairs    prompt, chosen, rejected (strings)    the trainer tokenizes; no BOS/EOS is doubled
     unpaired prompt, completion (strings), label   the same; a pair gives two rows (see unpaired.py)
+    prompts  prompt (messages), passthrough cols   the trainer generates; the rewards read the other columns
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _prepare(recipe, tokenizer) -> PreparedData:
         packing = section.packing_strategy if getattr(section, "packing", False) else None
         _finish_report(report, train, test, method.data.rows, meta, packing=packing, too_long=method.data.too_long)
         # The method's columns only, always in the same order (datasets keeps updated columns where they were).
-        columns = OUTPUT_COLUMNS[method.data.rows]
+        columns = [*OUTPUT_COLUMNS[method.data.rows], *preprocessor.passthrough]
         train = train.select_columns(columns)
         if test is not None:
             test = test.select_columns(columns)
@@ -162,6 +163,7 @@ def _cache_key(recipe, tokenizer, loaded: dict[int, Any]) -> str:
             "data": data.model_dump(mode="json", exclude={"num_proc"}),
             # Only the fields that change the rows: a new beta or loss_type reuses the prepared data.
             "section": {name: getattr(recipe.section, name) for name in method.data.row_fields},
+            "passthrough": sorted(method.data.passthrough(recipe.section)),
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "sources": signatures,
             "benchmarks": [sources.path_signature(p) for p in data.decontaminate],
@@ -214,7 +216,8 @@ def _process_source(work: _SourceWork, dataset, recipe, preprocessor, benchmarks
     import numpy as np
 
     detected, report = _detect(work, dataset, recipe)
-    dataset = dataset.select_columns(list(detected.columns))
+    passthrough = _passthrough(work, dataset, recipe, preprocessor)
+    dataset = dataset.select_columns(list(dict.fromkeys([*detected.columns, *passthrough])))
     train_idx, test_idx = _pick(work, dataset, detected, recipe.data, benchmarks, report)
     unique = np.unique(np.concatenate([train_idx, test_idx]))
     report.loss = preprocessor.loss_description(detected)
@@ -228,7 +231,7 @@ def _process_source(work: _SourceWork, dataset, recipe, preprocessor, benchmarks
             batch_size=256,
             with_indices=True,
             remove_columns=subset.column_names,
-            features=features(recipe.method.data.rows),
+            features=features(recipe.method.data.rows, {c: dataset.features[c] for c in preprocessor.passthrough}),
             desc=f"Preparing {work.source.path} ({detected.format})",
             **work.map_kwargs("prep", len(unique), recipe.data.num_proc),
         )
@@ -237,6 +240,24 @@ def _process_source(work: _SourceWork, dataset, recipe, preprocessor, benchmarks
         # Counted from 1, as a JSON Lines file's line numbers and every editor count them.
         raise work.problem(f"row {int(unique[position]) + 1}: {message}") from None
     return report, _kept_rows(processed, unique, train_idx, test_idx, report)
+
+
+def _passthrough(work: _SourceWork, dataset, recipe, preprocessor) -> tuple[str, ...]:
+    """The columns carried through unchanged (what the rewards read); a source lacking one is refused, naming the
+    recipe field that reads it and the columns the source has."""
+    fields = recipe.method.data.passthrough(recipe.section)
+    for column in preprocessor.passthrough:
+        if column not in dataset.column_names:
+            found = ", ".join(dataset.column_names) or "none"
+            raise UserError(
+                Problem(
+                    source="recipe",
+                    path=fields[column],
+                    message=f"reads the column {column!r}, which data.datasets.{work.index} ({work.source.path}) lacks"
+                    f" (its columns: {found}); name one of them, or add the column to the data",
+                )
+            )
+    return preprocessor.passthrough
 
 
 def _detect(work: _SourceWork, dataset, recipe) -> tuple[formats.Detected, SourceReport]:

@@ -1,7 +1,8 @@
 """Per-batch row work for one source: normalise, render and tokenize, as `datasets.map` calls it.
 
 The rows come out in the shape the recipe's method asks for (`DataNeeds.rows`): raw text, token ids with a
-loss mask, rendered preference pairs, or labelled unpaired completions (grouped until `unpaired.flatten`).
+loss mask, rendered preference pairs, labelled unpaired completions (grouped until `unpaired.flatten`), or
+prompts as message lists with the method's passthrough columns beside them, unchanged.
 Runs inside `data.num_proc` worker processes, so everything here pickles: the tokenizer, the loss policy,
 the detected format. A refused row raises `RowFailure(position, message)`; `prepare` adds the source's name.
 Besides the output columns each batch returns `_length` (tokens before truncation), `_drop` (KEEP, or why
@@ -20,8 +21,8 @@ from alignkit.data.masking import (
     tokenize_with_masks,
 )
 from alignkit.data.preference import TrainerTokens, raw_pair, render_pair
-from alignkit.data.templates import TemplateRowError, adds_bos_on_encode
-from alignkit.methods.method import PAIR_ROWS, TEXT_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
+from alignkit.data.templates import TemplateRowError, adds_bos_on_encode, render
+from alignkit.methods.method import PAIR_ROWS, PROMPT_ROWS, TEXT_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
 
 KEEP, NO_LOSS, EMPTY = 0, 1, 2
 """Row outcomes (the `_drop` column): kept, no token left to train on, empty or identical responses."""
@@ -31,20 +32,25 @@ OUTPUT_COLUMNS = {
     TOKEN_ROWS: ["input_ids", "assistant_masks"],
     PAIR_ROWS: ["prompt", "chosen", "rejected"],
     UNPAIRED_ROWS: unpaired.OUTPUT_COLUMNS,
+    PROMPT_ROWS: ["prompt"],
 }
-"""The columns handed to the trainer, per shape of prepared rows."""
+"""The columns handed to the trainer, per shape of prepared rows (besides the method's passthrough columns)."""
 
 
 class RowFailure(ValueError):
     """A row the preprocessor refused: (position in the processed slice, message). Picklable across workers."""
 
 
-def features(rows: str):
-    """Compact column types: token ids fit int32 and masks int8 (half and an eighth of the default int64)."""
+def features(rows: str, passthrough=None):
+    """Compact column types: token ids fit int32 and masks int8 (half and an eighth of the default int64).
+    `passthrough`: the source's features of the columns carried through unchanged."""
     from datasets import Features, List, Value
 
     meta = {"_length": Value("int32"), "_drop": Value("int8"), "_cut": Value("bool")}
-    if rows == TOKEN_ROWS:
+    if rows == PROMPT_ROWS:
+        message = {"role": Value("string"), "content": Value("string")}
+        columns = {"prompt": List(message), **dict(passthrough or {})}
+    elif rows == TOKEN_ROWS:
         columns = {"input_ids": List(Value("int32")), "assistant_masks": List(Value("int8"))}
     elif rows == UNPAIRED_ROWS:
         columns = unpaired.group_features()
@@ -83,6 +89,8 @@ class Preprocessor:
 
     def __init__(self, needs, tokenizer, policy: LossPolicy, system_prompt: str | None, section, text_column):
         self.rows = needs.rows
+        # Carried beside the method's own columns (a passthrough column of the same name is that column).
+        self.passthrough = tuple(c for c in needs.passthrough(section) if c not in OUTPUT_COLUMNS[needs.rows])
         self.tokenizer = tokenizer
         self.policy = policy
         self.system_prompt = system_prompt
@@ -122,6 +130,9 @@ class Preprocessor:
             return "preference: chosen as desirable, rejected as undesirable completions"
         if self.rows == UNPAIRED_ROWS:
             return "unpaired: each completion, desirable or undesirable by its label"
+        if self.rows == PROMPT_ROWS:
+            how = "the prompt column" if shape == "prompt" else "conversations minus the final assistant turn"
+            return f"prompts ({how}): completions are generated and rewarded"
         if shape == "prompt-completion":
             if self.policy.completion_only:
                 return "prompt-completion: the completion only"
@@ -156,6 +167,8 @@ class _Bound:
             return self._pairs(rows, detected, indices)
         if pre.rows == UNPAIRED_ROWS:
             return self._unpaired(rows, detected, indices)
+        if pre.rows == PROMPT_ROWS:
+            return self._prompts(rows, detected, indices, batch)
         raise ValueError(f"unknown shape of prepared rows {pre.rows!r}")
 
     def _text(self, rows, detected, indices) -> dict[str, list]:
@@ -271,6 +284,28 @@ class _Bound:
                 raise RowFailure(indices[position], str(err)) from None
             unpaired.add_group(out, group, KEEP, EMPTY)
         return out
+
+    def _prompts(self, rows, detected, indices, batch) -> dict[str, list]:
+        """Prompts as role/content messages (the trainer renders them with the chat template), their rendered
+        length in tokens, and the passthrough columns as they are."""
+        pre = self.pre
+        prompts, texts = [], []
+        for position, row in enumerate(rows):
+            try:
+                messages = formats.with_system(formats.prompt_of(row, detected), pre.system_prompt)
+                prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
+                texts.append(render(pre.tokenizer, prompt, add_generation_prompt=True))
+            except (formats.RowError, TemplateRowError) as err:
+                raise RowFailure(indices[position], str(err)) from None
+            prompts.append(prompt)
+        encoded = pre.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return {
+            "prompt": prompts,
+            **{column: batch[column] for column in pre.passthrough},
+            "_length": [len(ids) for ids in encoded],
+            "_drop": [KEEP] * len(prompts),
+            "_cut": [False] * len(prompts),
+        }
 
     @staticmethod
     def _keep_pair(out: dict[str, list], pair) -> None:

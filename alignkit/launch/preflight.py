@@ -4,7 +4,8 @@ A dry run that says "valid" must not be followed by a run that refuses: `trainin
 method's TRL field list, which a test keeps equal to the installed TRL's, so no TRL import is needed), local
 data files that cannot load, the recipe's chat template's Jinja syntax, and the output directory (a file, a
 folder alignkit did not write, a finished run without --overwrite) are all judged here, with the messages
-the run gives. Running a model repository's own code is announced here too. Light: no torch, no TRL.
+the run gives; so is what the method checks itself (`Method.preflight`). Running a model repository's own
+code is announced here too. Light: no torch, no TRL.
 
 One check depends on the machine rather than the recipe: a Liger kernel the recipe asks for must be
 installed where the run trains. The dry run only notes its absence, since a recipe is often dry-run on
@@ -76,6 +77,7 @@ def preflight(resolved, *, overwrite: bool, dry_run: bool = False) -> list[str]:
 
     source = str(resolved.source)
     problems = extra_problems(resolved.recipe, source) + data_problems(resolved.recipe, source)
+    problems += resolved.recipe.method.preflight(resolved.recipe, source)
     notices = remote_code_notices(resolved.recipe)
     machine = machine_problems(resolved.recipe, source)
     if dry_run:
@@ -92,8 +94,10 @@ def preflight(resolved, *, overwrite: bool, dry_run: bool = False) -> list[str]:
 
 
 def check_extra(recipe: RecipeBase, source: str = "recipe") -> None:
-    """Refuse `training.extra` keys the method's TRL config lacks or alignkit sets, and an absent Liger."""
+    """Refuse `training.extra` keys the method's TRL config lacks or alignkit sets, an absent Liger, and what
+    the method's own preflight finds (a reward function that does not import)."""
     problems = extra_problems(recipe, source) + machine_problems(recipe, source)
+    problems += recipe.method.preflight(recipe, source)
     if problems:
         raise UserError(problems)
 

@@ -91,6 +91,11 @@ METHODS = MethodTable(
         "Reward modelling: a one-output sequence classifier trained on chosen/rejected pairs (Bradley-Terry).",
         "alignkit rm --recipe zephyr-7b-beta",
     ),
+    Listing(
+        "grpo",
+        "Group Relative Policy Optimization: online RL on prompts, completions rewarded by the recipe's scorers.",
+        "alignkit grpo --recipe my-grpo.yaml --set grpo.num_generations=4",
+    ),
 )
 
 

@@ -22,8 +22,11 @@ PAIR_ROWS = "pairs"
 UNPAIRED_ROWS = "unpaired"
 """Prepared rows are rendered single completions with a desirability label (`prompt`, `completion`, `label`);
 a preference pair becomes two rows, one desirable and one undesirable. The trainer tokenizes."""
+PROMPT_ROWS = "prompts"
+"""Prepared rows are prompts only (`prompt`, a message list) plus the source columns the method's `passthrough`
+names, unchanged; an online trainer generates the completions and renders the chat template itself."""
 
-RowKind = Literal["text", "tokens", "pairs", "unpaired"]
+RowKind = Literal["text", "tokens", "pairs", "unpaired", "prompts"]
 
 
 def imported(module: str, name: str) -> Callable[[], type]:
@@ -43,7 +46,7 @@ class DataNeeds:
     formats: tuple[str, ...]
     """Accepted data formats (names in `alignkit.data.formats`), in the order tried when several fit."""
     rows: RowKind
-    """The shape of the prepared rows (TEXT_ROWS, TOKEN_ROWS, PAIR_ROWS or UNPAIRED_ROWS)."""
+    """The shape of the prepared rows (TEXT_ROWS, TOKEN_ROWS, PAIR_ROWS, UNPAIRED_ROWS or PROMPT_ROWS)."""
     chat_template: bool = True
     """Whether rows are rendered with a chat template (raw-text methods need none)."""
     text_column_field: str | None = None
@@ -56,6 +59,10 @@ class DataNeeds:
     """How the trainer puts BOS before a prompt: as the tokenizer's encode does, or unless one is there."""
     too_long: Literal["cut", "dropped"] = "cut"
     """What the trainer does with a row longer than max_length: cuts it, or leaves it out (RewardTrainer)."""
+    passthrough: Callable[[Any], Mapping[str, str]] = lambda section: {}
+    """(section) -> {source column: the recipe field that reads it}: columns every source must have, carried into
+    the prepared rows unchanged beside the method's own (what a reward function reads, such as a reference
+    answer). A source without one is refused, naming the field; the columns are part of the data cache key."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,12 @@ class Method:
     `trl_settings` then set `train_sampling_strategy: sequential`), or None where any order is fine."""
     automatic: Callable[[Any, Any], list] = lambda section, facts: []
     """(section, automatic.Facts) -> automatic.Setting list for the method's own fields left unset."""
+    trainer_arguments: Callable[[Any], dict[str, Any]] = lambda section: {}
+    """(section) -> extra keyword arguments of the trainer's constructor (reward functions, ...); built when
+    the trainer is, so what they load (a reward model) loads only then."""
+    preflight: Callable[[Any, str], list] = lambda recipe, source: []
+    """(recipe, source file) -> `alignkit.errors.Problem`s found before any weights or data rows load, beyond
+    what recipe validation judges (something the machine must provide, such as an importable function)."""
     reference_model: Callable[[Any], bool] = lambda section: False
     """Whether full fine-tuning holds a frozen reference model beside the policy under the section's settings
     (the memory plan counts its weights); under LoRA the reference is the base with the adapters disabled."""

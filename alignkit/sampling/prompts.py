@@ -104,39 +104,20 @@ def _prompt_column(found: list[str], wanted: str | None, source_file: str, index
 def _reader(column: str, first: dict[str, Any] | None) -> tuple[Callable[[dict], list[dict]], str]:
     """How a row's prompt becomes messages, and how to say so."""
     if column == "conversations" and first is not None and _is_sharegpt(first.get(column)):
-        return (lambda row: _without_answer(formats.sharegpt_messages(row[column], column), column)), (
+        return (lambda row: formats.without_answer(formats.sharegpt_messages(row[column], column), column)), (
             "ShareGPT conversations minus the final assistant turn"
         )
     if column in ("messages", "conversations"):
-        return (lambda row: _without_answer(formats.messages_of(row[column], column), column)), (
+        return (lambda row: formats.without_answer(formats.messages_of(row[column], column), column)), (
             f"{column} minus the final assistant turn"
         )
     if column == "instruction":
         return _alpaca, "instruction (+ input) as the user turn"
-    return (lambda row: _as_messages(row[column], column)), f"{column} column"
+    return (lambda row: formats.prompt_messages(row[column], column)), f"{column} column"
 
 
 def _is_sharegpt(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
-
-
-def _as_messages(value: Any, column: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError(f"{column} is empty")
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list):
-        return _without_answer(formats.messages_of(value, column), column)
-    raise ValueError(f"{column} must be a string or a list of messages, got {type(value).__name__}")
-
-
-def _without_answer(messages: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
-    """The conversation up to its final assistant turn (which the policy writes anew)."""
-    if messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    if not messages or messages[-1]["role"] not in ("user", "tool"):
-        raise ValueError(f"{column} leaves no user turn to answer once the final assistant turn is removed")
-    return messages
 
 
 def _alpaca(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -72,7 +72,7 @@ def build_trainer(
         drop_padding_mask(loaded.model)
     notices += loaded.notices
     data = prepare_data(recipe, tokenizer)
-    if config.dataset_num_proc:
+    if getattr(config, "dataset_num_proc", None):
         # TRL maps the prepared rows once more; worker processes cost more than they save on small data.
         workers = min(config.dataset_num_proc, len(data.train) // 5000)
         config.dataset_num_proc = workers if workers > 1 else None
@@ -85,7 +85,8 @@ def build_trainer(
         # Every run stops at a NaN or infinite loss rather than saving (and marking finished) a broken model.
         "callbacks": [DivergenceGuard(), *(callbacks or [])],
     }
-    trainer = method.trainer()(model=loaded.model, **common)
+    # What the method adds to its trainer's constructor (grpo: the reward functions), built only now.
+    trainer = method.trainer()(model=loaded.model, **common, **method.trainer_arguments(recipe.section))
     if recipe.training.train_sampling_strategy == "group_by_length":
         settings = _group_by_length(trainer, method, config, settings)
     match_adapter_dtype(trainer.model, recipe)

@@ -89,7 +89,8 @@ def _training_kwargs(recipe: RecipeBase) -> dict[str, Any]:
         "save_total_limit": training.save_total_limit,
         "use_liger_kernel": training.use_liger_kernel,
         "ddp_timeout": training.ddp_timeout,
-        "dataset_num_proc": recipe.data.num_proc,
+        # Trainers that map the rows once more take workers for it; one that only reads them has no such field.
+        **({"dataset_num_proc": recipe.data.num_proc} if "dataset_num_proc" in recipe.method.trl_fields else {}),
     }
 
 

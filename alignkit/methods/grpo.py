@@ -1,0 +1,293 @@
+"""grpo: Group Relative Policy Optimization, online RL with TRL's GRPOTrainer and verifiable rewards.
+
+For each prompt the policy generates `num_generations` completions; the recipe's rewards (`grpo.rewards`,
+in exactly the shape of `sample.scorers`) score them, and each completion's advantage is its weighted reward
+relative to its group's. Rows are prompts only (a message list; TRL applies the chat template and adds the
+generation prompt), with the columns the rewards read (a reference answer) carried beside them unchanged:
+TRL hands every column but the prompt to the reward functions.
+
+Generation runs in the trainer's own process with transformers (`use_vllm` off); vLLM modes come later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from alignkit.data import formats
+from alignkit.errors import Problem, either
+from alignkit.methods.method import PROMPT_ROWS, DataNeeds, Method, imported
+from alignkit.recipe.bounds import TokenLength, within
+from alignkit.recipe.sections import Section, at
+from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
+from alignkit.scoring.specs import KINDS, ScorerList, check_scorers, labels
+
+# The loss_type values of TRL 1.16's GRPOConfig (a test tries each with the installed TRL).
+GrpoLoss = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+# How TRL 1.16 scales the group-relative advantages (True and False are its aliases of group and none).
+RewardScaling = Literal["group", "batch", "none"]
+
+TOP_K_OFF = 0
+"""TRL 1.16's top_k value that turns top-k filtering off."""
+
+# GRPOConfig of TRL 1.16.
+TRL_FIELDS = TRAINING_ARGUMENTS_FIELDS | frozenset(
+    {
+        "beta",
+        "cache_implementation",
+        "cast_lm_head_to_fp32",
+        "chat_template_kwargs",
+        "delta",
+        "disable_dropout",
+        "ds3_gather_for_generation",
+        "entropy_coef",
+        "entropy_coef_delta",
+        "entropy_coef_max",
+        "entropy_coef_min",
+        "entropy_target",
+        "epsilon",
+        "epsilon_high",
+        "generation_batch_size",
+        "generation_kwargs",
+        "importance_sampling_level",
+        "log_completions",
+        "log_completions_hub_repo",
+        "log_multimodal",
+        "log_unique_prompts",
+        "loss_type",
+        "mask_truncated_completions",
+        "max_completion_length",
+        "max_tool_calling_iterations",
+        "min_p",
+        "model_init_kwargs",
+        "multi_objective_aggregation",
+        "num_completions_to_print",
+        "num_generations",
+        "num_generations_eval",
+        "num_iterations",
+        "off_policy_mask_threshold",
+        "pad_to_multiple_of",
+        "ref_model_mixup_alpha",
+        "ref_model_sync_steps",
+        "repetition_penalty",
+        "reward_weights",
+        "router_aux_loss_coef",
+        "sapo_temperature_neg",
+        "sapo_temperature_pos",
+        "scale_rewards",
+        "shuffle_dataset",
+        "steps_per_generation",
+        "sync_ref_model",
+        "temperature",
+        "top_entropy_quantile",
+        "top_k",
+        "top_p",
+        "transformers_continuous_batching_config",
+        "trust_remote_code",
+        "use_adaptive_entropy",
+        "use_bias_correction_kl",
+        "use_transformers_continuous_batching",
+        "use_transformers_paged",
+        "use_vllm",
+        "vespo_k_neg",
+        "vespo_k_pos",
+        "vespo_lambda_neg",
+        "vespo_lambda_pos",
+        "vllm_enable_sleep_mode",
+        "vllm_gpu_memory_utilization",
+        "vllm_group_port",
+        "vllm_importance_sampling_cap",
+        "vllm_importance_sampling_clip_max",
+        "vllm_importance_sampling_clip_min",
+        "vllm_importance_sampling_correction",
+        "vllm_importance_sampling_mode",
+        "vllm_max_model_length",
+        "vllm_mode",
+        "vllm_model_impl",
+        "vllm_server_base_url",
+        "vllm_server_host",
+        "vllm_server_port",
+        "vllm_server_timeout",
+        "vllm_structured_outputs_regex",
+        "vllm_tensor_parallel_size",
+    }
+)
+
+
+class GrpoSection(Section):
+    """Group Relative Policy Optimization: generate a group of completions per prompt, reward, reinforce."""
+
+    num_generations: within(2, 65536) = 8
+    """Completions generated per prompt (the group whose rewards are compared); at least 2."""
+    max_completion_length: TokenLength = 256
+    """Longest completion in tokens; a longer one is cut (and counted in completions/clipped_ratio)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the generation."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p; 1.0 keeps every token."""
+    top_k: within(0, 2**31) = 0
+    """Sample among the k most likely tokens only; 0 turns the filter off."""
+    beta: float = Field(0.0, ge=0)
+    """Weight of the KL penalty against the reference model; 0 (TRL's default) loads no reference model."""
+    loss_type: GrpoLoss = "dapo"
+    """How token losses are aggregated (TRL's): dapo (tokens of the whole accumulated batch), grpo (per
+    sequence), dr_grpo (a constant), bnpo (tokens of the local batch), cispo, sapo, luspo, vespo."""
+    epsilon: float = Field(0.2, gt=0)
+    """Clipping range of the importance ratio (lower bound 1 - epsilon)."""
+    epsilon_high: float | None = Field(None, gt=0)
+    """Upper clipping bound 1 + epsilon_high (DAPO's clip-higher uses 0.28); unset: epsilon."""
+    scale_rewards: RewardScaling = "group"
+    """Divide the advantages by the rewards' standard deviation within each group, across the batch, or not at
+    all (none, as Dr. GRPO recommends)."""
+    num_iterations: within(1, 1024) = 1
+    """Optimisation passes over each generated batch (TRL's mu); above 1 the old policy's log-probs are kept."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut at max_completion_length out of the loss (DAPO)."""
+    rewards: ScorerList = Field(default_factory=list)
+    """How completions are rewarded, in the shape of `sample.scorers`: reward_model, exact_match, regex, python,
+    math, think_format, overlong; each with an optional weight (TRL's reward_weights)."""
+
+    @model_validator(mode="after")
+    def _clipping(self) -> GrpoSection:
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(
+                at(
+                    "epsilon_high",
+                    f"{self.epsilon_high:g} is below epsilon ({self.epsilon:g}); the upper clipping bound is at least"
+                    " the lower one (unset it to use epsilon)",
+                )
+            )
+        return self
+
+
+def _trl_settings(section: GrpoSection) -> dict[str, Any]:
+    return {
+        "num_generations": section.num_generations,
+        "max_completion_length": section.max_completion_length,
+        "temperature": section.temperature,
+        "top_p": section.top_p,
+        "top_k": section.top_k if section.top_k else TOP_K_OFF,
+        "beta": section.beta,
+        "loss_type": section.loss_type,
+        "epsilon": section.epsilon,
+        "epsilon_high": section.epsilon_high,
+        "scale_rewards": section.scale_rewards,
+        "num_iterations": section.num_iterations,
+        "mask_truncated_completions": section.mask_truncated_completions,
+        "reward_weights": [float(spec.weight) for spec in section.rewards] or None,
+        "use_vllm": False,
+    }
+
+
+def _trainer_arguments(section: GrpoSection) -> dict[str, Any]:
+    """The recipe's rewards as TRL reward functions, each named by its scorer's label (TRL logs it so)."""
+    from alignkit.scoring.build import build_scorers
+    from alignkit.scoring.trl_rewards import reward_functions
+
+    return {"reward_funcs": reward_functions(build_scorers(section.rewards))}
+
+
+def _passthrough(section: GrpoSection) -> dict[str, str]:
+    """The source columns the rewards read (a reference answer), each with the first reward reading it."""
+    columns: dict[str, str] = {}
+    for index, spec in enumerate(section.rewards):
+        for column in sorted(spec.columns):
+            columns.setdefault(column, f"grpo.rewards.{index}.{spec.kind}")
+    return columns
+
+
+def _recipe_rules(recipe) -> None:
+    """Refuse what GRPOConfig or GRPOTrainer would refuse late (after the model loads) or cryptically."""
+    section, training = recipe.section, recipe.training
+    batch = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    if batch % section.num_generations:
+        raise ValueError(
+            at(
+                "grpo.num_generations",
+                f"is {section.num_generations}, but each process generates for training.per_device_train_batch_size"
+                f" x training.gradient_accumulation_steps = {training.per_device_train_batch_size} x"
+                f" {training.gradient_accumulation_steps} = {batch} completions at a time, which must hold whole"
+                f" groups: make that product a multiple of {section.num_generations} (e.g."
+                f" per_device_train_batch_size {_multiple_above(training.per_device_train_batch_size, section)}), or"
+                f" set num_generations to a divisor of {batch}",
+            )
+        )
+    if section.loss_type == "luspo" and training.extra.get("importance_sampling_level") != "sequence":
+        raise ValueError(
+            at(
+                "grpo.loss_type",
+                "luspo is a sequence-level loss: set training.extra.importance_sampling_level=sequence",
+            )
+        )
+
+
+def _multiple_above(batch: int, section: GrpoSection) -> int:
+    generations = section.num_generations
+    return -(-batch // generations) * generations
+
+
+def _preflight(recipe, source: str) -> list[Problem]:
+    """No rewards, or a reward that cannot work on this machine (a python function that does not import, a
+    reward model that is no sequence classifier, math-verify missing), before any weights load."""
+    rewards = recipe.section.rewards
+    if not rewards:
+        return [
+            Problem(
+                source=source,
+                path="grpo.rewards",
+                message=f"give at least one reward ({either(list(KINDS))}), as in sample.scorers, such as"
+                " `- exact_match: answer`",
+            )
+        ]
+    return check_scorers(rewards, None, where="grpo.rewards", source=source)
+
+
+def _card_rows(section: GrpoSection) -> list[tuple[str, str]]:
+    names = labels(section.rewards)
+    rewards = ", ".join(
+        name if spec.weight == 1 else f"{name} x {spec.weight:g}"
+        for name, spec in zip(names, section.rewards, strict=True)
+    )
+    clip = f"{section.epsilon:g}" + (f" / {section.epsilon_high:g}" if section.epsilon_high is not None else "")
+    return [
+        ("rewards", rewards or "none"),
+        ("generations / max completion length", f"{section.num_generations} / {section.max_completion_length}"),
+        ("loss / beta / clipping", f"{section.loss_type} / {section.beta:g} / {clip}"),
+        ("sampling", f"temperature {section.temperature:g}, top_p {section.top_p:g}, top_k {section.top_k or 'off'}"),
+        ("reward scaling", section.scale_rewards),
+    ]
+
+
+METHOD = Method(
+    name="grpo",
+    title="Group Relative Policy Optimization (GRPO)",
+    section=GrpoSection,
+    # TRL's GRPOConfig default.
+    default_learning_rate=1.0e-6,
+    # TRL's LoRA GRPO examples train at 1e-5; a batch of 8 completions per step holds one default group.
+    qlora_training={"learning_rate": 1.0e-5, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1},
+    trl_fields=TRL_FIELDS,
+    trl_config=imported("trl", "GRPOConfig"),
+    trl_settings=_trl_settings,
+    trainer=imported("trl", "GRPOTrainer"),
+    data=DataNeeds(
+        formats=(formats.PROMPT, formats.MESSAGES, formats.SHAREGPT),
+        rows=PROMPT_ROWS,
+        passthrough=_passthrough,
+    ),
+    trainer_arguments=_trainer_arguments,
+    preflight=_preflight,
+    card_rows=_card_rows,
+    defining_keys=frozenset({"num_generations", "max_completion_length", "num_iterations", "scale_rewards"}),
+    progress_metrics=("reward", "reward_std", "kl", "completions/mean_length"),
+    curve_panels=(
+        ("reward", ("reward", "reward_std")),
+        ("completion length", ("completions/mean_length", "completions/min_length", "completions/max_length")),
+        ("clipped completions", ("completions/clipped_ratio",)),
+        ("KL to the reference", ("kl",)),
+    ),
+    recipe_rules=_recipe_rules,
+    # beta 0 loads no reference model (TRL's default); above 0 a frozen copy scores the KL term.
+    reference_model=lambda section: section.beta > 0,
+)
