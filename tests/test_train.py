@@ -62,14 +62,25 @@ def data_dir(tmp_path_factory) -> Path:
     )
     _jsonl(folder / "cpt.jsonl", [{"text": f"{q} {a}. the sun and the rain."} for q, a in CHAT])
     _jsonl(folder / "kto.jsonl", KTO_ROWS)
+    _jsonl(folder / "prompts.jsonl", [{"prompt": q, "answer": a} for q, a in CHAT])
     return folder
 
 
 def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Path, **sections) -> Path:
     needs = METHODS[method]
-    data_file = {"text": "cpt.jsonl", "tokens": "sft.jsonl", "pairs": "dpo.jsonl", "unpaired": "kto.jsonl"}[
-        needs.data.rows
-    ]
+    data_file = {
+        "text": "cpt.jsonl",
+        "tokens": "sft.jsonl",
+        "pairs": "dpo.jsonl",
+        "unpaired": "kto.jsonl",
+        "prompts": "prompts.jsonl",
+    }[needs.data.rows]
+    fields = needs.section.model_fields
+    own = {"max_length": 48} if "max_length" in fields else {}
+    if "max_prompt_length" in fields:
+        own["max_prompt_length"] = 24
+    if "rewards" in fields:  # online RL: a few short completions per prompt, a reward that varies among them
+        own |= {"num_generations": 2, "max_completion_length": 8, "rewards": [{"regex": "e"}]}
     recipe = {
         "description": f"tiny {method} test",
         "model": {"name_or_path": str(model), "dtype": "float32"},
@@ -85,10 +96,7 @@ def write_recipe(folder: Path, method: str, model: Path, data: Path, output: Pat
             "seed": 0,
         },
         "logging": {"logging_steps": 1},
-        method: {
-            "max_length": 48,
-            **({"max_prompt_length": 24} if "max_prompt_length" in needs.section.model_fields else {}),
-        },
+        method: own,
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):
