@@ -391,7 +391,10 @@ def test_sample_job_refuses_what_one_process_cannot_use(tmp_path, cli, write_rec
     assert fixed.exit_code == 0, fixed.output
     result = cli("slurm", "ppo", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "1")
     assert result.exit_code == 2
-    assert "error: --method: unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, sample" in result.stderr
+    assert (
+        "error: --method: unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample"
+        in result.stderr
+    )
 
 
 def test_sample_job_file_is_replaced_only_with_overwrite_and_submits(

@@ -91,7 +91,10 @@ def test_a_null_start_lets_round_one_use_the_recipes_own_model():
             [{"name": "s", "method": "sample", "inputs": {"sample.scorers.0.reward_model": "rm"}}],
             "stage 's' sets sample.scorers.0.reward_model from 'rm', which is not an earlier stage",
         ),
-        ([{"name": "x", "method": "ppo"}], "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, sample"),
+        (
+            [{"name": "x", "method": "ppo"}],
+            "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample",
+        ),
     ],
 )
 def test_wiring_that_cannot_work_is_refused(stages, message):
