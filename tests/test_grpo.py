@@ -252,3 +252,20 @@ def test_a_killed_grpo_run_resumes(cli, tiny_model_dir, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert "resuming from checkpoint-2" in resumed.output
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_a_missing_reward_column_is_refused_through_the_cli_before_any_weights_load(
+    cli, tiny_model_dir, tmp_path, monkeypatch
+):
+    import alignkit.train.factory as factory
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the model loaded before the data was checked")
+
+    monkeypatch.setattr(factory, "load_model", no_weights)
+    out = tmp_path / "refused"
+    recipe = _recipe(tmp_path, tiny_model_dir, out, grpo={"rewards": [{"exact_match": "solution"}]})
+    result = cli("grpo", "--recipe", recipe)
+    assert result.exit_code == 2, result.output
+    assert "grpo.rewards.0.exact_match: reads the column 'solution'" in result.output
+    assert "(its columns: prompt, answer)" in result.output

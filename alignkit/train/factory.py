@@ -1,7 +1,8 @@
 """The one trainer factory: a validated recipe in, a ready TRL trainer out, the same way for every method.
 
 The order matters and is fixed: the TRL config first (its checks fail before anything heavy loads), then
-the tokenizer and its chat template, the model, the data, and finally the trainer. Which TRL config and
+the tokenizer and its chat template, the data (a bad row or a missing column fails before any weights load),
+the model, and finally the trainer. Which TRL config and
 trainer classes, and what the method's section adds to them, the recipe's method says
 (`alignkit/methods/`); nothing here depends on which method it is.
 """
@@ -67,11 +68,11 @@ def build_trainer(
     )
     tokenizer = load_tokenizer(recipe)
     new_tokens = ensure_chat_template(tokenizer, recipe) if method.data.chat_template else False
+    data = prepare_data(recipe, tokenizer)
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
     if recipe.training.drop_padding_mask:
         drop_padding_mask(loaded.model)
     notices += loaded.notices
-    data = prepare_data(recipe, tokenizer)
     if getattr(config, "dataset_num_proc", None):
         # TRL maps the prepared rows once more; worker processes cost more than they save on small data.
         workers = min(config.dataset_num_proc, len(data.train) // 5000)
