@@ -9,6 +9,7 @@ models and runners are imported only when asked for.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ class DataStage:
     """`module:function` that previews its data for `alignkit data`: (recipe_ref, overrides, show, as_json)."""
     gpus: str = ""
     """The recipe field saying how many GPUs its one process uses (empty: one)."""
+    extras: Callable[[Any], tuple[str, ...]] = lambda recipe: ()
+    """alignkit's optional extras a recipe of this kind needs on a fresh machine."""
 
 
 _DATA_STAGES = {
@@ -41,6 +44,8 @@ _DATA_STAGES = {
         "selected.jsonl",
         preview="alignkit.sampling.preview:report_prompts",
         gpus="sample.tensor_parallel_size",
+        # vLLM only when the recipe names that backend: auto falls back to transformers where it is missing.
+        extras=lambda recipe: ("vllm",) if recipe.sample.backend == "vllm" else (),
     )
 }
 
@@ -87,10 +92,9 @@ def process_gpus(kind: str, recipe: Any) -> tuple[str, int] | None:
 
 def run_extras(kind: str, recipe: Any) -> tuple[str, ...]:
     """alignkit's optional extras that running `recipe` needs on a fresh machine (a dstack task installs
-    them): `vllm` when a sample recipe asks for that backend by name."""
-    if kind == SAMPLE and recipe.sample.backend == "vllm":
-        return ("vllm",)
-    return ()
+    them); none for a training method."""
+    stage = _DATA_STAGES.get(kind)
+    return () if stage is None else stage.extras(recipe)
 
 
 def preview_data(kind: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
