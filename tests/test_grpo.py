@@ -15,6 +15,7 @@ from test_data_formats import prepare
 from alignkit.errors import UserError
 from alignkit.methods import METHODS
 from alignkit.methods.grpo import GrpoLoss, GrpoSection
+from alignkit.recipe.automatic import Facts
 
 GRPO = METHODS["grpo"]
 PROMPTS = [
@@ -59,7 +60,7 @@ def _recipe(tmp_path: Path, model, out: Path, *, grpo=None, training=None, rows=
 
 
 def test_section_defaults_and_trl_mapping():
-    section = GrpoSection(rewards=[{"exact_match": "answer"}, {"regex": "x", "weight": -2}], top_k=0)
+    section = GrpoSection(rewards=[{"exact_match": "answer"}, {"regex": "x", "weight": -2}], top_k=0, vllm="off")
     settings = GRPO.trl_settings(section)
     assert settings["num_generations"] == 8 and settings["max_completion_length"] == 256
     assert settings["reward_weights"] == [1.0, -2.0]
@@ -67,6 +68,59 @@ def test_section_defaults_and_trl_mapping():
     assert settings["loss_type"] == "dapo" and settings["beta"] == 0.0 and settings["scale_rewards"] == "group"
     assert GRPO.data.passthrough(section) == {"answer": "grpo.rewards.0.exact_match"}
     assert dict(GRPO.card_rows(section))["rewards"] == "exact_match:answer, regex x -2"
+
+
+CPU = Facts(device="cpu", bf16=False, flash_attn=False, liger=False, vllm=False)
+GPU_WITH_VLLM = Facts(device="cuda", bf16=True, flash_attn=True, liger=False, vllm=True)
+GPU_WITHOUT_VLLM = Facts(device="cuda", bf16=True, flash_attn=True, liger=False, vllm=False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "facts", "mode", "automatic", "reason"),
+    [
+        ({}, GPU_WITH_VLLM, "colocate", True, "vLLM generates on the training GPUs with 0.3 of their memory"),
+        ({}, CPU, "off", True, "there is no CUDA device and vllm is not installed: generating with transformers"),
+        ({}, GPU_WITHOUT_VLLM, "off", True, "vllm is not installed: generating with transformers"),
+        ({"vllm_server": "http://gpu7:8001/"}, GPU_WITH_VLLM, "server", True, "generating on http://gpu7:8001"),
+        ({"vllm": "colocate"}, GPU_WITH_VLLM, "colocate", False, "set in the recipe"),
+        ({"vllm": "off"}, GPU_WITH_VLLM, "off", False, "set in the recipe"),
+        (
+            {"vllm": "server"},
+            CPU,
+            "off",
+            True,
+            "the recipe asks for vllm server, but there is no CUDA device and vllm is not installed (install it with"
+            " `pip install 'alignkit[vllm]'` on a CUDA machine): generating with transformers",
+        ),
+    ],
+)
+def test_generation_is_vllm_where_it_can_run(fields, facts, mode, automatic, reason):
+    (setting,) = GRPO.automatic(GrpoSection(**fields), facts)
+    assert (setting.path, setting.value, setting.automatic) == ("grpo.vllm", mode, automatic)
+    assert reason in setting.reason
+
+
+def test_vllm_modes_map_onto_trl():
+    colocate = GrpoSection(vllm="colocate", vllm_gpu_memory_utilization=0.5, vllm_sleep_mode=True)
+    assert {key: value for key, value in GRPO.trl_settings(colocate).items() if "vllm" in key} == {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": 0.5,
+        "vllm_tensor_parallel_size": 1,
+        "vllm_enable_sleep_mode": True,
+    }
+    server = GRPO.trl_settings(GrpoSection(vllm="server", vllm_server="http://gpu7:8001/"))
+    assert (server["use_vllm"], server["vllm_mode"], server["vllm_server_base_url"]) == (
+        True,
+        "server",
+        "http://gpu7:8001",
+    )
+    assert GRPO.trl_settings(GrpoSection(vllm="server"))["vllm_server_base_url"] == "http://localhost:8000"
+    with pytest.raises(ValueError, match="undecided"):
+        GRPO.trl_settings(GrpoSection())
+    # YAML reads a bare off as false; TRL's use_vllm true is its default mode.
+    assert (GrpoSection(vllm=False).vllm, GrpoSection(vllm=True).vllm) == ("off", "colocate")
+    assert dict(GRPO.card_rows(GrpoSection(vllm="server")))["generation"] == "vLLM server at http://localhost:8000"
 
 
 def test_defaults_and_loss_types_are_trl_s():
@@ -91,6 +145,11 @@ def test_defaults_and_loss_types_are_trl_s():
         ({"num_generations": 1}, "must be a whole number from 2 to 65,536"),
         ({"epsilon": 0.2, "epsilon_high": 0.1}, "0.1 is below epsilon (0.2)"),
         ({"top_p": 0}, "greater than 0"),
+        ({"vllm": "colocate", "vllm_server": "http://a:8000"}, "grpo.vllm is colocate: set grpo.vllm: server"),
+        ({"vllm_server": "gpu7:8000"}, "'gpu7:8000' is not a server address; write it as http://HOST:PORT"),
+        ({"vllm": "server", "vllm_sleep_mode": True}, "applies to vllm: colocate"),
+        ({"vllm": "always"}, "should be 'auto', 'off', 'colocate' or 'server'"),
+        ({"vllm_gpu_memory_utilization": 1.5}, "less than or equal to 1"),
     ],
 )
 def test_section_refusals(section, message):

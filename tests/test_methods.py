@@ -14,6 +14,7 @@ from conftest import chat_file
 
 from alignkit.methods import METHODS
 from alignkit.methods.method import Method
+from alignkit.recipe.automatic import Facts
 
 PACKAGE = Path(__file__).resolve().parent.parent / "alignkit"
 # The demo is a user of the CLI (it runs `alignkit sft` and `alignkit dpo` on its recipe), like configs/.
@@ -77,8 +78,12 @@ def test_each_method_is_one_module_and_its_recipe_carries_it(name):
 
 
 def test_every_method_maps_onto_its_trl_config_with_known_fields():
+    facts = Facts(device="cpu", bf16=False, flash_attn=False, liger=False)
     for name, method in METHODS.items():
-        settings = method.trl_settings(method.section())
+        section = method.section()
+        # The automatic settings are decided before the TRL config is built (trl_config.build_trl_config).
+        decided = {s.path.split(".", 1)[1]: s.value for s in method.automatic(section, facts) if s.automatic}
+        settings = method.trl_settings(section.model_copy(update=decided))
         assert set(settings) <= method.trl_fields, name
 
 

@@ -73,19 +73,22 @@ def print_dry_run(resolved, plan, *, as_json: bool, notices_to, overwrite: bool 
 
 def _print_settings(console, settings, device: str) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"speed settings (as decided on this machine: {device})", title_justify="left")
     for column in ("setting", "value", "by", "why"):
         table.add_column(column, overflow="fold")
     for setting in settings:
         value = str(setting.value).lower() if isinstance(setting.value, bool) else str(setting.value)
-        table.add_row(setting.path, value, "auto" if setting.automatic else "recipe", setting.reason)
+        # Plain Text: a reason may hold brackets (`alignkit[vllm]`) that rich would read as markup.
+        table.add_row(setting.path, Text(value), "auto" if setting.automatic else "recipe", Text(setting.reason))
     console.print(table)
 
 
 def _print_recipe_and_plan(console, resolved, plan, recipe: dict, describe) -> None:
     from rich.syntax import Syntax
     from rich.table import Table
+    from rich.text import Text
 
     from alignkit.recipe.yamlio import dump_yaml
 
@@ -110,5 +113,5 @@ def _print_recipe_and_plan(console, resolved, plan, recipe: dict, describe) -> N
     if plan.bnb_4bit_quant_storage:
         rows.append(("4-bit storage", f"{plan.bnb_4bit_quant_storage} (the compute dtype, as sharding needs)"))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))
     console.print(table)

@@ -6,14 +6,17 @@ relative to its group's. Rows are prompts only (a message list; TRL applies the 
 generation prompt), with the columns the rewards read (a reference answer) carried beside them unchanged:
 TRL hands every column but the prompt to the reward functions.
 
-Generation runs in the trainer's own process with transformers (`use_vllm` off); vLLM modes come later.
+Generation runs with transformers in the trainer's own process, or with vLLM on CUDA (`grpo.vllm`): colocated
+on the training GPUs, or on a separate `trl vllm-serve` whose address the recipe gives (`alignkit slurm` and
+`alignkit dstack` reserve its GPUs and start it). Left to `auto`, vLLM colocates wherever it can run.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignkit.data import formats
 from alignkit.errors import Problem, either
@@ -27,6 +30,11 @@ from alignkit.scoring.specs import KINDS, ScorerList, check_scorers, labels
 GrpoLoss = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
 # How TRL 1.16 scales the group-relative advantages (True and False are its aliases of group and none).
 RewardScaling = Literal["group", "batch", "none"]
+# Where completions are generated: transformers in the trainer (off), vLLM on the training GPUs (colocate) or
+# on a separate trl vllm-serve (server); auto: colocate where vLLM can run, else off.
+VllmMode = Literal["auto", "off", "colocate", "server"]
+VLLM_PORT = 8000
+"""The port `trl vllm-serve` listens on by default, and the one alignkit's Slurm and dstack jobs start it on."""
 
 TOP_K_OFF = 0
 """TRL 1.16's top_k value that turns top-k filtering off."""
@@ -144,6 +152,22 @@ class GrpoSection(Section):
     """Optimisation passes over each generated batch (TRL's mu); above 1 the old policy's log-probs are kept."""
     mask_truncated_completions: bool = False
     """Leave completions cut at max_completion_length out of the loss (DAPO)."""
+    vllm: VllmMode = "auto"
+    """Generation with vLLM (CUDA, `pip install 'alignkit[vllm]'`): colocate shares the training GPUs; server
+    talks to a separate `trl vllm-serve` at vllm_server; off generates with transformers; auto colocates where
+    vLLM can run, else off. Where vLLM cannot run (no CUDA device, not installed), generation falls back to
+    transformers and the run says so."""
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """Fraction of each GPU vLLM may take: beside training under colocate (TRL's default 0.3); the server's
+    whole GPU under server when alignkit's Slurm or dstack job starts it (set 0.9 there)."""
+    vllm_tensor_parallel_size: within(1, 1024) = 1
+    """GPUs one vLLM engine spreads the model over (colocate: a divisor of the training processes; server: the
+    GPUs alignkit's jobs give the server)."""
+    vllm_sleep_mode: bool = False
+    """colocate: vLLM releases its GPU memory while the policy trains, and takes it back to generate."""
+    vllm_server: str | None = None
+    """server: the address of the running `trl vllm-serve` (http://HOST:PORT); unset: http://localhost:8000.
+    alignkit's Slurm and dstack jobs start the server and set it."""
     rewards: ScorerList = Field(default_factory=list)
     """How completions are rewarded, in the shape of `sample.scorers`: reward_model, exact_match, regex, python,
     math, think_format, overlong; each with an optional weight (TRL's reward_weights)."""
@@ -157,6 +181,37 @@ class GrpoSection(Section):
                     f"{self.epsilon_high:g} is below epsilon ({self.epsilon:g}); the upper clipping bound is at least"
                     " the lower one (unset it to use epsilon)",
                 )
+            )
+        return self
+
+    @field_validator("vllm", mode="before")
+    @classmethod
+    def _vllm_switch(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false; TRL's use_vllm true means its default mode, colocate.
+        return {False: "off", True: "colocate"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _vllm_settings(self) -> GrpoSection:
+        if self.vllm_server is not None:
+            if self.vllm not in ("auto", "server"):
+                raise ValueError(
+                    at(
+                        "vllm_server",
+                        f"is the address of a vLLM server; grpo.vllm is {self.vllm}: set"
+                        " grpo.vllm: server to use it, or remove vllm_server",
+                    )
+                )
+            if not re.fullmatch(r"https?://[^\s/:]+(:\d+)?/?", self.vllm_server):
+                raise ValueError(
+                    at(
+                        "vllm_server",
+                        f"{self.vllm_server!r} is not a server address; write it as"
+                        f" http://HOST:PORT (e.g. http://gpu-node-7:{VLLM_PORT})",
+                    )
+                )
+        if self.vllm_sleep_mode and self.vllm == "server":
+            raise ValueError(
+                at("vllm_sleep_mode", "applies to vllm: colocate (a separate server keeps its memory); remove it")
             )
         return self
 
@@ -176,8 +231,69 @@ def _trl_settings(section: GrpoSection) -> dict[str, Any]:
         "num_iterations": section.num_iterations,
         "mask_truncated_completions": section.mask_truncated_completions,
         "reward_weights": [float(spec.weight) for spec in section.rewards] or None,
-        "use_vllm": False,
+        **_vllm_settings(section),
     }
+
+
+def _vllm_settings(section: GrpoSection) -> dict[str, Any]:
+    """GRPOConfig's vLLM keywords for a decided `grpo.vllm` (auto is decided by `_automatic` before this)."""
+    mode = section.vllm
+    if mode == "off":
+        return {"use_vllm": False}
+    if mode == "colocate":
+        return {
+            "use_vllm": True,
+            "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": section.vllm_gpu_memory_utilization,
+            "vllm_tensor_parallel_size": section.vllm_tensor_parallel_size,
+            "vllm_enable_sleep_mode": section.vllm_sleep_mode,
+        }
+    if mode == "server":
+        return {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": server_address(section)}
+    raise ValueError(f"grpo.vllm {mode!r} reached the TRL settings undecided; decide the automatic settings first")
+
+
+def server_address(section: GrpoSection) -> str:
+    """The vLLM server's base URL, without a trailing slash."""
+    return (section.vllm_server or f"http://localhost:{VLLM_PORT}").rstrip("/")
+
+
+def _automatic(section: GrpoSection, facts) -> list:
+    """Decide `grpo.vllm`: vLLM where it can run (CUDA and installed); transformers elsewhere, saying why."""
+    from alignkit.recipe.automatic import Setting
+
+    path, mode = "grpo.vllm", section.vllm
+    missing = [
+        why
+        for why, lacking in (
+            ("there is no CUDA device", facts.device != "cuda"),
+            ("vllm is not installed", not facts.vllm),
+        )
+        if lacking
+    ]
+    if mode == "off":
+        return [Setting(path, mode, "set in the recipe", automatic=False)]
+    if missing:
+        fallback = "generating with transformers in the training processes"
+        asked = "" if mode == "auto" else f"the recipe asks for vllm {mode}, but "
+        fix = "" if mode == "auto" else " (install it with `pip install 'alignkit[vllm]'` on a CUDA machine)"
+        return [Setting(path, "off", f"{asked}{' and '.join(missing)}{fix}: {fallback}")]
+    if mode == "auto" and section.vllm_server is not None:
+        return [
+            Setting(
+                path, "server", f"vllm is installed and vllm_server is set: generating on {server_address(section)}"
+            )
+        ]
+    if mode == "auto":
+        return [
+            Setting(
+                path,
+                "colocate",
+                "vllm is installed and a CUDA device is present: vLLM generates on the"
+                f" training GPUs with {section.vllm_gpu_memory_utilization:g} of their memory",
+            )
+        ]
+    return [Setting(path, mode, "set in the recipe", automatic=False)]
 
 
 def _trainer_arguments(section: GrpoSection) -> dict[str, Any]:
@@ -256,7 +372,17 @@ def _card_rows(section: GrpoSection) -> list[tuple[str, str]]:
         ("loss / beta / clipping", f"{section.loss_type} / {section.beta:g} / {clip}"),
         ("sampling", f"temperature {section.temperature:g}, top_p {section.top_p:g}, top_k {section.top_k or 'off'}"),
         ("reward scaling", section.scale_rewards),
+        ("generation", _generation_row(section)),
     ]
+
+
+def _generation_row(section: GrpoSection) -> str:
+    mode = section.vllm
+    if mode == "colocate":
+        return f"vLLM on the training GPUs ({section.vllm_gpu_memory_utilization:g} of their memory)"
+    if mode == "server":
+        return f"vLLM server at {server_address(section)}"
+    return "transformers in the training processes" if mode == "off" else "vLLM where it can run, else transformers"
 
 
 METHOD = Method(
@@ -279,10 +405,14 @@ METHOD = Method(
     trainer_arguments=_trainer_arguments,
     preflight=_preflight,
     card_rows=_card_rows,
+    automatic=_automatic,
     defining_keys=frozenset({"num_generations", "max_completion_length", "num_iterations", "scale_rewards"}),
     progress_metrics=("reward", "reward_std", "kl", "completions/mean_length"),
     curve_panels=(
         ("reward", ("reward", "reward_std")),
+        # TRL logs rewards/NAME/mean and rewards/NAME/std per reward function, NAME being the scorer's label.
+        ("mean reward per function", ("rewards/*/mean",)),
+        ("reward spread per function", ("rewards/*/std",)),
         ("completion length", ("completions/mean_length", "completions/min_length", "completions/max_length")),
         ("clipped completions", ("completions/clipped_ratio",)),
         ("KL to the reference", ("kl",)),

@@ -32,6 +32,8 @@ class Facts:
     """A flash-attention kernel with variable-length support is installed (CUDA only)."""
     liger: bool
     """liger-kernel is installed."""
+    vllm: bool = False
+    """vllm is installed (it generates only on CUDA)."""
     activations_fit: bool | None = None
     """Whether the activations fit in device memory without recomputation (the memory plan); None: unknown."""
     memory_reason: str = ""
@@ -40,8 +42,9 @@ class Facts:
     @classmethod
     def of(cls, hardware, **memory: Any) -> Facts:
         """Facts from a probed `alignkit.hardware.Hardware` (the training process)."""
-        liger = importlib.util.find_spec("liger_kernel") is not None
-        return cls(hardware.device, hardware.bf16, hardware.flash_attn, liger, **memory)
+        installed = importlib.util.find_spec
+        liger, vllm = installed("liger_kernel") is not None, installed("vllm") is not None
+        return cls(hardware.device, hardware.bf16, hardware.flash_attn, liger, vllm, **memory)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def planned_facts(device: str) -> Facts:
         bf16=True if cuda else cpu_has_bf16(),
         flash_attn=cuda and installed("flash_attn") is not None,
         liger=installed("liger_kernel") is not None,
+        vllm=installed("vllm") is not None,
     )
 
 

@@ -3,6 +3,7 @@ accuracies for preference methods), drawn from the trainer's log history with ma
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,21 @@ BASE_PANELS = (
 def plot_curves(
     log_history: list[dict[str, Any]], path: Path, title: str, panels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 ) -> Path | None:
-    """Draw the base panels and `panels` (the method's) that have data; returns the file, or None if none has."""
+    """Draw the base panels and `panels` (the method's) that have data; returns the file, or None if none has.
+
+    A panel's key may hold `*` (such as `rewards/*/mean`): every logged key it matches is a line of its own,
+    for metrics named after the run's settings (one per reward function).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    logged = sorted({key for row in log_history for key in row})
     drawn = []
-    for name, keys in (*BASE_PANELS, *panels):
+    for name, patterns in (*BASE_PANELS, *panels):
         series = {}
-        for key in keys:
+        for key in _matching(patterns, logged):
             points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
             if points:
                 series[key] = points
@@ -47,3 +53,14 @@ def plot_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _matching(patterns: tuple[str, ...], logged: list[str]) -> list[str]:
+    """The panel's keys: plain ones as given, patterns expanded to the logged keys they match (sorted)."""
+    keys: list[str] = []
+    for pattern in patterns:
+        if "*" in pattern:
+            keys += [key for key in logged if fnmatch.fnmatchcase(key, pattern) and key not in keys]
+        elif pattern not in keys:
+            keys.append(pattern)
+    return keys
