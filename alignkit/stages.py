@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.methods import METHODS
+from alignkit.scoring.specs import scorer_extras
 
 SAMPLE = "sample"
 
@@ -45,7 +46,7 @@ _DATA_STAGES = {
         preview="alignkit.sampling.preview:report_prompts",
         gpus="sample.tensor_parallel_size",
         # vLLM only when the recipe names that backend: auto falls back to transformers where it is missing.
-        extras=lambda recipe: ("vllm",) if recipe.sample.backend == "vllm" else (),
+        extras=lambda recipe: ("vllm",) * (recipe.sample.backend == "vllm") + scorer_extras(recipe.sample.scorers),
     )
 }
 
@@ -92,9 +93,9 @@ def process_gpus(kind: str, recipe: Any) -> tuple[str, int] | None:
 
 def run_extras(kind: str, recipe: Any) -> tuple[str, ...]:
     """alignkit's optional extras that running `recipe` needs on a fresh machine (a dstack task installs
-    them); none for a training method."""
+    them)."""
     stage = _DATA_STAGES.get(kind)
-    return () if stage is None else stage.extras(recipe)
+    return recipe.method.extras(recipe.section) if stage is None else stage.extras(recipe)
 
 
 def preview_data(kind: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:

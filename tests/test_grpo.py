@@ -108,6 +108,7 @@ def test_vllm_modes_map_onto_trl():
         "vllm_gpu_memory_utilization": 0.5,
         "vllm_tensor_parallel_size": 1,
         "vllm_enable_sleep_mode": True,
+        "vllm_max_model_length": None,
     }
     server = GRPO.trl_settings(GrpoSection(vllm="server", vllm_server="http://gpu7:8001/"))
     assert (server["use_vllm"], server["vllm_mode"], server["vllm_server_base_url"]) == (

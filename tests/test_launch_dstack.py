@@ -6,6 +6,8 @@ dstack is a test dependency (the `dev` extra); `--apply` is checked against a st
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 import yaml
@@ -237,3 +239,101 @@ def test_sample_task_keeps_an_edited_file_and_applies(cli, tmp_path, write_recip
     assert applied.exit_code == 0, applied.output
     assert (tmp_path / "dstack.log").read_text().splitlines() == [f"apply -f {out}"]
     assert configurations.parse_run_configuration(_load(out)).commands[1].startswith("alignkit sample ")
+
+
+# --- grpo with `vllm: server`: the task starts trl vllm-serve beside the trainers ------------------------------
+
+GRPO_SERVER_RECIPE = """\
+model: {name_or_path: some/model}
+data: {datasets: [{path: prompts.jsonl}]}
+grpo:
+  vllm: server
+  num_generations: 4
+  rewards: [{math: solution}, {think_format: {}}]
+training: {per_device_train_batch_size: 4}
+"""
+
+
+def _server_task(cli, tmp_path, write_recipe, *flags):
+    recipe = write_recipe(GRPO_SERVER_RECIPE, "rl.yaml")
+    out = tmp_path / "rl.dstack.yml"
+    result = cli("dstack", "grpo", "--recipe", recipe, "--output", out, *flags)
+    assert result.exit_code == 0, result.output
+    return configurations.parse_run_configuration(_load(out))
+
+
+def _joined(task) -> str:
+    """The task's commands as dstack's server runs them: stripped, joined with `&&`, a command ending in `&`
+    braced (dstack/_internal/server/services/jobs/configurators/base.py, `_join_shell_commands`; its server
+    modules need packages the client install lacks, so the rule is restated here)."""
+    commands = [command.strip() for command in task.commands]
+    return " && ".join(f"{{ {command} }}" if command.endswith("&") else command for command in commands)
+
+
+def test_one_node_task_serves_on_the_first_gpus_and_trains_on_the_rest(cli, tmp_path, write_recipe, monkeypatch):
+    task = _server_task(cli, tmp_path, write_recipe, "--gpu", "H100:4")
+    version = __import__("alignkit").__version__
+    assert task.commands[0] == f"pip install 'alignkit[math,vllm]=={version}'"
+    (script,) = task.commands[1:]
+    lines = script.splitlines()
+    assert lines[0].startswith("SERVE_GPUS=$(seq -s, 0 0)  # vLLM server")
+    assert lines[1] == (
+        'CUDA_VISIBLE_DEVICES="$SERVE_GPUS" python -m trl.scripts.vllm_serve --model some/model --revision main'
+        " --tensor_parallel_size 1 --data_parallel_size 1 --port 8000 --gpu_memory_utilization 0.9 &"
+    )
+    assert lines[-1] == (
+        "CUDA_VISIBLE_DEVICES=$(seq -s, 1 $((DSTACK_GPUS_PER_NODE - 1))) alignkit grpo --recipe"
+        " alignkit-recipes/rl.yaml --launch ddp --output-dir outputs/rl-grpo --num-machines 1 --num-processes 3"
+        ' --set "grpo.vllm_server=http://localhost:8000"'
+    )
+    # Run as dstack would (install, then the block) with stand-ins: the trainers start once the server answers.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_ins = {
+        "pip": '#!/bin/bash\necho pip >> "$LOG"\n',
+        "python": '#!/bin/bash\necho "server $CUDA_VISIBLE_DEVICES" >> "$LOG"\n'
+        'echo $$ > "$UP.new"; mv "$UP.new" "$UP"; exec /bin/sleep 30\n',
+        "curl": '#!/bin/bash\n[ -e "$UP" ]\n',
+        "alignkit": '#!/bin/bash\necho "trainers $CUDA_VISIBLE_DEVICES $*" >> "$LOG"\n',
+        "sleep": "#!/bin/bash\nexec /bin/sleep 0.1\n",
+    }
+    for name, text in stand_ins.items():
+        (bin_dir / name).write_text(text, encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    log, up = tmp_path / "log", tmp_path / "up"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "UP": str(up)}
+    env["DSTACK_GPUS_PER_NODE"] = "4"
+    import subprocess
+
+    run = subprocess.run(
+        ["bash", "-c", _joined(task)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    server = int(up.read_text())
+    for _ in range(50):  # the job's exit stops the server (it may take a moment to be reaped)
+        if subprocess.run(["kill", "-0", str(server)], capture_output=True, check=False).returncode:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(server, signal.SIGKILL)
+        pytest.fail("the vLLM server outlived the task")
+    entries = log.read_text().splitlines()
+    assert entries[:2] == ["pip", "server 0"]
+    assert entries[2].startswith("trainers 1,2,3 grpo --recipe alignkit-recipes/rl.yaml")
+    assert entries[2].endswith("--set grpo.vllm_server=http://localhost:8000")
+
+
+def test_multi_node_task_serves_on_the_last_node(cli, tmp_path, write_recipe):
+    task = _server_task(cli, tmp_path, write_recipe, "--gpu", "H100:8", "--nodes", "3")
+    script = task.commands[1]
+    assert 'SERVER_IP=$(echo "$DSTACK_NODES_IPS" | tail -n 1)' in script
+    assert (
+        'if [ "$DSTACK_NODE_RANK" -eq $((DSTACK_NODES_NUM - 1)) ]; then exec python -m trl.scripts.vllm_serve'
+        " --model some/model --revision main --tensor_parallel_size 1 --data_parallel_size 8 --port 8000"
+        " --gpu_memory_utilization 0.9; fi"
+    ) in script
+    assert 'until curl -sfL "http://$SERVER_IP:8000/health/"' in script
+    assert script.splitlines()[-1].endswith(
+        '--num-machines 2 --num-processes 8 --machine-rank "$DSTACK_NODE_RANK" --main-process-ip'
+        ' "$DSTACK_MASTER_NODE_IP" --main-process-port 29500 --set "grpo.vllm_server=http://$SERVER_IP:8000"'
+    )

@@ -413,3 +413,142 @@ def test_sample_job_file_is_replaced_only_with_overwrite_and_submits(
     assert "submitted job 12345" in replaced.stdout
     assert (tmp_path / "standin.log").read_text().splitlines() == [f"sbatch {out}"]
     assert "  sample\n" in out.read_text()
+
+
+# --- grpo with `vllm: server`: the job starts trl vllm-serve beside the trainers ------------------------------
+
+GRPO_SERVER_RECIPE = """\
+model: {name_or_path: some/model}
+data: {datasets: [{path: prompts.jsonl}]}
+grpo:
+  vllm: server
+  num_generations: 4
+  rewards: [{exact_match: answer}]
+training: {per_device_train_batch_size: 4}
+"""
+
+# Stands in for trl vllm-serve: records its arguments and GPUs, says it is up, then serves until killed.
+FAKE_SERVER = """#!/bin/bash
+printf '%s\\n' "$@" > "$STANDIN_DIR/server_args"
+echo "${CUDA_VISIBLE_DEVICES:-unset}" > "$STANDIN_DIR/server_gpus"
+echo $$ > "$STANDIN_DIR/server_pid"
+if [ -n "$FAKE_SERVER_FAILS" ]; then exit 3; fi
+touch "$STANDIN_DIR/server_up"
+exec sleep 600
+"""
+# Stands in for curl: the server answers once it said it is up.
+FAKE_CURL = """#!/bin/bash
+echo "curl $*" >> "$STANDIN_LOG"
+[ -e "$STANDIN_DIR/server_up" ]
+"""
+FAKE_TRAINER = """#!/bin/bash
+printf '%s\\n' "$@" > "$STANDIN_DIR/alignkit_args"
+echo "${CUDA_VISIBLE_DEVICES:-unset}" > "$STANDIN_DIR/alignkit_gpus"
+"""
+
+
+def _server_job(cli, tmp_path, write_recipe, monkeypatch, *flags):
+    write_recipe(GRPO_SERVER_RECIPE, "rl.yaml")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rl.sbatch"
+    return out, cli("slurm", "grpo", "--recipe", "rl.yaml", "--output", out, *flags)
+
+
+def _server_stand_ins(stand_ins: Path) -> dict[str, str]:
+    for name, text in {"fake-server": FAKE_SERVER, "curl": FAKE_CURL, "fake-trainer": FAKE_TRAINER}.items():
+        (stand_ins / name).write_text(text, encoding="utf-8")
+        (stand_ins / name).chmod(0o755)
+    return {"VLLM_SERVE": str(stand_ins / "fake-server"), "ALIGNKIT": str(stand_ins / "fake-trainer")}
+
+
+def test_a_vllm_server_takes_the_first_gpus_and_the_trainers_the_rest(
+    tmp_path, stand_ins, cli, write_recipe, monkeypatch
+):
+    out, result = _server_job(cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "4")
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: vLLM server (trl vllm-serve, port 8000) on 1 GPU(s) of the node; training on 1 node(s) x 3 GPU(s)"
+        in (result.stderr)
+    )
+    # Slurm lists the allocation's GPUs in CUDA_VISIBLE_DEVICES; the server gets the first, the trainers the rest.
+    env = _slurm_env(tmp_path, **_server_stand_ins(stand_ins), CUDA_VISIBLE_DEVICES="4,5,6,7")
+    run = subprocess.run(["bash", str(out)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "server_args").read_text().split() == [
+        "--model", "some/model", "--revision", "main", "--tensor_parallel_size", "1", "--data_parallel_size", "1",
+        "--port", "8000", "--gpu_memory_utilization", "0.9",
+    ]  # fmt: skip
+    assert (tmp_path / "server_gpus").read_text().strip() == "4"
+    assert (tmp_path / "alignkit_gpus").read_text().strip() == "5,6,7"
+    args = " ".join((tmp_path / "alignkit_args").read_text().splitlines())
+    assert "--num-machines 1 --num-processes 3" in args
+    assert "--set grpo.vllm_server=http://localhost:8000" in args
+    assert "curl -sfL http://localhost:8000/health/" in (tmp_path / "standin.log").read_text()
+    # The server is stopped when the job ends.
+    pid = int((tmp_path / "server_pid").read_text())
+    for _ in range(50):
+        if subprocess.run(["kill", "-0", str(pid)], capture_output=True, check=False).returncode:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the vLLM server outlived the job")
+
+
+def test_a_server_that_dies_ends_the_job_before_training(tmp_path, stand_ins, cli, write_recipe, monkeypatch):
+    out, result = _server_job(cli, tmp_path, write_recipe, monkeypatch, "--nodes", "1", "--gpus-per-node", "2")
+    assert result.exit_code == 0, result.output
+    env = _slurm_env(tmp_path, **_server_stand_ins(stand_ins), FAKE_SERVER_FAILS="1")
+    run = subprocess.run(["bash", str(out)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1
+    assert "alignkit: the vLLM server exited before answering" in run.stdout
+    assert not (tmp_path / "alignkit_args").exists()
+
+
+def test_on_several_nodes_the_last_one_serves(tmp_path, cli, write_recipe, monkeypatch):
+    out, result = _server_job(
+        cli, tmp_path, write_recipe, monkeypatch, "--nodes", "3", "--gpus-per-node", "8",
+        "--set", "grpo.vllm_tensor_parallel_size=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert 'SERVER_NODE="${NODES[-1]}"' in text
+    assert (
+        'srun --nodes=1 --ntasks=1 --nodelist="$SERVER_NODE" $VLLM_SERVE --model some/model --revision main'
+        " --tensor_parallel_size 2 --data_parallel_size 4 --port 8000 --gpu_memory_utilization 0.9 &"
+    ) in text
+    assert "  --num-machines 2\n  --num-processes 8\n" in text
+    assert '  --set "grpo.vllm_server=http://$SERVER_NODE:8000"\n' in text
+    assert '--exclude="$SERVER_NODE"' in text and '--machine-rank "$SLURM_PROCID"' in text
+    assert subprocess.run(["bash", "-n", str(out)], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ("--nodes", "1", "--gpus-per-node", "1"),
+            "--gpus-per-node: gives 1 GPU(s); the vLLM server takes 1 (grpo.vllm_tensor_parallel_size) and training"
+            " needs at least one more: give at least 2, add a node (--nodes 2: the last node serves), or set"
+            " grpo.vllm: colocate",
+        ),
+        (
+            ("--nodes", "2", "--gpus-per-node", "3", "--set", "grpo.vllm_tensor_parallel_size=2"),
+            "--gpus-per-node: gives 3 GPU(s) per node; the server's node runs copies of the model on 2 GPU(s) each"
+            " (grpo.vllm_tensor_parallel_size), so give a multiple of 2",
+        ),
+    ],
+)
+def test_a_job_without_gpus_for_both_is_refused(tmp_path, cli, write_recipe, monkeypatch, flags, message):
+    out, result = _server_job(cli, tmp_path, write_recipe, monkeypatch, *flags)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_a_server_the_recipe_addresses_is_not_started(tmp_path, cli, write_recipe, monkeypatch):
+    flags = ("--nodes", "1", "--gpus-per-node", "2", "--set", "grpo.vllm_server=http://rl-server:8000")
+    out, result = _server_job(cli, tmp_path, write_recipe, monkeypatch, *flags)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "VLLM_SERVE" not in text and "--num-processes 2" in text

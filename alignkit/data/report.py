@@ -30,7 +30,8 @@ class SourceReport:
     train_rows: int = 0
     test_rows: int = 0
     dropped: int = 0
-    """Rows dropped: no token left to train on (after truncation), or an empty/identical response."""
+    """Rows dropped: no token left to train on (after truncation), an empty/identical response, or a prompt
+    longer than an online method leaves room for."""
     loss: str = ""
     """Which tokens of this source's rows carry the loss."""
 

@@ -24,7 +24,7 @@ from alignkit.data.preference import TrainerTokens, raw_pair, render_pair
 from alignkit.data.templates import TemplateRowError, adds_bos_on_encode, render
 from alignkit.methods.method import PAIR_ROWS, PROMPT_ROWS, TEXT_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
 
-KEEP, NO_LOSS, EMPTY = 0, 1, 2
+KEEP, NO_LOSS, EMPTY, TOO_LONG = 0, 1, 2, 3
 """Row outcomes (the `_drop` column): kept, no token left to train on, empty or identical responses."""
 
 OUTPUT_COLUMNS = {
@@ -96,6 +96,7 @@ class Preprocessor:
         self.system_prompt = system_prompt
         self.max_length = getattr(section, "max_length", None)
         self.max_prompt_length = getattr(section, "max_prompt_length", None)
+        self.prompt_budget = needs.prompt_budget(section)
         self.text_column = text_column
         self.pair_tokens = None
         if self.rows in (PAIR_ROWS, UNPAIRED_ROWS):
@@ -299,11 +300,12 @@ class _Bound:
                 raise RowFailure(indices[position], str(err)) from None
             prompts.append(prompt)
         encoded = pre.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        budget = pre.prompt_budget
         return {
             "prompt": prompts,
             **{column: batch[column] for column in pre.passthrough},
             "_length": [len(ids) for ids in encoded],
-            "_drop": [KEEP] * len(prompts),
+            "_drop": [TOO_LONG if budget is not None and len(ids) > budget else KEEP for ids in encoded],
             "_cut": [False] * len(prompts),
         }
 

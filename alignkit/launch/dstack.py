@@ -3,7 +3,8 @@
 The task installs alignkit on the cloud machine and runs `alignkit METHOD` once per node with dstack's own
 node variables (`DSTACK_NODE_RANK`, `DSTACK_MASTER_NODE_IP`, `DSTACK_NODES_NUM`, `DSTACK_GPUS_PER_NODE`); a
 stage that runs as one process (`sample`) is one plain command on one node, with the packages its recipe
-needs beside alignkit (vLLM for `sample.backend: vllm`).
+needs beside alignkit (vLLM for `sample.backend: vllm`). A run that generates on its own vLLM server (grpo's
+`vllm: server`) starts it first: on the node's first GPUs, or alone on the last node.
 A recipe given as a local file or recipe folder is uploaded beside the task through dstack's `files`.
 Secrets travel by name only (`env: [HF_TOKEN, WANDB_API_KEY]`): dstack reads their values from your
 environment when you apply.
@@ -24,6 +25,7 @@ import yaml
 
 from alignkit import __version__
 from alignkit.errors import Problem, RunError, UserError
+from alignkit.launch.inference_server import SERVE_MODULE, address_argument, quoted, wait_lines
 from alignkit.launch.job import Job, JobSpec, plan_job, refuse_overwrite
 from alignkit.library.lookup import recipe_folder
 from alignkit.stages import run_extras
@@ -84,13 +86,17 @@ def task_config(job: Job, gpu: str) -> dict:
     """The dstack task configuration (a mapping that dumps to the task's YAML)."""
     spec = job.spec
     command = shlex.join(["alignkit", *job.argv])
-    if job.plan is not None:  # a training method starts a process per GPU; a stage like sample runs as one
-        command += ' --num-machines "$DSTACK_NODES_NUM" --num-processes "$DSTACK_GPUS_PER_NODE"'
-    if spec.nodes > 1:
-        command += (
-            ' --machine-rank "$DSTACK_NODE_RANK" --main-process-ip "$DSTACK_MASTER_NODE_IP"'
-            f" --main-process-port {MAIN_PORT}"
-        )
+    if job.server is not None:
+        commands = _with_server(job, command)
+    else:
+        if job.plan is not None:  # a training method starts a process per GPU; a stage like sample runs as one
+            command += ' --num-machines "$DSTACK_NODES_NUM" --num-processes "$DSTACK_GPUS_PER_NODE"'
+        if spec.nodes > 1:
+            command += (
+                ' --machine-rank "$DSTACK_NODE_RANK" --main-process-ip "$DSTACK_MASTER_NODE_IP"'
+                f" --main-process-port {MAIN_PORT}"
+            )
+        commands = [command]
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     config: dict = {"type": "task", "name": job.name}
     if spec.nodes > 1:
@@ -102,10 +108,43 @@ def task_config(job: Job, gpu: str) -> dict:
         config["files"] = [f"{local.resolve()}:{REMOTE_RECIPE_DIR}/{local.resolve().name}"]
     extras = run_extras(spec.method, job.resolved.recipe)
     packages = [f"alignkit[{','.join(extras)}]=={__version__}" if extras else f"alignkit=={__version__}"]
-    config["commands"] = [shlex.join(["pip", "install", *packages]), command]
+    config["commands"] = [shlex.join(["pip", "install", *packages]), *commands]
     # NCCL between the GPUs of a node needs more shared memory than containers get by default.
     config["resources"] = {"gpu": gpu, "shm_size": "24GB"}
     return config
+
+
+def _with_server(job: Job, command: str) -> list[str]:
+    """The commands of a run that generates on its own vLLM server: on one node the server takes the first GPUs;
+    on several the last node serves and the others train. One multi-line command: dstack joins the list with
+    `&&`, so its first line is an assignment (a first line ending in `&` would background the install too)."""
+    layout, plan = job.server, job.plan
+    serve = f"python -m {SERVE_MODULE} {quoted(layout.serve_argv())}"
+    command += f" --num-machines {plan.num_machines} --num-processes {plan.processes_per_machine}"
+    port = layout.server.port
+    if not layout.own_node:
+        split = layout.server_gpus
+        lines = [
+            f"SERVE_GPUS=$(seq -s, 0 {split - 1})  # {layout.describe()}",
+            f'CUDA_VISIBLE_DEVICES="$SERVE_GPUS" {serve} &',
+            "VLLM_PID=$!",
+            'trap \'kill "$VLLM_PID" 2>/dev/null || true\' EXIT',
+            *wait_lines(f"http://localhost:{port}", "$VLLM_PID"),
+            f"CUDA_VISIBLE_DEVICES=$(seq -s, {split} $((DSTACK_GPUS_PER_NODE - 1))) {command}"
+            f" {address_argument(layout, 'localhost')}",
+        ]
+    else:
+        command += (
+            ' --machine-rank "$DSTACK_NODE_RANK" --main-process-ip "$DSTACK_MASTER_NODE_IP"'
+            f" --main-process-port {MAIN_PORT} {address_argument(layout, '$SERVER_IP')}"
+        )
+        lines = [
+            f'SERVER_IP=$(echo "$DSTACK_NODES_IPS" | tail -n 1)  # {layout.describe()}',
+            f'if [ "$DSTACK_NODE_RANK" -eq $((DSTACK_NODES_NUM - 1)) ]; then exec {serve}; fi',
+            *wait_lines(f"http://$SERVER_IP:{port}", None),
+            command,
+        ]
+    return ["\n".join(lines)]
 
 
 def fleet_config(job: Job, gpu: str) -> dict:
@@ -120,8 +159,18 @@ def fleet_config(job: Job, gpu: str) -> dict:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a multi-line string as a literal block, as a person would."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
+
+
 def render(config: dict, header: str) -> str:
-    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
+    return header + yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def write_files(job: Job, gpu: str, output: Path | None = None, *, overwrite: bool = False) -> DstackFiles:

@@ -4,8 +4,9 @@ The recipe is resolved and its multi-node launch planned here, before any file i
 or contradictory flags never produce a job. The node-specific values (machine rank, the main node's
 address) are left to the scheduler's variables; everything else is fixed in the generated file. A stage
 that trains nothing (`sample`) runs as one process on one node instead: no launch plan, and the job must
-ask for at least the GPUs its recipe spreads the model over. A job file that exists already (perhaps edited
-by hand) is replaced only with `--overwrite`.
+ask for at least the GPUs its recipe spreads the model over. A training run that generates on a separate
+server (`alignkit.launch.inference_server`) gets its GPUs split between the server and the trainers. A job
+file that exists already (perhaps edited by hand) is replaced only with `--overwrite`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import Problem, UserError
+from alignkit.launch.inference_server import ServerLayout, layout_server
 from alignkit.launch.plan import LaunchOptions, LaunchPlan, plan_launch
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.stages import is_training, process_gpus
@@ -47,6 +49,8 @@ class Job:
     and the main node's address."""
     notices: tuple[str, ...] = ()
     """Said when the job is written (GPUs the job asks for that its one process leaves idle)."""
+    server: ServerLayout | None = None
+    """The generation server the job starts beside the trainers (grpo's `vllm: server`), and its GPUs."""
 
     @property
     def name(self) -> str:
@@ -73,14 +77,20 @@ def plan_job(
     resolved = resolve_recipe(
         spec.method, spec.recipe, qlora=spec.qlora, overrides=list(spec.overrides), output_dir=spec.output_dir
     )
-    plan, notices = None, ()
+    plan, notices, server = None, (), None
     if is_training(spec.method):
+        nodes, gpus = spec.nodes, spec.gpus_per_node
+        needed = resolved.recipe.method.inference_server(resolved.recipe)
+        if needed is not None:
+            server = layout_server(needed, nodes=nodes, gpus_per_node=gpus, gpu_flag=gpu_flag)
+            nodes, gpus = server.training_nodes, server.training_gpus_per_node
+            notices = (server.describe(),)
         options = LaunchOptions(
             launch=spec.launch,
-            num_processes=spec.gpus_per_node,
-            num_machines=spec.nodes,
+            num_processes=gpus,
+            num_machines=nodes,
             # Checked here with a placeholder; each node is given the real address by the scheduler.
-            main_process_ip="main-node" if spec.nodes > 1 else None,
+            main_process_ip="main-node" if nodes > 1 else None,
         )
         plan = plan_launch(resolved.recipe, options)
     else:
@@ -100,7 +110,7 @@ def plan_job(
     if plan is not None:
         argv += ["--launch", plan.profile]
     argv += ["--output-dir", str(output_dir)]
-    return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv), notices=notices)
+    return Job(spec=spec, resolved=resolved, plan=plan, argv=tuple(argv), notices=notices, server=server)
 
 
 def _refuse_request(spec: JobSpec, gpu_flag: str) -> None:

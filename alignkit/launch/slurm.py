@@ -3,9 +3,11 @@
 The script asks Slurm for one task per node, derives the main node from the allocation (`scontrol show
 hostnames`), and starts alignkit once per node through `srun`, passing the node's rank and the counts; alignkit
 then starts that node's workers itself. A stage that runs as one process (`sample`) is one task on one node,
-started directly. The job requeues itself when preempted or near its time limit, and a requeued job resumes
-where it stopped (a training run from its last checkpoint, sample at its first unfinished shard), because
-alignkit resumes an unfinished run of the same recipe. Secrets are never written: sbatch passes the
+started directly. A run that generates on a separate vLLM server (grpo's `vllm: server`) starts it first, on
+the last node or on the node's first GPUs, and waits until it answers. The job requeues itself when
+preempted or near its time limit, and a requeued job resumes where it stopped (a training run from its last
+checkpoint, sample at its first unfinished shard), because alignkit resumes an unfinished run of the same
+recipe. Secrets are never written: sbatch passes the
 submitting shell's environment (HF_TOKEN, WANDB_API_KEY) to the job.
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.errors import Problem, RunError, UserError
+from alignkit.launch.inference_server import SERVE_MODULE, address_argument, quoted, wait_lines
 from alignkit.launch.job import Job, refuse_overwrite
 
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
@@ -81,8 +84,9 @@ def sbatch_script(job: Job, options: SlurmOptions) -> str:
         "",
         "# The Python environment alignkit was installed in when this script was written (override: ALIGNKIT).",
         f'ALIGNKIT="${{ALIGNKIT:-{python} -m alignkit}}"',
+        *([f'VLLM_SERVE="${{VLLM_SERVE:-{python} -m {SERVE_MODULE}}}"'] if job.server else []),
         "",
-        *(_main_node(options) if job.plan else []),
+        *(_main_node(options, job) if job.plan else []),
         "# Near the time limit (Slurm sends USR1, see --signal): requeue. Preemption requeues through --requeue.",
         f"# Either way the requeued job resumes {resumes}.",
         "requeue() {",
@@ -91,6 +95,7 @@ def sbatch_script(job: Job, options: SlurmOptions) -> str:
         "}",
         "trap requeue USR1",
         "",
+        *(_start_server(job) if job.server else []),
         *(_srun_per_node(job) if job.plan else _srun_once(job)),
         "# Wait in the background so the requeue trap can run while alignkit works.",
         "wait $!",
@@ -115,31 +120,86 @@ def _summary(job: Job) -> list[str]:
     ]
 
 
-def _main_node(options: SlurmOptions) -> list[str]:
-    return [
+def _main_node(options: SlurmOptions, job: Job) -> list[str]:
+    server = job.server
+    lines = [
         "# The first node of the allocation hosts rank 0; every node is told its address.",
         "# (Read whole: `| head -n 1` would end scontrol with SIGPIPE, which pipefail turns into a failure.)",
         'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'MAIN_NODE="${NODES[0]}"',
         f'MAIN_PORT="${{MAIN_PORT:-{options.main_process_port}}}"',
-        "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed rank ends the job instead of hanging it",
+    ]
+    if server is not None and server.own_node:
+        lines.append('SERVER_NODE="${NODES[-1]}"  # the last node serves generation; the others train')
+    elif server is not None:
+        lines += [
+            f"# The node's first {server.server_gpus} GPU(s) serve generation; the other"
+            f" {server.training_gpus_per_node} train.",
+            f'IFS=, read -ra GPUS <<< "${{CUDA_VISIBLE_DEVICES:-$(seq -s, 0 {job.spec.gpus_per_node - 1})}}"',
+            f'SERVE_GPUS=$(IFS=,; echo "${{GPUS[*]:0:{server.server_gpus}}}")',
+            f'export TRAIN_GPUS=$(IFS=,; echo "${{GPUS[*]:{server.server_gpus}}}")',
+        ]
+    lines += ["export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # a failed rank ends the job instead of hanging it", ""]
+    return lines
+
+
+def _start_server(job: Job) -> list[str]:
+    """Start the generation server (on the last node, or on the node's first GPUs) and wait until it answers."""
+    server = job.server
+    host = "$SERVER_NODE" if server.own_node else "localhost"
+    serve = quoted(server.serve_argv())
+    if server.own_node:
+        start = f'srun --nodes=1 --ntasks=1 --nodelist="$SERVER_NODE" $VLLM_SERVE {serve} &'
+    else:
+        start = f'CUDA_VISIBLE_DEVICES="$SERVE_GPUS" $VLLM_SERVE {serve} &'
+    return [
+        f"# {server.describe()}.",
+        "# shellcheck disable=SC2086",
+        start,
+        "VLLM_PID=$!",
+        "trap 'kill \"$VLLM_PID\" 2>/dev/null || true' EXIT",
+        *wait_lines(f"http://{host}:{server.server.port}", "$VLLM_PID"),
         "",
     ]
 
 
 def _srun_per_node(job: Job) -> list[str]:
     """A training method: alignkit once per node, told the counts, the main node and (by srun) its rank."""
-    spec = job.spec
+    plan, server = job.plan, job.server
     args = "\n  ".join(_argument_lines(job.argv))
-    return [
-        f"ALIGNKIT_ARGS=(\n  {args}\n  --num-machines {spec.nodes}\n  --num-processes {spec.gpus_per_node}",
-        '  --main-process-ip "$MAIN_NODE"\n  --main-process-port "$MAIN_PORT"\n)',
+    extra = []
+    if server is not None:
+        extra.append("  " + address_argument(server, "$SERVER_NODE" if server.own_node else "localhost"))
+    lines = [
+        f"ALIGNKIT_ARGS=(\n  {args}\n  --num-machines {plan.num_machines}\n"
+        f"  --num-processes {plan.processes_per_machine}",
+        '  --main-process-ip "$MAIN_NODE"\n  --main-process-port "$MAIN_PORT"',
+        *extra,
+        ")",
         "",
-        'echo "alignkit: $SLURM_NNODES node(s), main node $MAIN_NODE:$MAIN_PORT"',
+        f'echo "alignkit: {plan.num_machines} training node(s), main node $MAIN_NODE:$MAIN_PORT"',
+    ]
+    return [*lines, *_training_srun(plan, server)]
+
+
+def _training_srun(plan, server) -> list[str]:
+    if server is not None and server.own_node:
+        # The step excludes the server's node; one task per node, so a task's rank in the step is its node's.
+        return [
+            "# One task per training node; SLURM_PROCID (0..nodes-1) is expanded by each node's own shell.",
+            "# shellcheck disable=SC2016,SC2086",
+            f'srun --nodes={plan.num_machines} --ntasks-per-node=1 --exclude="$SERVER_NODE" --kill-on-bad-exit=1'
+            " --wait=60 \\",
+            '  bash -c \'exec "$@" --machine-rank "$SLURM_PROCID"\' \\',
+            '  alignkit $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &',
+        ]
+    # srun hands a step all of the node's GPUs; the trainers keep off the server's.
+    visible = 'export CUDA_VISIBLE_DEVICES="$TRAIN_GPUS"; ' if server is not None else ""
+    return [
         "# One task per node; SLURM_NODEID (0..nodes-1) is expanded by each node's own shell.",
         "# shellcheck disable=SC2016,SC2086",
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --wait=60 \\",
-        '  bash -c \'exec "$@" --machine-rank "$SLURM_NODEID"\' \\',
+        f'  bash -c \'{visible}exec "$@" --machine-rank "$SLURM_NODEID"\' \\',
         '  alignkit $ALIGNKIT "${ALIGNKIT_ARGS[@]}" &',
     ]
 

@@ -14,6 +14,7 @@ on the training GPUs, or on a separate `trl vllm-serve` whose address the recipe
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -24,7 +25,7 @@ from alignkit.methods.method import PROMPT_ROWS, DataNeeds, Method, imported
 from alignkit.recipe.bounds import TokenLength, within
 from alignkit.recipe.sections import Section, at
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
-from alignkit.scoring.specs import KINDS, ScorerList, check_scorers, labels
+from alignkit.scoring.specs import KINDS, ScorerList, check_scorers, labels, scorer_extras
 
 # The loss_type values of TRL 1.16's GRPOConfig (a test tries each with the installed TRL).
 GrpoLoss = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -33,6 +34,8 @@ RewardScaling = Literal["group", "batch", "none"]
 # Where completions are generated: transformers in the trainer (off), vLLM on the training GPUs (colocate) or
 # on a separate trl vllm-serve (server); auto: colocate where vLLM can run, else off.
 VllmMode = Literal["auto", "off", "colocate", "server"]
+COLOCATED_MEMORY, SERVER_MEMORY = 0.3, 0.9
+"""The default share of a GPU vLLM takes beside the trainers (GRPOConfig's) and alone (trl vllm-serve's)."""
 VLLM_PORT = 8000
 """The port `trl vllm-serve` listens on by default, and the one alignkit's Slurm and dstack jobs start it on."""
 
@@ -130,6 +133,9 @@ class GrpoSection(Section):
     """Completions generated per prompt (the group whose rewards are compared); at least 2."""
     max_completion_length: TokenLength = 256
     """Longest completion in tokens; a longer one is cut (and counted in completions/clipped_ratio)."""
+    max_length: TokenLength | None = None
+    """Longest prompt plus completion in tokens (vLLM's max_model_len): prompts longer than max_length -
+    max_completion_length are dropped and counted. Unset: prompts are kept whole, as TRL does."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of the generation."""
     top_p: float = Field(1.0, gt=0, le=1)
@@ -157,9 +163,9 @@ class GrpoSection(Section):
     talks to a separate `trl vllm-serve` at vllm_server; off generates with transformers; auto colocates where
     vLLM can run, else off. Where vLLM cannot run (no CUDA device, not installed), generation falls back to
     transformers and the run says so."""
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    """Fraction of each GPU vLLM may take: beside training under colocate (TRL's default 0.3); the server's
-    whole GPU under server when alignkit's Slurm or dstack job starts it (set 0.9 there)."""
+    vllm_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """Fraction of each GPU vLLM may take; unset: 0.3 beside training under colocate (TRL's default), 0.9 of the
+    server's own GPUs when alignkit's Slurm or dstack job starts it (trl vllm-serve's default)."""
     vllm_tensor_parallel_size: within(1, 1024) = 1
     """GPUs one vLLM engine spreads the model over (colocate: a divisor of the training processes; server: the
     GPUs alignkit's jobs give the server)."""
@@ -174,6 +180,14 @@ class GrpoSection(Section):
 
     @model_validator(mode="after")
     def _clipping(self) -> GrpoSection:
+        if self.max_length is not None and self.max_completion_length >= self.max_length:
+            raise ValueError(
+                at(
+                    "max_completion_length",
+                    f"({self.max_completion_length}) leaves no room for a prompt within max_length"
+                    f" ({self.max_length}): lower it, or raise max_length",
+                )
+            )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError(
                 at(
@@ -244,18 +258,58 @@ def _vllm_settings(section: GrpoSection) -> dict[str, Any]:
         return {
             "use_vllm": True,
             "vllm_mode": "colocate",
-            "vllm_gpu_memory_utilization": section.vllm_gpu_memory_utilization,
+            "vllm_gpu_memory_utilization": memory_fraction(section, mode),
             "vllm_tensor_parallel_size": section.vllm_tensor_parallel_size,
             "vllm_enable_sleep_mode": section.vllm_sleep_mode,
+            "vllm_max_model_length": section.max_length,
         }
     if mode == "server":
         return {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": server_address(section)}
     raise ValueError(f"grpo.vllm {mode!r} reached the TRL settings undecided; decide the automatic settings first")
 
 
+def memory_fraction(section: GrpoSection, mode: str) -> float:
+    """The share of each of its GPUs vLLM takes in `mode`: little beside the trainers (colocate), most on its own
+    (server)."""
+    if section.vllm_gpu_memory_utilization is not None:
+        return section.vllm_gpu_memory_utilization
+    return COLOCATED_MEMORY if mode == "colocate" else SERVER_MEMORY
+
+
 def server_address(section: GrpoSection) -> str:
     """The vLLM server's base URL, without a trailing slash."""
     return (section.vllm_server or f"http://localhost:{VLLM_PORT}").rstrip("/")
+
+
+def _inference_server(recipe):
+    """The `trl vllm-serve` a job starts for `vllm: server` when the recipe gives no address of its own."""
+    from alignkit.adapters import adapter_base
+    from alignkit.launch.inference_server import InferenceServer
+
+    section, model = recipe.section, recipe.model
+    if section.vllm != "server" or section.vllm_server is not None:
+        return None
+    # TRL merges a LoRA policy's adapters before sending the weights, so the server holds the base model. Only a
+    # local folder is looked into: writing a job file asks the Hub nothing.
+    local = Path(model.name_or_path).expanduser()
+    base = adapter_base(str(local)) if local.is_dir() else None
+    return InferenceServer(
+        # As the recipe writes it: the server starts in the directory the trainers start in.
+        model=base or model.name_or_path,
+        revision="main" if base else model.revision,
+        tensor_parallel_size=section.vllm_tensor_parallel_size,
+        gpu_memory_utilization=memory_fraction(section, "server"),
+        max_model_len=section.max_length,
+        address_field="grpo.vllm_server",
+        port=VLLM_PORT,
+        parallel_field="grpo.vllm_tensor_parallel_size",
+        without_server="set grpo.vllm: colocate (vLLM shares the training GPUs)",
+    )
+
+
+def _extras(section: GrpoSection) -> tuple[str, ...]:
+    # auto leaves vLLM out: it colocates where the machine already has it, and falls back to transformers.
+    return scorer_extras(section.rewards) + ("vllm",) * (section.vllm in ("colocate", "server"))
 
 
 def _automatic(section: GrpoSection, facts) -> list:
@@ -290,7 +344,7 @@ def _automatic(section: GrpoSection, facts) -> list:
                 path,
                 "colocate",
                 "vllm is installed and a CUDA device is present: vLLM generates on the"
-                f" training GPUs with {section.vllm_gpu_memory_utilization:g} of their memory",
+                f" training GPUs with {memory_fraction(section, 'colocate'):g} of their memory",
             )
         ]
     return [Setting(path, mode, "set in the recipe", automatic=False)]
@@ -379,7 +433,7 @@ def _card_rows(section: GrpoSection) -> list[tuple[str, str]]:
 def _generation_row(section: GrpoSection) -> str:
     mode = section.vllm
     if mode == "colocate":
-        return f"vLLM on the training GPUs ({section.vllm_gpu_memory_utilization:g} of their memory)"
+        return f"vLLM on the training GPUs ({memory_fraction(section, mode):g} of their memory)"
     if mode == "server":
         return f"vLLM server at {server_address(section)}"
     return "transformers in the training processes" if mode == "off" else "vLLM where it can run, else transformers"
@@ -400,12 +454,16 @@ METHOD = Method(
     data=DataNeeds(
         formats=(formats.PROMPT, formats.MESSAGES, formats.SHAREGPT),
         rows=PROMPT_ROWS,
+        row_fields=("max_length", "max_completion_length"),
+        prompt_budget=lambda section: section.max_length and section.max_length - section.max_completion_length,
         passthrough=_passthrough,
     ),
     trainer_arguments=_trainer_arguments,
     preflight=_preflight,
     card_rows=_card_rows,
     automatic=_automatic,
+    extras=_extras,
+    inference_server=_inference_server,
     defining_keys=frozenset({"num_generations", "max_completion_length", "num_iterations", "scale_rewards"}),
     progress_metrics=("reward", "reward_std", "kl", "completions/mean_length"),
     curve_panels=(

@@ -59,6 +59,9 @@ class DataNeeds:
     """How the trainer puts BOS before a prompt: as the tokenizer's encode does, or unless one is there."""
     too_long: Literal["cut", "dropped"] = "cut"
     """What the trainer does with a row longer than max_length: cuts it, or leaves it out (RewardTrainer)."""
+    prompt_budget: Callable[[Any], int | None] = lambda section: None
+    """(section) -> the most tokens a prompt row's rendered prompt may take (what the context leaves beside the
+    completion), or None; a longer prompt is dropped and counted."""
     passthrough: Callable[[Any], Mapping[str, str]] = lambda section: {}
     """(section) -> {source column: the recipe field that reads it}: columns every source must have, carried into
     the prepared rows unchanged beside the method's own (what a reward function reads, such as a reference
@@ -148,6 +151,11 @@ class Method:
     preflight: Callable[[Any, str], list] = lambda recipe, source: []
     """(recipe, source file) -> `alignkit.errors.Problem`s found before any weights or data rows load, beyond
     what recipe validation judges (something the machine must provide, such as an importable function)."""
+    extras: Callable[[Any], tuple[str, ...]] = lambda section: ()
+    """(section) -> alignkit's optional extras a run needs on a fresh machine (a dstack task installs them)."""
+    inference_server: Callable[[Any], Any] = lambda recipe: None
+    """(recipe) -> the `alignkit.launch.inference_server.InferenceServer` a job must start beside the trainers
+    (vLLM in server mode), or None; Slurm and dstack jobs give it GPUs of its own and tell the run its address."""
     reference_model: Callable[[Any], bool] = lambda section: False
     """Whether full fine-tuning holds a frozen reference model beside the policy under the section's settings
     (the memory plan counts its weights); under LoRA the reference is the base with the adapters disabled."""

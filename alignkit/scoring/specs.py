@@ -45,6 +45,8 @@ class ScorerSpec(Section):
     shorthand: ClassVar[str | None]
     """The setting a bare string stands for (`exact_match: answer` is `exact_match: {column: answer}`); None when
     the kind takes no string."""
+    extras: ClassVar[tuple[str, ...]] = ()
+    """alignkit's optional extras the kind imports (installed by a cloud job that runs it)."""
 
     weight: within(-1e6, 1e6, float) = 1.0
     """Factor of this scorer's value in a candidate's total; negative makes it a penalty."""
@@ -192,6 +194,7 @@ class MathSpec(ScorerSpec):
 
     kind: ClassVar[str] = "math"
     shorthand: ClassVar[str] = "column"
+    extras: ClassVar[tuple[str, ...]] = ("math",)
 
     column: str = Field(min_length=1)
     """The prompt-row column holding the reference answer (LaTeX or plain: `\\frac{1}{2}`, `0.5`, `1/2`)."""
@@ -248,6 +251,11 @@ class OverlongSpec(ScorerSpec):
                 )
             )
         return self
+
+
+def scorer_extras(specs: list[ScorerSpec]) -> tuple[str, ...]:
+    """alignkit's optional extras that the scorers import, each once, in order."""
+    return tuple(dict.fromkeys(extra for spec in specs for extra in spec.extras))
 
 
 SPECS: dict[str, type[ScorerSpec]] = {
