@@ -232,6 +232,25 @@ def test_a_missing_reward_column_names_the_reward(tmp_path):
     assert "(its columns: prompt, solution)" in problem.message
 
 
+def test_prompts_that_leave_no_room_for_the_completion_are_dropped(tmp_path):
+    rows = [{"prompt": "add " + "one and " * n + "two", "answer": "3"} for n in (0, 2, 40, 60)]
+    section = {**REWARDS, "max_length": 64, "max_completion_length": 16}
+    prepared, tokenizer = prepare(tmp_path, rows, method="grpo", section=section)
+    lengths = [
+        len(tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                                    add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        for r in rows
+    ]  # fmt: skip
+    kept = [r["prompt"] for r, n in zip(rows, lengths, strict=True) if n <= 64 - 16]
+    assert 0 < len(kept) < len(rows)  # the rows straddle the budget
+    assert [row["prompt"][-1]["content"] for row in prepared.train] == kept
+    assert prepared.report.sources[0].dropped == len(rows) - len(kept)
+    with pytest.raises(
+        ValueError, match=r"\[max_completion_length\] \(64\) leaves no room for a prompt within max_length"
+    ):
+        GrpoSection(max_length=64, max_completion_length=64)
+
+
 def test_the_cache_key_follows_the_reward_columns(tmp_path):
     from alignkit.data.prepare import prepare_data
 

@@ -414,6 +414,33 @@ def test_a_module_in_the_current_directory_is_found(tmp_path, monkeypatch):
         sys.modules.pop("scoring_test_here", None)
 
 
+def test_a_python_reward_must_take_trl_s_keyword_call(tmp_path, monkeypatch):
+    (tmp_path / "scoring_test_signatures.py").write_text(
+        "def fine(completions, answer, **kwargs):\n    return [1.0] * len(completions)\n"
+        "def closed(prompts, completions):\n    return [1.0] * len(completions)\n"
+        "def positional(completions, /, **kwargs):\n    return [1.0] * len(completions)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    try:
+        specs = parse(*({"python": f"scoring_test_signatures:{name}"} for name in ("fine", "closed", "positional")))
+        problems = check_scorers(specs, None, where="grpo.rewards", source="r.yaml")
+    finally:
+        sys.modules.pop("scoring_test_signatures", None)
+    assert [(p.path, p.message) for p in problems] == [
+        (
+            "grpo.rewards.1.python",
+            "takes no **kwargs, but it is also given completion_ids, trainer_state and every prompt-row column by"
+            " keyword: define it as `def closed(completions, **kwargs)` (prompts and the row columns arrive in"
+            " kwargs)",
+        ),
+        (
+            "grpo.rewards.2.python",
+            "has positional-only parameters (completions), but it is called by keyword: define it as `def"
+            " positional(completions, **kwargs)` (prompts and the row columns arrive in kwargs)",
+        ),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- build and total
 
 

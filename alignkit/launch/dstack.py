@@ -128,7 +128,7 @@ def _with_server(job: Job, command: str) -> list[str]:
             f"SERVE_GPUS=$(seq -s, 0 {split - 1})  # {layout.describe()}",
             f'CUDA_VISIBLE_DEVICES="$SERVE_GPUS" {serve} &',
             "VLLM_PID=$!",
-            'trap \'kill "$VLLM_PID" 2>/dev/null || true\' EXIT',
+            "trap 'kill \"$VLLM_PID\" 2>/dev/null || true' EXIT",
             *wait_lines(f"http://localhost:{port}", "$VLLM_PID"),
             f"CUDA_VISIBLE_DEVICES=$(seq -s, {split} $((DSTACK_GPUS_PER_NODE - 1))) {command}"
             f" {address_argument(layout, 'localhost')}",

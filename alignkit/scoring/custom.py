@@ -14,6 +14,7 @@ the installed packages, so a `rewards.py` beside where you run alignkit is found
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
 import os
@@ -50,6 +51,30 @@ def load_function(target: str) -> Callable[..., Any]:
     if not callable(function):
         raise _problem(target, f"{target} is {_a(type(function).__name__)}, not a function")
     return function
+
+
+def signature_problem(function: Callable[..., Any]) -> str | None:
+    """Why `function` cannot take the keyword call above (TRL also passes completion_ids, trainer_state and
+    every row column), or None when it can. A function whose signature cannot be read is given the benefit."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    problems = []
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        problems.append(
+            "takes no **kwargs, but it is also given completion_ids, trainer_state and every prompt-row"
+            " column by keyword"
+        )
+    required = [p.name for p in parameters if p.default is p.empty and p.kind is p.POSITIONAL_ONLY]
+    if required:
+        problems.append(f"has positional-only parameters ({', '.join(required)}), but it is called by keyword")
+    if not problems:
+        return None
+    return (
+        f"{'; '.join(problems)}: define it as `def {getattr(function, '__name__', 'reward')}(completions, **kwargs)`"
+        " (prompts and the row columns arrive in kwargs)"
+    )
 
 
 def _import(module_name: str):

@@ -347,7 +347,7 @@ def check_scorers(specs: Sequence[ScorerSpec], columns: set[str] | None, *, wher
 
 def _spec_problems(spec: ScorerSpec, columns: set[str] | None) -> list[str]:
     """What is wrong with one scorer, as `check_scorers` looks for it."""
-    from alignkit.scoring.custom import load_function
+    from alignkit.scoring.custom import load_function, signature_problem
     from alignkit.scoring.reasoning import math_verify_problem
     from alignkit.scoring.reward_model import reward_model_problem
 
@@ -362,7 +362,7 @@ def _spec_problems(spec: ScorerSpec, columns: set[str] | None) -> list[str]:
         )
     elif isinstance(spec, PythonSpec):
         try:
-            load_function(spec.function)
+            messages.append(signature_problem(load_function(spec.function)))
         except UserError as err:
             messages.append(err.problems[0].message)
     elif isinstance(spec, RewardModelSpec):
