@@ -16,7 +16,9 @@
 #                   the vllm one: completions/s and tokens/s; and generation.py's batching ratio (gpu_sample.py);
 #   sft_liger       sft_throughput again with liger-kernel installed (the wheel in benchmarks/wheels/optional),
 #                   so alignkit's automatic settings turn Liger on, if time is left;
-#   fsdp_save       the same save for the 1B shape (gpu_fsdp.py), if time is left.
+#   fsdp_save       the same save for the 1B shape (gpu_fsdp.py), if time is left;
+#   grpo            `alignkit grpo` on the 1B shape generating with transformers and with vLLM colocated:
+#                   seconds per step of each (gpu_grpo.py), if time is left.
 # Every figure goes to $OUT/gpu_check.json when OUT is set (the device tool brings back what is under $OUT),
 # else to benchmarks/gpu_check.json, with the whole log beside it; a summary table ends the output. Exit
 # status: 0 when every section passed or was skipped, 1 otherwise.
@@ -53,10 +55,12 @@ export USE_HUB_KERNELS="${USE_HUB_KERNELS:-NO}"
 if [[ "${GPU_CHECK_SHAPES:-}" == tiny ]]; then
   SFT_ARGS=(--shape tiny --steps 4 --warmup 1) QLORA_ARGS=(--shape tiny --steps 2) FSDP_ARGS=(--shape tiny)
   LIGER_ARGS=(--shape tiny --steps 4 --warmup 1) SAMPLE_ARGS=(--shape tiny --prompts 16 --max-new-tokens 8)
+  GRPO_ARGS=(--shape tiny --steps 2 --generations 4 --prompts-per-step 2 --max-completion-length 8)
   ALLOW_CPU=--allow-cpu
 else
   SFT_ARGS=(--shape 1b --steps 40 --warmup 5) QLORA_ARGS=(--shape 7b --steps 5) FSDP_ARGS=(--shape 1b --steps 2)
   LIGER_ARGS=(--shape 1b --steps 25 --warmup 5) SAMPLE_ARGS=(--shape 1b --prompts 256 --max-new-tokens 128)
+  GRPO_ARGS=(--shape 1b --steps 6)
   ALLOW_CPU=
 fi
 export ROOT PYTHON SECTIONS ALLOW_CPU SITE WORK
@@ -150,6 +154,8 @@ section sft_liger 110 bash -c 'liger "$@"' liger "${LIGER_ARGS[@]}" \
   --workdir "$WORK/sft-model" --out "$SECTIONS/sft_liger.json"
 section fsdp_save 100 "$PYTHON" benchmarks/gpu_fsdp.py "${FSDP_ARGS[@]}" \
   --workdir "$WORK/sft-model" --out "$SECTIONS/fsdp_save.json"
+section grpo 90 "$PYTHON" benchmarks/gpu_grpo.py "${GRPO_ARGS[@]}" \
+  --workdir "$WORK/sft-model" --out "$SECTIONS/grpo.json"
 
 [[ -z "${GPU_CHECK_WORK:-}" ]] && rm -rf "$WORK"
 cut -f1 "$SECTIONS/status.tsv" | while read -r name; do

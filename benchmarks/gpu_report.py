@@ -102,6 +102,17 @@ def _headline(name: str, figures: dict | None, last_line: str) -> str:
         if "ratio" in batching:
             parts.append(f"batching {1 / batching['ratio']:.1f}x")
         return "; ".join(parts)
+    if name == "grpo":
+        parts = []
+        for arm in ("transformers", "vllm"):
+            side = figures.get(arm, {})
+            if side.get("seconds_per_step"):
+                parts.append(f"{arm} {side['seconds_per_step']:.2f} s/step ({side['generation']})")
+            else:
+                parts.append(f"{arm} {side.get('skipped') or side.get('error')}")
+        if figures.get("vllm_speedup"):
+            parts.append(f"vLLM {figures['vllm_speedup']:.2f}x")
+        return "; ".join(parts)
     if name == "fsdp_save":
         passed = sum(figures["checks"].values())
         return f"{passed}/{len(figures['checks'])} checks, {figures['saved_bytes'] / 2**30:.2f} GiB saved"
