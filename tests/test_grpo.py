@@ -189,6 +189,23 @@ def test_luspo_needs_sequence_level_ratios():
         GRPO.recipe.model_validate({**recipe, "grpo": {"loss_type": "luspo", "num_generations": 8}})
 
 
+@pytest.mark.parametrize(("generations", "batch"), [({"num_generations": 12}, 12), ({}, 8)])
+def test_qlora_generates_one_whole_group_per_step(tmp_path, generations, batch):
+    """--qlora's batch on one GPU is the recipe's group (TRL's default of 8 where it gives none)."""
+    from alignkit.recipe.resolve import resolve_recipe
+
+    recipe = {
+        "model": {"name_or_path": "m"},
+        "data": {"datasets": [{"path": "d"}]},
+        "training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 6},
+        "grpo": {"rewards": [{"exact_match": "answer"}], **generations},
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    training = resolve_recipe("grpo", str(path), qlora=True).recipe.training
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (batch, 1)
+
+
 # The data: prompt rows and the columns the rewards read.
 
 REWARDS = {"rewards": [{"exact_match": "answer"}]}

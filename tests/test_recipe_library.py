@@ -1,10 +1,11 @@
-"""The recipe library: every Alignment Handbook recipe, its values, variants, `recipes cp`, scans, pipelines, and
-the sampling families (best-of-n SFT, iterative DPO)."""
+"""The recipe library: every Alignment Handbook recipe, its values, variants, `recipes cp`, scans, pipelines, the
+sampling families (best-of-n SFT, iterative DPO) and open-r1's GRPO recipe."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,8 @@ LIBRARY = {
     ("best-of-n-sft", "sample"): ("loubnabnl/smollm2-360M-sft", [UF]),
     ("iterative-dpo", "sample"): ("RLHFlow/LLaMA3-SFT", ["RLHFlow/iterative-prompt-v1-iter1-20K"]),
     ("iterative-dpo", "dpo"): ("RLHFlow/LLaMA3-SFT", [UF]),
+    # Online RL: open-r1's GRPO on competition maths.
+    ("open-r1-math", "grpo"): ("Qwen/Qwen2.5-1.5B-Instruct", ["open-r1/OpenR1-Math-220k"]),
 }
 # The training recipes (--qlora reaches those; a sample recipe trains nothing).
 TRAINING = sorted(key for key in LIBRARY if is_training(key[1]))
@@ -90,6 +93,8 @@ OTHER_SOURCES = {
     ("best-of-n-sft", "sample"): "Llama 2 paper (Touvron et al. 2023, arXiv 2307.09288), section 3.2.3",
     ("iterative-dpo", "sample"): "RLHFlow's Online-RLHF repository (github.com/RLHFlow/Online-RLHF)",
     ("iterative-dpo", "dpo"): "RLHFlow's Online-RLHF repository (github.com/RLHFlow/Online-RLHF)",
+    ("open-r1-math", "grpo"): "open-r1's recipes/Qwen2.5-1.5B-Instruct/grpo/config_demo.yaml"
+    " (github.com/huggingface/open-r1, commit 1416fa0cf21595d2083b399a2a0bbddd7f6e9563",
 }
 
 
@@ -805,6 +810,67 @@ def test_the_sampling_families_dry_run(cli):
     document = json.loads(result.stdout)
     assert (document["candidates_per_prompt"], document["select"]) == (4, "best_worst")
     assert document["prompt_sources"] == ["RLHFlow/iterative-prompt-v1-iter1-20K"]
+
+
+# ---- open-r1's GRPO ----
+
+# What open-r1's format and tag_count rewards read in a completion (src/open_r1/rewards.py): the whole layout,
+# matched from the start with DOTALL and MULTILINE, and four tags each counted with str.count.
+OPEN_R1_LAYOUT = r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$"
+OPEN_R1_TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
+# Completions near the edges: the exact layout, text after it, no newlines, a second think block, text before
+# it, a closing tag written twice (the copies overlap by their newline, which str.count does not count twice).
+COMPLETIONS = [
+    "<think>\nadd them\n</think>\n<answer>\n5\n</answer>",
+    "<think>\nadd\n</think>\n<answer>\n5\n</answer>\nanything after",
+    "<think>add</think><answer>5</answer>",
+    "<think>\na\n</think>\n<think>\nb\n</think>\n<answer>\n5\n</answer>",
+    "Sure. <think>\nadd\n</think>\n<answer>\n5\n</answer>",
+    "<think>\nadd\n</think>\n</think>\n<answer>\n5\n</answer>",
+    "<answer>\n5\n</answer>",
+    "",
+]
+
+
+def test_open_r1_math_takes_open_r1_s_values():
+    recipe = _recipe("grpo", "open-r1-math")
+    t, section = recipe.training, recipe.grpo
+    assert (t.learning_rate, t.lr_scheduler_type, t.warmup_ratio, t.num_train_epochs) == (2e-5, "cosine", 0.1, 1)
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.seed) == (16, 4, 42)
+    assert (t.mixed_precision, t.gradient_checkpointing, t.save_strategy, t.save_total_limit) == (
+        "bf16",
+        True,
+        "epoch",
+        1,
+    )
+    assert t.extra == {"log_completions": True}
+    assert (section.num_generations, section.max_completion_length, section.temperature) == (16, 1024, 1.0)
+    # TRL 0.18.0's defaults, which open-r1's config leaves in place (TRL 1.16's are beta 0 and dapo).
+    assert (section.beta, section.loss_type, section.scale_rewards, section.epsilon) == (0.04, "bnpo", "group", 0.2)
+    assert [d.path for d in recipe.data.datasets] == ["open-r1/OpenR1-Math-220k"]
+    assert recipe.data.system_prompt.endswith("format: <think>\n...\n</think>\n<answer>\n...\n</answer>")
+    assert (recipe.model.dtype, recipe.launch.profile, recipe.launch.gpus) == ("bfloat16", "zero2", 8)
+    assert (recipe.hub.hub_model_id, recipe.hub.strategy) == ("Qwen2.5-1.5B-Open-R1-GRPO", "every_save")
+    assert [(spec.kind, spec.weight) for spec in section.rewards] == [("math", 1), ("regex", 1)] + [("regex", 0.25)] * 4
+    assert section.rewards[0].column == "solution"
+    # --qlora on one GPU keeps the group of 16 whole.
+    qlora = resolve_recipe("grpo", "open-r1-math", qlora=True).recipe.training
+    assert (qlora.per_device_train_batch_size, qlora.gradient_accumulation_steps) == (16, 1)
+
+
+def test_open_r1_math_rewards_score_format_and_tags_as_open_r1_does():
+    from alignkit.scoring.build import build_scorers
+
+    scorers = build_scorers(_recipe("grpo", "open-r1-math").grpo.rewards[1:])
+    rows = [{}] * len(COMPLETIONS)
+    ours = [scorer.score([[]] * len(COMPLETIONS), COMPLETIONS, rows) for scorer in scorers]
+    layout = [float(re.match(OPEN_R1_LAYOUT, text, re.DOTALL | re.MULTILINE) is not None) for text in COMPLETIONS]
+    tags = [sum(0.25 for tag in OPEN_R1_TAGS if text.count(tag) == 1) for text in COMPLETIONS]
+    assert ours[0] == layout == [1, 1, 0, 1, 0, 1, 0, 0]
+    assert [
+        sum(s.weight * values[i] for s, values in zip(scorers[1:], ours[1:], strict=True)) for i in range(8)
+    ] == tags
+    assert tags == [1, 1, 0, 0.5, 1, 1, 0.25, 0]
 
 
 def test_pipeline_errors(tmp_path, monkeypatch):

@@ -39,11 +39,14 @@ SMOKE_SETS = {
 
 
 def _lengths(method: str) -> dict[str, int]:
-    """Short rows for every method: max_length 64 (and prompts of 32 tokens where the method cuts prompts)."""
+    """Short rows for every method: max_length 64 (and prompts of 32 tokens where the method cuts prompts); an
+    online method generates groups of 2 completions of 8 tokens (2 per device holds a whole group)."""
     fields = METHODS[method].section.model_fields
-    lengths = {f"{method}.max_length": 64}
+    lengths = {f"{method}.max_length": 64} if "max_length" in fields else {}
     if "max_prompt_length" in fields:
         lengths[f"{method}.max_prompt_length"] = 32
+    if "num_generations" in fields:
+        lengths |= {f"{method}.num_generations": 2, f"{method}.max_completion_length": 8}
     return lengths
 
 
@@ -94,6 +97,7 @@ SHAPES = {
     ("HuggingFaceTB/smoltalk2", "SFT"): "smoltalk2-sft",
     ("HuggingFaceTB/smoltalk2", "Preference"): "smoltalk2-preference",
     ("yhavinga/mc4_nl_cleaned", "tiny"): "mc4",
+    ("open-r1/OpenR1-Math-220k", None): "openr1-math",
 }
 
 QA = [
@@ -160,6 +164,9 @@ def _row(shape: str, index: int) -> dict[str, Any]:
         return {"messages": chosen, "chat_template_kwargs": kwargs}
     if shape == "smoltalk2-preference":
         return {"prompt": question, "chosen": good, "rejected": bad, "chat_template_kwargs": kwargs}
+    if shape == "openr1-math":  # a problem with its worked solution, answer and an R1 chat to learn from
+        solution = f"so the answer is $\\boxed{{{index}}}$"
+        return {"problem": question, "solution": solution, "answer": str(index), "messages": chosen, "uuid": str(index)}
     if shape == "mc4":
         return {"text": f"{question} {good}. the sun and the rain.", "timestamp": "2020", "url": "x"}
     raise AssertionError(f"no rows for shape {shape!r}")

@@ -397,6 +397,15 @@ def _multiple_above(batch: int, section: GrpoSection) -> int:
     return -(-batch // generations) * generations
 
 
+def _qlora_batch(section: dict[str, Any]) -> dict[str, Any]:
+    """--qlora's one GPU generates one whole group per step: a batch of the recipe's num_generations (a value
+    that is no whole number is left to validation to refuse)."""
+    generations = section.get("num_generations", GrpoSection.model_fields["num_generations"].default)
+    if not isinstance(generations, int) or isinstance(generations, bool):
+        return {}
+    return {"per_device_train_batch_size": generations, "gradient_accumulation_steps": 1}
+
+
 def _preflight(recipe, source: str) -> list[Problem]:
     """No rewards, or a reward that cannot work on this machine (a python function that does not import, a
     reward model that is no sequence classifier, math-verify missing), before any weights load."""
@@ -445,8 +454,10 @@ METHOD = Method(
     section=GrpoSection,
     # TRL's GRPOConfig default.
     default_learning_rate=1.0e-6,
-    # TRL's LoRA GRPO examples train at 1e-5; a batch of 8 completions per step holds one default group.
+    # TRL's LoRA GRPO examples train at 1e-5; a batch of 8 completions per step holds one default group, and
+    # _qlora_batch sizes it to the recipe's own group.
     qlora_training={"learning_rate": 1.0e-5, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1},
+    qlora_batch=_qlora_batch,
     trl_fields=TRL_FIELDS,
     trl_config=imported("trl", "GRPOConfig"),
     trl_settings=_trl_settings,

@@ -159,6 +159,9 @@ class Method:
     reference_model: Callable[[Any], bool] = lambda section: False
     """Whether full fine-tuning holds a frozen reference model beside the policy under the section's settings
     (the memory plan counts its weights); under LoRA the reference is the base with the adapters disabled."""
+    qlora_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda section: {}
+    """(the recipe's section as written) -> batch values `--qlora` sets over qlora_training's where the batch
+    must fit the section's own settings (grpo: whole groups of completions), or none."""
 
     @property
     def sequences_per_row(self) -> int:

@@ -37,13 +37,13 @@ def apply_qlora(recipe: dict[str, Any], method: Method) -> tuple[dict[str, Any],
         result["peft"] = dict(DEFAULT_LORA)
         notices.append("--qlora: LoRA r=16 alpha=16 dropout=0.05 on all linear layers")
     if not already:
-        training = result.setdefault("training", {})
-        training.update(method.qlora_training)
+        section = result.get(method.name)
+        values = {**method.qlora_training, **method.qlora_batch(section if isinstance(section, dict) else {})}
+        result.setdefault("training", {}).update(values)
         launch = result.setdefault("launch", {})
         launch.update({"gpus": 1, "nodes": 1})
         if launch.get("profile") not in (None, "none", "ddp"):
             launch["profile"] = "none"
-        values = method.qlora_training
         notices.append(
             f"--qlora: learning_rate {values['learning_rate']:g}, batch {values['per_device_train_batch_size']}"
             f" x {values['gradient_accumulation_steps']} accumulation on 1 GPU (the handbook's QLoRA values)"
