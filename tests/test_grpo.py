@@ -249,6 +249,25 @@ def test_a_missing_reward_column_names_the_reward(tmp_path):
     assert "(its columns: prompt, solution)" in problem.message
 
 
+def test_a_named_prompt_column_is_the_prompt_whatever_else_the_rows_hold(tmp_path):
+    rows = [
+        {"problem": "what is 2 + 3?", "solution": "5", "messages": [{"role": "user", "content": "other"}]},
+        {"problem": [{"role": "user", "content": "what is 4 + 4?"}], "solution": "8", "messages": []},
+    ]
+    section = {"prompt_column": "problem", "rewards": [{"math": "solution"}]}
+    prepared, _ = prepare(tmp_path, rows, method="grpo", section=section)
+    # The data seed shuffles the rows; the prompts are the problem column's, not the messages'.
+    assert sorted(row["prompt"][-1]["content"] for row in prepared.train) == ["what is 2 + 3?", "what is 4 + 4?"]
+    assert all(len(row["prompt"]) == 1 for row in prepared.train)
+    assert prepared.report.sources[0].format == "prompt"
+    with pytest.raises(UserError) as missing:
+        prepare(tmp_path / "m", rows, method="grpo", section={**section, "prompt_column": "question"})
+    assert (
+        "grpo.prompt_column names column 'question', which this source does not have (its columns: messages,"
+        " problem, solution); name one of them, or unset it to detect the format"
+    ) in str(missing.value)
+
+
 def test_prompts_that_leave_no_room_for_the_completion_are_dropped(tmp_path):
     rows = [{"prompt": "add " + "one and " * n + "two", "answer": "3"} for n in (0, 2, 40, 60)]
     section = {**REWARDS, "max_length": 64, "max_completion_length": 16}

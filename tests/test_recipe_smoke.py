@@ -40,13 +40,14 @@ SMOKE_SETS = {
 
 def _lengths(method: str) -> dict[str, int]:
     """Short rows for every method: max_length 64 (and prompts of 32 tokens where the method cuts prompts); an
-    online method generates groups of 2 completions of 8 tokens (2 per device holds a whole group)."""
+    online method generates groups of 2 completions of 8 tokens (2 per device holds a whole group) and keeps
+    its max_length, which drops prompts rather than cutting them."""
     fields = METHODS[method].section.model_fields
+    if "num_generations" in fields:
+        return {f"{method}.num_generations": 2, f"{method}.max_completion_length": 8}
     lengths = {f"{method}.max_length": 64} if "max_length" in fields else {}
     if "max_prompt_length" in fields:
         lengths[f"{method}.max_prompt_length"] = 32
-    if "num_generations" in fields:
-        lengths |= {f"{method}.num_generations": 2, f"{method}.max_completion_length": 8}
     return lengths
 
 

@@ -93,14 +93,29 @@ class Detected:
         return "text"
 
 
-def detect(columns: list[str], first_row: dict[str, Any] | None, method: Method, text_column: str = "text") -> Detected:
-    """The format of a source with these columns, among those `method` accepts (in its order of preference).
+def detect(
+    columns: list[str],
+    first_row: dict[str, Any] | None,
+    method: Method,
+    text_column: str = "text",
+    prompt_column: str | None = None,
+) -> Detected:
+    """The format of a source with these columns, among those `method` accepts (in its order of preference);
+    a `prompt_column` the recipe names is the prompt, whatever else the rows hold.
 
     Raises:
         ValueError: naming the columns found and the formats `method` accepts.
     """
     found = set(columns)
     needs = method.data
+    if prompt_column is not None:
+        if prompt_column not in found:
+            listed = ", ".join(sorted(found)) or "none"
+            raise ValueError(
+                f"{method.name}.{needs.prompt_column_field} names column {prompt_column!r}, which this source does"
+                f" not have (its columns: {listed}); name one of them, or unset it to detect the format"
+            )
+        return Detected(PROMPT, (prompt_column,))
     if needs.text_column_field:
         candidates = [Detected(TEXT, (text_column,))] if text_column in found else []
     else:
@@ -290,7 +305,8 @@ def prompt_of(row: dict[str, Any], detected: Detected) -> list[dict[str, Any]]:
     """The prompt a policy continues, as messages: the prompt column (a string is one user message), or a
     conversation without its final assistant turn (which the policy writes anew)."""
     if detected.format == PROMPT:
-        return prompt_messages(row["prompt"], "prompt")
+        column = detected.columns[0]
+        return prompt_messages(row[column], column)
     return without_answer(conversation(row, detected), detected.columns[0])
 
 

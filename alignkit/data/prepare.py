@@ -26,7 +26,16 @@ from alignkit.chat_templates import CHATML
 from alignkit.data import cache, formats, mixture, sources, unpaired
 from alignkit.data.decontaminate import Benchmarks, load_benchmarks
 from alignkit.data.report import DataReport, LengthStats, SourceReport
-from alignkit.data.rows import KEEP, OUTPUT_COLUMNS, Contaminated, Preprocessor, RowFailure, features, text_column
+from alignkit.data.rows import (
+    KEEP,
+    OUTPUT_COLUMNS,
+    Contaminated,
+    Preprocessor,
+    RowFailure,
+    features,
+    prompt_column,
+    text_column,
+)
 from alignkit.data.templates import ensure_chat_template
 from alignkit.errors import Problem, UserError
 from alignkit.methods.method import PAIR_ROWS, TOKEN_ROWS, UNPAIRED_ROWS
@@ -265,7 +274,7 @@ def _detect(work: _SourceWork, dataset, recipe) -> tuple[formats.Detected, Sourc
     if len(dataset) == 0:
         raise work.problem(f"split {source.split!r} has no rows")
     try:
-        detected = formats.detect(dataset.column_names, dataset[0], method, text_column(recipe))
+        detected = formats.detect(dataset.column_names, dataset[0], method, text_column(recipe), prompt_column(recipe))
     except ValueError as err:
         raise work.problem(f"no {method.name} format fits: {err}") from None
     report = SourceReport(

@@ -65,6 +65,12 @@ def policy(recipe, tokenizer) -> LossPolicy:
     return make(recipe.section, tokenizer) if make is not None else LossPolicy()
 
 
+def prompt_column(recipe) -> str | None:
+    """The column a prompt-row method's recipe names as the prompt, or None (the format decides)."""
+    field = recipe.method.data.prompt_column_field
+    return getattr(recipe.section, field) if field else None
+
+
 def text_column(recipe) -> str:
     """The source column raw-text methods read (a section field names it), else `text`."""
     field = recipe.method.data.text_column_field

@@ -133,6 +133,9 @@ class GrpoSection(Section):
     """Completions generated per prompt (the group whose rewards are compared); at least 2."""
     max_completion_length: TokenLength = 256
     """Longest completion in tokens; a longer one is cut (and counted in completions/clipped_ratio)."""
+    prompt_column: str | None = Field(None, min_length=1)
+    """The column holding each prompt (a string becomes one user message, or a message list), such as `problem`;
+    unset: a `prompt` column, or a conversation (messages, ShareGPT) minus its final assistant turn."""
     max_length: TokenLength | None = None
     """Longest prompt plus completion in tokens (vLLM's max_model_len): prompts longer than max_length -
     max_completion_length are dropped and counted. Unset: prompts are kept whole, as TRL does."""
@@ -465,7 +468,8 @@ METHOD = Method(
     data=DataNeeds(
         formats=(formats.PROMPT, formats.MESSAGES, formats.SHAREGPT),
         rows=PROMPT_ROWS,
-        row_fields=("max_length", "max_completion_length"),
+        row_fields=("prompt_column", "max_length", "max_completion_length"),
+        prompt_column_field="prompt_column",
         prompt_budget=lambda section: section.max_length and section.max_length - section.max_completion_length,
         passthrough=_passthrough,
     ),

@@ -50,6 +50,9 @@ class DataNeeds:
     chat_template: bool = True
     """Whether rows are rendered with a chat template (raw-text methods need none)."""
     text_column_field: str | None = None
+    prompt_column_field: str | None = None
+    """For prompt-row methods: the section field naming a column to read prompts from instead (e.g. `problem`);
+    when it is set, that column is the prompt whatever else the rows hold."""
     """For raw-text methods: the section field naming the text column (e.g. `text_column`)."""
     row_fields: tuple[str, ...] = ()
     """Section fields that change the prepared rows; a change misses the data cache, others do not."""
