@@ -46,6 +46,6 @@ def apply_qlora(recipe: dict[str, Any], method: Method) -> tuple[dict[str, Any],
             launch["profile"] = "none"
         notices.append(
             f"--qlora: learning_rate {values['learning_rate']:g}, batch {values['per_device_train_batch_size']}"
-            f" x {values['gradient_accumulation_steps']} accumulation on 1 GPU (the handbook's QLoRA values)"
+            f" x {values['gradient_accumulation_steps']} accumulation on 1 GPU ({method.name}'s one-GPU QLoRA values)"
         )
     return result, notices
