@@ -22,7 +22,7 @@ PACKAGES = (
 )
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -46,5 +46,5 @@ def collect() -> dict[str, str]:
     except ImportError:
         info["torch"] = "not installed"
     for package in PACKAGES:
-        info[package] = _version(package)
+        info[package] = package_version(package)
     return info

@@ -1,5 +1,6 @@
-"""The kinds of stage a recipe file can be for: each training method (`alignkit.methods.METHODS`) and the
-steps that train nothing but make data for the next stage (`sample`: generate, score, select).
+"""The kinds of stage a recipe file can be for: each training method (`alignkit.methods.METHODS`), the steps
+that train nothing but make data for the next stage (`sample`: generate, score, select), and `eval`, which
+measures models side by side.
 
 The registry finds `<kind>.yaml` files, the resolver validates them with the kind's recipe model, a run
 directory's record is read back with it, and pipelines chain any of them (`start_stage`). Light: recipe
@@ -18,6 +19,7 @@ from alignkit.methods import METHODS
 from alignkit.scoring.specs import scorer_extras
 
 SAMPLE = "sample"
+EVAL = "eval"
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,16 @@ class DataStage:
     """`module:attribute` of its recipe model."""
     start: str
     """`module:function` that runs a resolved recipe: (resolved, *, overwrite, argv, echo, num_processes)."""
-    output: str
-    """The file in its output folder that later stages train on."""
+    output: str | None
+    """The file in its output folder that later stages train on; None for a stage that makes no data."""
     preview: str = ""
     """`module:function` that previews its data for `alignkit data`: (recipe_ref, overrides, show, as_json)."""
     gpus: str = ""
     """The recipe field saying how many GPUs its one process uses (empty: one)."""
     extras: Callable[[Any], tuple[str, ...]] = lambda recipe: ()
     """alignkit's optional extras a recipe of this kind needs on a fresh machine."""
+    one_model: bool = True
+    """Whether its recipe has one `model` a pipeline's `from:` sets (eval names its models in its own list)."""
 
 
 _DATA_STAGES = {
@@ -47,7 +51,15 @@ _DATA_STAGES = {
         gpus="sample.tensor_parallel_size",
         # vLLM only when the recipe names that backend: auto falls back to transformers where it is missing.
         extras=lambda recipe: ("vllm",) * (recipe.sample.backend == "vllm") + scorer_extras(recipe.sample.scorers),
-    )
+    ),
+    EVAL: DataStage(
+        "alignkit.evaluation.recipe:EvalRecipe",
+        "alignkit.evaluation.run:start_eval",
+        None,
+        preview="alignkit.evaluation.preview:report_eval_data",
+        extras=lambda recipe: recipe.eval.extras,
+        one_model=False,
+    ),
 }
 
 STAGE_KINDS: tuple[str, ...] = (*METHODS, *_DATA_STAGES)
@@ -71,9 +83,15 @@ def recipe_model(kind: str) -> type:
 
 
 def data_output(kind: str, output_dir: Path | str = "") -> Path | None:
-    """The training rows a data-making stage leaves in `output_dir`; None for a stage that makes a model."""
+    """The training rows a data-making stage leaves in `output_dir`; None for a stage that makes none."""
     stage = _DATA_STAGES.get(kind)
-    return None if stage is None else Path(output_dir) / stage.output
+    return None if stage is None or stage.output is None else Path(output_dir) / stage.output
+
+
+def takes_model(kind: str) -> bool:
+    """Whether a stage of `kind` starts from one model (`model.name_or_path`), which `from:` sets."""
+    stage = _DATA_STAGES.get(kind)
+    return stage is None or stage.one_model
 
 
 def process_gpus(kind: str, recipe: Any) -> tuple[str, int] | None:

@@ -39,7 +39,8 @@ def split_pairs(seed: int, n_test: int) -> tuple[list[tuple[int, int]], list[tup
 def write_task(
     folder: Path, *, seed: int = 0, n_test: int = 200, n_dpo: int = 2000, n_prompts: int = 4000
 ) -> dict[str, Path]:
-    """Write sft/dpo train and test jsonl files and the sampling prompts into `folder`; returns their paths."""
+    """Write sft/dpo train and test jsonl files, the sampling prompts and the held-out prompts (the sft test
+    questions with their answers, for `alignkit eval`) into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 1)
     train, test = split_pairs(seed, n_test)
@@ -65,6 +66,7 @@ def write_task(
         "dpo": [dpo_row(a, b) for a, b in rng.sample(train, min(n_dpo, len(train)))],
         "dpo_test": [dpo_row(a, b) for a, b in test],
         "prompts": [{"prompt": question(a, b), "answer": str(a + b)} for a, b in train[:n_prompts]],
+        "heldout": [{"prompt": question(a, b), "answer": str(a + b)} for a, b in test],
     }
     paths = {}
     for name, rows in files.items():

@@ -67,7 +67,7 @@ from alignkit.library.lookup import find_entry, recipe_folder
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
 from alignkit.run_record import is_finished
-from alignkit.stages import STAGE_KINDS, data_output, is_training, known_stage
+from alignkit.stages import STAGE_KINDS, data_output, is_training, known_stage, takes_model
 
 PIPELINE_FILE = "pipeline.yaml"
 
@@ -214,9 +214,15 @@ class PipelineSpec(BaseModel):
                     " makes data, not a model; read its rows with data: instead"
                 )
             if stage.data_stage is not None and data_output(kinds[stage.data_stage]) is None:
+                makes = "a model" if is_training(kinds[stage.data_stage]) else "no training rows"
                 raise ValueError(
                     f"stage {stage.name!r} reads data from {stage.data_stage!r}, a {kinds[stage.data_stage]} stage,"
-                    " which makes a model, not data; start from it with from: instead"
+                    f" which makes {makes}, not data; start from it with from: instead"
+                )
+            if stage.from_stage is not None and not takes_model(stage.method):
+                raise ValueError(
+                    f"stage {stage.name!r} is a {stage.method} stage, which names its models itself; point them at"
+                    " earlier stages with inputs: {FIELD: STAGE} (such as eval.models.1.path: sft) instead of from:"
                 )
             kinds[stage.name] = stage.method
         return self
