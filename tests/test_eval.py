@@ -156,11 +156,8 @@ def test_a_scorecard_of_two_models(cli, workspace, tiny_model_dir, tmp_path):
     card = (workspace / "tuned" / "README.md").read_text()
     assert card.startswith("# tuned\n\nA card.\n") and card.count("## Evaluation") == 1
     assert "| generate | heldout | exact_match:answer |" in card
-    assert (
-        "## Evaluation" not in (Path(tiny_model_dir) / "README.md").read_text()
-        if (Path(tiny_model_dir) / "README.md").exists()
-        else True
-    )
+    base_card = Path(tiny_model_dir) / "README.md"  # not an alignkit run: left as it is
+    assert not base_card.exists() or "## Evaluation" not in base_card.read_text()
 
 
 def _rewards(rm: Path, out: Path) -> dict[str, tuple[list[float], list[str]]]:
