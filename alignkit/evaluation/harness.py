@@ -208,7 +208,7 @@ def _load_lm(model_args: dict[str, Any], *, batch_size: int, device: str, source
     except torch.OutOfMemoryError:
         raise
     except (OSError, ValueError, RuntimeError) as err:
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         name = f"the adapter {adapter!r} on {model_args['pretrained']!r}" if adapter else repr(model_args["pretrained"])
         message = f"cannot load {name}: {lines[-1] if lines else type(err).__name__}"
         raise UserError(Problem(source=source, path=where, message=message)) from None

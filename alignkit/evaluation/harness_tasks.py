@@ -52,7 +52,7 @@ def lm_eval_problem() -> str | None:
     try:
         import lm_eval  # noqa: F401
     except Exception as err:  # installed, but one of its own imports fails
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         return f"lm-eval is installed but does not import ({lines[-1] if lines else type(err).__name__})"
     return None
 
@@ -135,7 +135,7 @@ def _read_task_file(task: str) -> tuple[dict[str, Any] | None, str]:
     except FileNotFoundError as err:
         return None, f"it includes {err.filename}, which does not exist (an include is read beside its file)"
     except (OSError, ValueError, yaml.YAMLError) as err:
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         return None, f"cannot read it as a task: {lines[-1] if lines else type(err).__name__}"
     name = config.get("group", config.get("task"))
     if not isinstance(name, str):
