@@ -123,11 +123,12 @@ def test_task_files_are_checked_without_lm_evals_task_index(tmp_path, monkeypatc
 
 
 def test_names_lm_eval_does_not_know_are_refused_with_the_closest_ones(tmp_path, quiz):
-    """One TaskManager judges the names, with the folders of the YAML files on its search path: a group file
-    beside the quiz may name it, and a member misspelt is found."""
-    group = _write(quiz.parent / "quiz_group.yaml", f"group: quizzes\ntask:\n  - {TASK}\n  - alignkit_quizz\n")
-    problems = check_tasks(["arc_eazy", "hellaswag", "zzqx_nothing", group], source="r.yaml", where=WHERE)
-    assert [problem.path for problem in problems] == [f"{WHERE}.0", f"{WHERE}.2", f"{WHERE}.3"]
+    """One TaskManager judges the names, with the folders of the YAML files on its search path: a group file in
+    another folder than the quiz's may name it, and a member misspelt is found."""
+    group = _write(tmp_path / "quiz_group.yaml", f"group: quizzes\ntask:\n  - {TASK}\n  - alignkit_quizz\n")
+    tasks = ["arc_eazy", "hellaswag", "zzqx_nothing", str(quiz), group]
+    problems = check_tasks(tasks, source="r.yaml", where=WHERE)
+    assert [problem.path for problem in problems] == [f"{WHERE}.0", f"{WHERE}.2", f"{WHERE}.4"]
     assert problems[0].message.startswith("'arc_eazy' is no task, group or tag lm-eval knows; did you mean arc_easy")
     assert problems[1].message == (
         "'zzqx_nothing' is no task, group or tag lm-eval knows; `lm-eval ls tasks` lists the names it knows"
@@ -136,7 +137,6 @@ def test_names_lm_eval_does_not_know_are_refused_with_the_closest_ones(tmp_path,
         "its group 'quizzes' lists 'alignkit_quizz', which is no task, group or tag lm-eval knows; "
         f"did you mean {TASK}?"
     )
-    Path(group).unlink()
 
 
 def test_without_lm_eval_the_tasks_are_refused_with_the_install_command(monkeypatch, tiny_model_dir, quiz):
@@ -302,3 +302,23 @@ def test_importing_the_harness_loads_neither_lm_eval_nor_the_training_stack():
     script = f"import sys\nimport alignkit.evaluation.harness\nprint(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_chat_template_asked_for_that_the_tokenizer_lacks_is_refused(tmp_path, tiny_model_dir, quiz):
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        run_harness(str(plain), [str(quiz)], apply_chat_template=True)
+    assert caught.value.problems == [
+        Problem(
+            "alignkit eval",
+            f"the tokenizer of {plain} has no chat template to apply; do not ask for apply_chat_template",
+            "model",
+        )
+    ]

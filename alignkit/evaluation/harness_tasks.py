@@ -168,7 +168,8 @@ def _task_yaml(path: Path, including: tuple[Path, ...]) -> dict[str, Any]:
 
 def _data_file_problems(config: dict[str, Any]) -> list[str]:
     """The local data files a task config names that do not exist (remote ones are fetched when it runs)."""
-    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    kwargs = config.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
     if files is None:
         dataset = config.get("dataset_path")
         if isinstance(dataset, str) and dataset.startswith(("/", "./", "../", "~")):
