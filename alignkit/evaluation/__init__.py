@@ -1,0 +1,3 @@
+"""Evaluation of trained models: benchmark tasks run by EleutherAI's lm-evaluation-harness (`harness`), for
+`alignkit eval`.
+"""
