@@ -219,7 +219,7 @@ def test_bad_input_is_refused_before_anything_loads(cli, workspace, tiny_model_d
         "eval", "--recipe", _recipe(workspace, tiny_model_dir, out), "--set", "eval.models.1.path=nowhere/at/all"
     )
     assert missing.exit_code == 2
-    assert "eval.models.1.path: nowhere/at/all: no such model folder" in missing.stderr
+    assert "eval.models.1.path: no such folder: nowhere/at/all; give a model folder" in missing.stderr
     column = cli(
         "eval",
         "--recipe",
@@ -229,7 +229,7 @@ def test_bad_input_is_refused_before_anything_loads(cli, workspace, tiny_model_d
     )
     assert column.exit_code == 2
     assert "eval.generate.scorers.0.exact_match: the prompt rows have no column 'solution'" in column.stderr
-    assert not (out / "eval_results.json").exists() and not (out / "cache").exists()
+    assert not out.exists()  # refused before anything was written
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -322,3 +322,44 @@ def test_a_chat_template_asked_for_that_the_tokenizer_lacks_is_refused(tmp_path,
             "model",
         )
     ]
+
+
+# --- `alignkit eval --model ... --tasks ...`: the one-off form of the command -------------------------------
+
+
+@pytest.mark.slow
+def test_the_one_off_command_scores_models_side_by_side(cli, tmp_path, tiny_model_dir, quiz):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    out = tmp_path / "card"
+    flags = ("--model", tiny_model_dir, "--model", other, "--tasks", quiz, "--output-dir", out)
+    result = cli("eval", *flags, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document == json.loads((out / "eval_results.json").read_text(encoding="utf-8"))
+    assert [m["name"] for m in document["models"]] == [Path(tiny_model_dir).name, "other"]
+    direct = _values(run_harness(str(tiny_model_dir), [str(quiz)]))
+    for row in document["results"]:
+        assert (row["part"], row["task"]) == ("harness", TASK)
+        assert (row["value"], row["stderr"], row["samples"]) == direct[row["metric"]]  # same weights, same scores
+    assert len(document["results"]) == 4  # acc and acc_norm of each model
+    again = cli("eval", *flags)
+    assert again.exit_code == 0 and again.output.count("reused from the cache") == 2
+    assert "alignkit_quiz" in again.stdout  # the table
+
+
+def test_the_one_off_command_refuses_an_unknown_task_and_a_missing_flag(cli, tmp_path, tiny_model_dir):
+    unknown = cli("eval", "--model", tiny_model_dir, "--tasks", "arc_eazy", "--output-dir", tmp_path / "x")
+    assert unknown.exit_code == 2
+    assert "eval.harness.tasks.0: 'arc_eazy' is no task, group or tag lm-eval knows; did you mean arc_easy" in (
+        " ".join(unknown.stderr.split())
+    )
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+    no_tasks = cli("eval", "--model", tiny_model_dir)
+    assert no_tasks.exit_code == 2 and "--tasks: give the lm-eval tasks with --tasks" in no_tasks.stderr
+    both = cli("eval", "--recipe", "x.yaml", "--model", tiny_model_dir, "--tasks", "arc_easy")
+    assert both.exit_code == 2 and "give a recipe (--recipe) or models and tasks (--model, --tasks), not both" in (
+        both.stderr
+    )

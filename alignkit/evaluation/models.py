@@ -1,4 +1,5 @@
-"""The models of an evaluation: a check that each can load, and the fingerprint its cached results are keyed by.
+"""The fingerprint an evaluated model's cached results are keyed by (alignkit.evaluation.harness checks that
+each model can load).
 
 A model is a local folder (a model, an alignkit run's output, a LoRA adapter) or a Hub id. Its fingerprint
 changes whenever its weights or tokenizer change: for a folder, the names, sizes and modification times of
@@ -13,29 +14,10 @@ import json
 from pathlib import Path
 
 from alignkit.adapters import adapter_base
-from alignkit.errors import Problem
 
 # What defines a model folder's behaviour; logs, checkpoints and cards do not.
 _DEFINING = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 _SKIPPED_DIRS = ("checkpoint-", "runs", "logs", "eval", ".alignkit")
-
-
-def model_problem(path: str, *, source: str, where: str) -> Problem | None:
-    """Why the model at `path` cannot load (a folder with neither config.json nor adapter_config.json, or a
-    path that looks local and does not exist), or None. Hub ids are left to the loader."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if (local / "config.json").is_file() or (local / "adapter_config.json").is_file():
-            return None
-        return Problem(
-            source=source,
-            path=where,
-            message=f"{path} holds no model (no config.json or adapter_config.json); give a model folder, an"
-            " alignkit run's output, a LoRA adapter folder or a Hub id",
-        )
-    if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        return Problem(source=source, path=where, message=f"{path}: no such model folder")
-    return None
 
 
 def fingerprint(path: str, revision: str = "main") -> str:

@@ -12,6 +12,7 @@ but an eval run is refused. Each model that is an alignkit run's output gets its
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Any
 
 from alignkit import __version__
 from alignkit.errors import Problem, UserError
-from alignkit.evaluation.cache import ResultCache, file_fingerprints
-from alignkit.evaluation.models import fingerprint, model_problem
+from alignkit.evaluation.cache import CACHE_DIR, ResultCache, file_fingerprints
+from alignkit.evaluation.models import fingerprint
 from alignkit.evaluation.results import (
     PLOT_FILE,
     RESULTS_FILE,
@@ -54,12 +55,22 @@ def start_eval(
     """
     if num_processes != 1:
         raise UserError(Problem(source="--num-processes", message="alignkit eval runs as one process; give 1"))
+    from alignkit.quiet import quiet_libraries
+
+    quiet_libraries()
     out = resolved.output_dir
+    _previous_eval(out)
+    prompts = check_inputs(resolved.recipe, str(resolved.source))  # before anything is written
     with output_lock(out, echo=echo):
         previous = _previous_eval(out)
         record = freeze_run(resolved, list(argv or sys.argv), previous=previous)
         overwrite = overwrite or resolved.recipe.training.overwrite_output_dir
-        document, scores = evaluate(resolved, overwrite=overwrite, echo=echo)
+        try:
+            document, scores = evaluate(resolved, prompts, overwrite=overwrite, echo=echo)
+        except UserError:
+            if previous is None and not (out / CACHE_DIR).is_dir():
+                shutil.rmtree(out, ignore_errors=True)  # bad input found late: leave nothing half written
+            raise
         record.mark_finished({"scores": len(document["results"])})
     if table:
         from rich.console import Console
@@ -89,19 +100,15 @@ def _previous_eval(out: Path) -> dict | None:
     return info
 
 
-def evaluate(resolved, *, overwrite: bool, echo) -> tuple[dict[str, Any], list[Score]]:
-    """Check, measure and write; returns the eval_results document and its scores."""
-    from alignkit.quiet import quiet_libraries
-
-    quiet_libraries()
+def evaluate(resolved, prompts, *, overwrite: bool, echo) -> tuple[dict[str, Any], list[Score]]:
+    """Measure (the inputs checked, `prompts` read) and write; returns the eval_results document and its scores."""
     recipe, out, source = resolved.recipe, resolved.output_dir, str(resolved.source)
-    prompts = check_inputs(recipe, source)
     section = recipe.eval
     cache = ResultCache(out, overwrite=overwrite)
     scores: list[Score] = []
     answers: dict[str, list[str]] = {}
     if section.harness is not None:
-        scores += _harness(recipe, cache, echo)
+        scores += _harness(recipe, cache, source, echo)
     if section.generate is not None:
         found, answers = _generate(recipe, prompts, cache, out, echo)
         scores += found
@@ -125,11 +132,11 @@ def check_inputs(recipe, source: str):
     from alignkit.scoring.specs import check_scorers
 
     section = recipe.eval
-    problems = [
-        problem
-        for index, model in enumerate(section.models)
-        if (problem := model_problem(model.path, source=source, where=f"eval.models.{index}.path")) is not None
-    ]
+    from alignkit.evaluation.harness import check_model
+
+    problems = []
+    for index, model in enumerate(section.models):
+        problems += check_model(model.path, source=source, where=f"eval.models.{index}.path")
     if section.harness is not None:
         from alignkit.evaluation.harness import check_tasks
 
@@ -166,18 +173,19 @@ def _model_key(model, recipe) -> dict[str, Any]:
     return {"model": fingerprint(model.path, model.revision), "dtype": recipe.eval.dtype, "seed": recipe.eval.seed}
 
 
-def _harness(recipe, cache: ResultCache, echo) -> list[Score]:
+def _harness(recipe, cache: ResultCache, source: str, echo) -> list[Score]:
     from alignkit.evaluation.harness import run_harness
 
     part = recipe.eval.harness
     files = [task for task in part.tasks if task.endswith((".yaml", ".yml"))]
     key_base = {"part": part.model_dump(mode="json"), "files": file_fingerprints([str(Path(f).parent) for f in files])}
     echo(f"lm-eval: {', '.join(part.tasks)}")
+    dtype = None if recipe.eval.dtype == "auto" else recipe.eval.dtype
     scores = []
-    for model in recipe.eval.models:
+    for index, model in enumerate(recipe.eval.models):
         key = {**_model_key(model, recipe), **key_base, "alignkit": __version__}
 
-        def measure(model=model) -> dict[str, Any]:
+        def measure(model=model, index=index) -> dict[str, Any]:
             echo(f"  {model.name}: running lm-eval")
             outcome = run_harness(
                 model.path,
@@ -187,6 +195,10 @@ def _harness(recipe, cache: ResultCache, echo) -> list[Score]:
                 apply_chat_template=part.apply_chat_template,
                 batch_size=part.batch_size,
                 seed=recipe.eval.seed,
+                dtype=dtype,
+                source=source,
+                model_field=f"eval.models.{index}.path",
+                tasks_field="eval.harness.tasks",
             )
             return {"scores": [asdict(score) for score in outcome.results], "versions": outcome.versions}
 
