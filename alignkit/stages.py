@@ -40,6 +40,8 @@ class DataStage:
     """alignkit's optional extras a recipe of this kind needs on a fresh machine."""
     one_model: bool = True
     """Whether its recipe has one `model` a pipeline's `from:` sets (eval names its models in its own list)."""
+    models: Callable[[Any], str] = lambda recipe: recipe.model.name_or_path
+    """The model(s) a recipe of this kind reads, as a plan table shows them."""
 
 
 _DATA_STAGES = {
@@ -59,6 +61,7 @@ _DATA_STAGES = {
         preview="alignkit.evaluation.preview:report_eval_data",
         extras=lambda recipe: recipe.eval.extras,
         one_model=False,
+        models=lambda recipe: ", ".join(model.name for model in recipe.eval.models),
     ),
 }
 
@@ -86,6 +89,12 @@ def data_output(kind: str, output_dir: Path | str = "") -> Path | None:
     """The training rows a data-making stage leaves in `output_dir`; None for a stage that makes none."""
     stage = _DATA_STAGES.get(kind)
     return None if stage is None or stage.output is None else Path(output_dir) / stage.output
+
+
+def models_read(kind: str, recipe: Any) -> str:
+    """The model(s) a stage of `kind` reads, for a plan table."""
+    stage = _DATA_STAGES.get(kind)
+    return recipe.model.name_or_path if stage is None else stage.models(recipe)
 
 
 def takes_model(kind: str) -> bool:

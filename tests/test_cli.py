@@ -19,7 +19,7 @@ def test_version(cli):
 
 
 # The commands besides one per training method.
-OTHER_COMMANDS = {"recipes", "run", "sample", "env", "slurm", "dstack", "data", "plan"}
+OTHER_COMMANDS = {"recipes", "run", "sample", "eval", "env", "slurm", "dstack", "data", "plan"}
 
 
 def _command_table(help_text: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The offline demo learns as promised: exact match from about 0% to something short of perfect after SFT, higher
 (at least 60%) after one round of rejection sampling, kept by DPO while its preference accuracy reaches at least
-90%, and the reward model scores the right sum above the wrong one more often than chance. Runs the real
+90%, and the reward model scores the right sum above the wrong one more often than chance; the exact match and
+win rates come from the pipeline's `alignkit eval` scorecard. Runs the real
 `python -m alignkit.demo` (`alignkit run --recipe tiny-demo`) in a scratch folder (a few minutes on two CPU
 cores)."""
 
@@ -25,8 +26,9 @@ def test_demo_learns(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = {
         label: (float(em), float(pref))
-        for label, em, pref in re.findall(
-            r"│ (base model|after SFT|after rejection sampling|after DPO)\s*│\s*([\d.]+)%\s*│\s*([\d.]+)%",
+        for label, em, _, pref in re.findall(
+            r"│ (base model|after SFT|after rejection sampling|after DPO)\s*│\s*([\d.]+)%\s*│\s*([\d.]+%|baseline)"
+            r"\s*│\s*([\d.]+)%",
             result.stdout,
         )
     }
@@ -36,9 +38,17 @@ def test_demo_learns(tmp_path):
     assert table["after rejection sampling"][0] >= 60.0
     assert table["after DPO"][0] >= table["after rejection sampling"][0] - 1.0
     assert table["after DPO"][1] >= 90.0
-    reward = re.search(r"│ reward model\s*│\s*n/a\s*│\s*([\d.]+)%", result.stdout)
+    reward = re.search(r"│ reward model\s*│\s*n/a\s*│\s*n/a\s*│\s*([\d.]+)%", result.stdout)
     assert reward is not None, result.stdout[-2000:]
     assert float(reward[1]) >= 55.0
+    # The exact match the table shows is the scorecard's (`alignkit eval`, the pipeline's last stage).
+    card = json.loads((tmp_path / "outputs" / "tiny-demo-eval" / "eval_results.json").read_text())
+    exact = {r["model"]: r["value"] for r in card["results"] if r["metric"] == "exact_match:answer"}
+    assert (
+        round(100 * exact["dpo"], 1) == table["after DPO"][0]
+        and round(100 * exact["base"], 1) == table["base model"][0]
+    )
+    assert {r["metric"] for r in card["results"] if r["part"] == "judge"} >= {"win_rate", "tie_rate", "loss_rate"}
     sampled = json.loads((tmp_path / "outputs" / "tiny-demo-sample" / "alignkit_sample.json").read_text())
     assert sampled["counts"]["prompts"] == 4000 and sampled["counts"]["selected_rows"] > 0
     selected = (tmp_path / "outputs" / "tiny-demo-sample" / "selected.jsonl").read_text().splitlines()

@@ -3,9 +3,10 @@
 It builds a tiny Llama and tokenizer locally, writes a two-digit addition task, then runs the real command
 `alignkit run --recipe tiny-demo`: SFT (deliberately short of perfect), one round of rejection sampling
 (`alignkit sample`: 4 answers per training question, the right ones kept by exact match), SFT on the kept
-answers, DPO, and a reward model. It prints held-out exact-match and preference accuracy before training and
-after each training stage, and the reward model's pairwise accuracy (reward of the right sum above the wrong
-one's). Exit code 1 when it did not learn as promised.
+answers, DPO, a reward model, and `alignkit eval`'s scorecard of every model. It prints the scorecard's
+held-out exact match and reward-model win rate against the SFT model for the base model and each training
+stage, with each model's preference accuracy, and the reward model's pairwise accuracy (reward of the right
+sum above the wrong one's). Exit code 1 when it did not learn as promised.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from alignkit.demo.evaluate import exact_match, preference_accuracy, reward_accuracy
+from alignkit.demo.evaluate import preference_accuracy, reward_accuracy
 from alignkit.demo.task import write_task
 from alignkit.demo.tiny import build_tiny_model
 
 DEMO_DIR = Path("alignkit-demo")
 MODEL_SHAPE = {"hidden_size": 128, "intermediate_size": 512, "num_layers": 3, "num_heads": 4}
 STAGES = {"after SFT": "sft", "after rejection sampling": "sft-rs", "after DPO": "dpo"}
+EVAL_RESULTS = Path("outputs/tiny-demo-eval/eval_results.json")
+EXACT_MATCH = ("generate", "exact_match:answer")
+WIN_RATE = ("judge", "win_rate")
 TARGET_EXACT_MATCH = 0.60
 TARGET_PREFERENCE = 0.90
 # Well below DPO's 90%: the 3-layer reward model must verify the sum at its final token, and in the demo's
@@ -38,12 +42,10 @@ def _run_pipeline(extra: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def _measure(label: str, model_dir: Path, files: dict[str, Path]) -> tuple[str, float, float]:
-    return (
-        label,
-        exact_match(model_dir, files["sft_test"]),
-        preference_accuracy(model_dir, files["dpo_test"]),
-    )
+def _scorecard() -> dict[tuple[str, str, str], float | None]:
+    """(part, metric, model) -> value, from the pipeline's `alignkit eval` stage."""
+    document = json.loads(EVAL_RESULTS.read_text(encoding="utf-8"))
+    return {(r["part"], r["metric"], r["model"]): r["value"] for r in document["results"]}
 
 
 def _verdict(rows: dict[str, tuple[float, float]], rm_accuracy: float) -> tuple[bool, str]:
@@ -74,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building a tiny Llama ({MODEL_SHAPE}) and the addition task in {DEMO_DIR}/", flush=True)
     build_tiny_model(model_dir, **MODEL_SHAPE)
     files = write_task(DEMO_DIR / "data")
-    rows = [_measure("base model", model_dir, files)]
     _run_pipeline(extra)
-    rows += [_measure(label, Path(f"outputs/tiny-demo-{stage}"), files) for label, stage in STAGES.items()]
+    card = _scorecard()
+    models = {
+        "base model": ("base", model_dir),
+        **{label: (s, Path(f"outputs/tiny-demo-{s}")) for label, s in STAGES.items()},
+    }
+    rows = [
+        (label, card[(*EXACT_MATCH, name)], card.get((*WIN_RATE, name)), preference_accuracy(folder, files["dpo_test"]))
+        for label, (name, folder) in models.items()
+    ]
     rm_accuracy = reward_accuracy(Path("outputs/tiny-demo-rm"), files["dpo_test"])
     sampled = json.loads(Path("outputs/tiny-demo-sample/alignkit_sample.json").read_text(encoding="utf-8"))
 
@@ -88,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"held-out results ({held_out} questions never trained on)", title_justify="left")
     table.add_column("model")
     table.add_column("exact match", justify="right")
+    table.add_column("RM win rate vs SFT", justify="right")
     table.add_column("preference accuracy", justify="right")
-    for label, em, pref in rows:
-        table.add_row(label, f"{em:.1%}", f"{pref:.1%}")
+    for label, em, win, pref in rows:
+        table.add_row(label, f"{em:.1%}", "baseline" if win is None else f"{win:.1%}", f"{pref:.1%}")
     # A reward model does not answer; its preference is reward(right sum) > reward(wrong sum).
-    table.add_row("reward model", "n/a", f"{rm_accuracy:.1%}")
+    table.add_row("reward model", "n/a", "n/a", f"{rm_accuracy:.1%}")
     console = output_console()
     console.print(table)
     counts = sampled["counts"]
@@ -101,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f" kept as SFT rows ({', '.join(f'{n} {why}' for why, n in sampled['dropped'].items()) or 'none dropped'})",
         highlight=False,
     )
-    learned, line = _verdict({label: (em, pref) for label, em, pref in rows}, rm_accuracy)
+    console.print(f"exact match and win rate: alignkit eval ({EVAL_RESULTS})", highlight=False)
+    learned, line = _verdict({label: (em, pref) for label, em, _, pref in rows}, rm_accuracy)
     verdict = "learned as expected" if learned else "did NOT reach the targets"
     console.print(f"{verdict}: {line}; {time.monotonic() - started:.0f}s", highlight=False)
     return 0 if learned else 1

@@ -197,7 +197,8 @@ def print_plan(planned: PipelineRun, *, as_json: bool, echo) -> None:
         else:
             model = f"{stage.from_stage} output" if stage.from_stage else stage.model
             cells = (stage.method, stage.recipe_name, model)
-        status = ("retrain (--overwrite)" if stage.finished else "train") if runs else "finished, skipped"
+        verb = "train" if is_training(stage.method) else "run"
+        status = (f"{verb} again (--overwrite)" if stage.finished else verb) if runs else "finished, skipped"
         launched = f"{launch.profile}, {launch.world_size} process(es)" if launch is not None else "-"
         table.add_row(stage.name, *cells, str(stage.output_dir), launched, status)
     console.print(table)

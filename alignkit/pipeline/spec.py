@@ -67,7 +67,7 @@ from alignkit.library.lookup import find_entry, recipe_folder
 from alignkit.recipe.resolve import ResolvedRecipe, resolve_recipe
 from alignkit.recipe.yamlio import read_yaml_mapping
 from alignkit.run_record import is_finished
-from alignkit.stages import STAGE_KINDS, data_output, is_training, known_stage, takes_model
+from alignkit.stages import STAGE_KINDS, data_output, is_training, known_stage, models_read, takes_model
 
 PIPELINE_FILE = "pipeline.yaml"
 
@@ -251,7 +251,7 @@ class PlannedStage:
 
     @property
     def model(self) -> str:
-        return self.resolved.recipe.model.name_or_path
+        return models_read(self.method, self.resolved.recipe)
 
 
 def family(name: str) -> str:
