@@ -4,6 +4,7 @@ whole sft -> rm -> (sample -> dpo) x 2 run of the tiny Llama through `alignkit r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,12 +94,22 @@ def test_a_null_start_lets_round_one_use_the_recipes_own_model():
         ),
         (
             [{"name": "x", "method": "ppo"}],
-            "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample",
+            "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample, eval",
+        ),
+        (
+            [{"name": "a", "method": "sft"}, {"name": "e", "method": "eval", "from": "a"}],
+            "stage 'e' is a eval stage, which names its models itself; point them at earlier stages with inputs:"
+            " {FIELD: STAGE} (such as eval.models.1.path: sft) instead of from:",
+        ),
+        (
+            [{"name": "e", "method": "eval"}, {"name": "d", "method": "sft", "data": "e"}],
+            "stage 'd' reads data from 'e', a eval stage, which makes no training rows; read rows from a stage that"
+            " makes them, such as sample",
         ),
     ],
 )
 def test_wiring_that_cannot_work_is_refused(stages, message):
-    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         PipelineSpec.model_validate({"stages": stages})
 
 

@@ -214,10 +214,14 @@ class PipelineSpec(BaseModel):
                     " makes data, not a model; read its rows with data: instead"
                 )
             if stage.data_stage is not None and data_output(kinds[stage.data_stage]) is None:
-                makes = "a model" if is_training(kinds[stage.data_stage]) else "no training rows"
+                kind = kinds[stage.data_stage]
+                what = (
+                    "a model, not data; start from it with from: instead"
+                    if is_training(kind)
+                    else "no training rows; read rows from a stage that makes them, such as sample"
+                )
                 raise ValueError(
-                    f"stage {stage.name!r} reads data from {stage.data_stage!r}, a {kinds[stage.data_stage]} stage,"
-                    f" which makes {makes}, not data; start from it with from: instead"
+                    f"stage {stage.name!r} reads data from {stage.data_stage!r}, a {kind} stage, which makes {what}"
                 )
             if stage.from_stage is not None and not takes_model(stage.method):
                 raise ValueError(
