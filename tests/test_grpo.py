@@ -146,7 +146,7 @@ def test_defaults_and_loss_types_are_trl_s():
         ({"num_generations": 1}, "must be a whole number from 2 to 65,536"),
         ({"epsilon": 0.2, "epsilon_high": 0.1}, "0.1 is below epsilon (0.2)"),
         ({"top_p": 0}, "greater than 0"),
-        ({"vllm": "colocate", "vllm_server": "http://a:8000"}, "grpo.vllm is colocate: set grpo.vllm: server"),
+        ({"vllm": "colocate", "vllm_server": "http://a:8000"}, "but vllm is colocate: set vllm: server to use it"),
         ({"vllm_server": "gpu7:8000"}, "'gpu7:8000' is not a server address; write it as http://HOST:PORT"),
         ({"vllm": "server", "vllm_sleep_mode": True}, "applies to vllm: colocate"),
         ({"vllm": "always"}, "should be 'auto', 'off', 'colocate' or 'server'"),

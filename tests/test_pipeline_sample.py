@@ -99,7 +99,7 @@ def test_a_null_start_lets_round_one_use_the_recipes_own_model():
         (
             [{"name": "a", "method": "sft"}, {"name": "e", "method": "eval", "from": "a"}],
             "stage 'e' is a eval stage, which names its models itself; point them at earlier stages with inputs:"
-            " {FIELD: STAGE} (such as eval.models.1.path: sft) instead of from:",
+            " {FIELD: STAGE} (such as eval.models.1.path: STAGE) instead of from:",
         ),
         (
             [{"name": "e", "method": "eval"}, {"name": "d", "method": "sft", "data": "e"}],

@@ -11,21 +11,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alignkit.methods import METHODS
-from alignkit.recipe.sections import ModelSection
+from alignkit.methods.sft import measuring_recipe
 
 
 def sft_view(recipe, model, output_dir: str):
     """An SFT recipe reading the loss sources with `model`'s tokenizer: every row for measuring, none held out."""
     part = recipe.eval.loss
-    sources = [source.model_copy(update={"role": "train"}) for source in part.datasets]
-    return METHODS["sft"].recipe.model_validate(
-        {
-            "model": ModelSection(name_or_path=model.path, revision=model.revision, dtype=recipe.eval.dtype),
-            "data": {"datasets": [s.model_dump() for s in sources], "seed": recipe.eval.seed},
-            "sft": {"max_length": part.max_length, "assistant_only_loss": part.assistant_only},
-            "training": {"output_dir": output_dir},
-        }
+    return measuring_recipe(
+        {"name_or_path": model.path, "revision": model.revision, "dtype": recipe.eval.dtype},
+        [source.model_dump() for source in part.datasets],
+        max_length=part.max_length,
+        assistant_only=part.assistant_only,
+        seed=recipe.eval.seed,
+        output_dir=output_dir,
     )
 
 

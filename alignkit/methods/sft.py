@@ -134,3 +134,17 @@ METHOD = Method(
     progress_metrics=("mean_token_accuracy",),
     curve_panels=(("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy")),),
 )
+
+
+def measuring_recipe(model: dict[str, Any], datasets: list[dict[str, Any]], *, max_length: int, assistant_only: bool,
+                     seed: int, output_dir: str):  # fmt: skip
+    """An SFT recipe whose prepared rows measure held-out loss as training computes it (`alignkit eval`): every
+    row of `datasets` for measuring, none held out, the loss mask of `assistant_only_loss`."""
+    return METHOD.recipe.model_validate(
+        {
+            "model": model,
+            "data": {"datasets": [{**source, "role": "train"} for source in datasets], "seed": seed},
+            "sft": {"max_length": max_length, "assistant_only_loss": assistant_only},
+            "training": {"output_dir": output_dir},
+        }
+    )

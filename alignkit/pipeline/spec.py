@@ -226,7 +226,7 @@ class PipelineSpec(BaseModel):
             if stage.from_stage is not None and not takes_model(stage.method):
                 raise ValueError(
                     f"stage {stage.name!r} is a {stage.method} stage, which names its models itself; point them at"
-                    " earlier stages with inputs: {FIELD: STAGE} (such as eval.models.1.path: sft) instead of from:"
+                    " earlier stages with inputs: {FIELD: STAGE} (such as eval.models.1.path: STAGE) instead of from:"
                 )
             kinds[stage.name] = stage.method
         return self
