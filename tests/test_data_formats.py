@@ -239,8 +239,8 @@ def test_dpo_refuses_conversations_naming_columns_and_formats(tmp_path):
     assert str(err.value) == (
         f"{tmp_path / 'rows.jsonl'}: data.datasets.0: no dpo format fits: columns found: messages, id; dpo accepts"
         " prompt + chosen + rejected (strings or message lists); chosen + rejected full conversations (the shared"
-        " beginning becomes the prompt); this is messages data: train it with sft or grpo, or give chosen and rejected"
-        " columns"
+        " beginning becomes the prompt); this is messages data: train it with sft, grpo or rloo, or give chosen and"
+        " rejected columns"
     )
 
 

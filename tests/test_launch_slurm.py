@@ -392,7 +392,7 @@ def test_sample_job_refuses_what_one_process_cannot_use(tmp_path, cli, write_rec
     result = cli("slurm", "ppo", "--recipe", "mine.yaml", "--nodes", "1", "--gpus-per-node", "1")
     assert result.exit_code == 2
     assert (
-        "error: --method: unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample"
+        "error: --method: unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, rloo, sample, eval"
         in result.stderr
     )
 

@@ -89,7 +89,9 @@ def test_every_method_maps_onto_its_trl_config_with_known_fields():
 
 def test_methods_table_lists_each_module_once():
     # Beside the methods: the Method record (method.py) and what the online methods share (online.py).
-    modules = sorted(p.stem for p in (PACKAGE / "methods").glob("*.py") if p.stem not in ("__init__", "method", "online"))
+    modules = sorted(
+        p.stem for p in (PACKAGE / "methods").glob("*.py") if p.stem not in ("__init__", "method", "online")
+    )
     assert modules == sorted(METHODS)
 
 

@@ -252,7 +252,7 @@ def _digit(completions, **_):
     return [float(re.search(r"\d", c[0]["content"]) is not None) for c in completions]
 
 
-def _in_alignkit_order(recipe, tiny_model_dir, path):
+def _in_alignkit_order(recipe, tiny_model_dir, path, method: str = "grpo"):
     """The file's rows in the order alignkit's data layer hands them to its trainer (its cached preparation)."""
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -261,7 +261,7 @@ def _in_alignkit_order(recipe, tiny_model_dir, path):
     from alignkit.recipe.resolve import resolve_recipe
 
     rows = load_dataset("json", data_files=str(path), split="train")
-    prepared = prepare_data(resolve_recipe("grpo", str(recipe)).recipe, AutoTokenizer.from_pretrained(tiny_model_dir))
+    prepared = prepare_data(resolve_recipe(method, str(recipe)).recipe, AutoTokenizer.from_pretrained(tiny_model_dir))
     # list.index also checks that alignkit kept every prompt and answer as the file has them.
     return rows.select([rows.to_list().index(row) for row in prepared.train])
 
@@ -325,3 +325,71 @@ def test_grpo_loss_and_rewards_match_plain_trl(cli, tiny_model_dir, tmp_path, na
     # The comparison means something: rewards differ within the groups, so the policy gets a gradient (with
     # num_iterations 2 every other step reuses the last generated batch and logs no rewards of its own).
     assert all(row["grad_norm"] > 0 and row.get("reward_std", 1) > 0 for row in ours)
+
+
+# RLOO: the same prompts and rewards; RLOOConfig's defaults (beta 0.05, so a reference model) and a tuned set.
+RLOO_SETTINGS = {
+    "defaults": {"beta": 0.05, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "epsilon": 0.2},
+    "tuned": {
+        "beta": 0.0,
+        "num_iterations": 2,
+        "normalize_advantages": True,
+        "reward_clip_range": [-0.5, 1.5],
+        "temperature": 0.7,
+        "top_k": 20,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(RLOO_SETTINGS))
+def test_rloo_loss_and_rewards_match_plain_trl(cli, tiny_model_dir, tmp_path, name):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import RLOOConfig, RLOOTrainer
+
+    settings = RLOO_SETTINGS[name]
+    path = _jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in GRPO_PROMPTS]
+    )
+    out = tmp_path / "alignkit-rloo"
+    batch = len(GRPO_PROMPTS) * GROUP
+    rewards = [{"exact_match": "answer"}, {"regex": r"\d", "weight": 0.5}, {"python": "test_parity:answer_letters"}]
+    section = {"num_generations": GROUP, "max_completion_length": 8, "rewards": rewards}
+    recipe = write_recipe(
+        tmp_path,
+        "rloo",
+        tiny_model_dir,
+        tmp_path,
+        out,
+        training={"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
+        rloo=section if name == "defaults" else {**section, **settings},
+    )
+    result = cli("rloo", "--recipe", recipe)
+    assert result.exit_code == 0, result.output
+    ours = _grpo_log(json.loads((out / "trainer_state.json").read_text())["log_history"])
+
+    set_seed(0)
+    kwargs = {key: value for key, value in _trl_kwargs(tmp_path / "trl-rloo").items() if key != "max_length"}
+    trl_settings = (
+        {**settings, "reward_clip_range": tuple(settings["reward_clip_range"])} if name == "tuned" else settings
+    )
+    config = RLOOConfig(
+        **kwargs | {"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
+        **trl_settings,
+        num_generations=GROUP,
+        max_completion_length=8,
+        reward_weights=[1.0, 0.5, 1.0],
+    )
+    trainer = RLOOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=config,
+        reward_funcs=[_exact, _digit, answer_letters],
+        train_dataset=_in_alignkit_order(recipe, tiny_model_dir, path, "rloo"),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    trainer.train()
+    theirs = _grpo_log(trainer.state.log_history)
+    for step, (mine, plain) in enumerate(zip(ours, theirs, strict=True), 1):
+        print(f"rloo {name} step {step}: alignkit {mine} | trl {plain}")
+    assert len(ours) == GRPO_STEPS
+    assert ours == theirs
+    assert all(row["grad_norm"] > 0 for row in ours)

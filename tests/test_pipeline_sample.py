@@ -94,7 +94,7 @@ def test_a_null_start_lets_round_one_use_the_recipes_own_model():
         ),
         (
             [{"name": "x", "method": "ppo"}],
-            "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample, eval",
+            "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, rloo, sample, eval",
         ),
         (
             [{"name": "a", "method": "sft"}, {"name": "e", "method": "eval", "from": "a"}],

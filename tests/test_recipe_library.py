@@ -108,7 +108,7 @@ def _distinct(paths):
 
 def test_the_library_is_complete():
     shipped = {(name, m) for name, entry in registry.discover().items() for m in entry.methods}
-    demo = {("tiny-demo", kind) for kind in ("sft", "dpo", "rm", "sample", "grpo")}
+    demo = {("tiny-demo", kind) for kind in ("sft", "dpo", "rm", "sample", "grpo", "rloo", "eval")}
     assert set(LIBRARY) == shipped - demo
 
 

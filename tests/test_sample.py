@@ -379,7 +379,9 @@ def test_the_library_lists_shows_and_copies_sample_recipes(cli, tmp_path):
     assert (tmp_path / "mine" / "sample.yaml").is_file()
     unknown = cli("recipes", "show", "tiny-demo", "--method", "ppo")
     assert unknown.exit_code == 2
-    assert "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, sample" in unknown.output
+    assert (
+        "unknown method 'ppo'; one of cpt, sft, dpo, orpo, simpo, kto, rm, grpo, rloo, sample, eval" in unknown.output
+    )
 
 
 def test_the_data_preview_shows_the_prompts_and_the_columns_and_checks_the_scorers(cli, tmp_path, tiny_model_dir):

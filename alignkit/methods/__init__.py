@@ -96,6 +96,11 @@ METHODS = MethodTable(
         "Group Relative Policy Optimization: online RL on prompts, completions rewarded by the recipe's scorers.",
         "alignkit grpo --recipe my-grpo.yaml --set grpo.num_generations=4",
     ),
+    Listing(
+        "rloo",
+        "REINFORCE Leave-One-Out: online RL as grpo, each completion measured against its group's others.",
+        "alignkit rloo --recipe my-rloo.yaml --set rloo.num_generations=4",
+    ),
 )
 
 
