@@ -1,4 +1,4 @@
-"""Parity: alignkit's SFT and DPO losses equal those of a plain TRL trainer given the same model, data, seed
+"""Parity: alignkit's losses (SFT, DPO, reward modelling, GRPO, RLOO, ...) equal those of a plain TRL trainer given the same model, data, seed
 and settings, so the wrapper adds no hidden divergence.
 
 Each step's batch is the whole (small) dataset, which makes the loss independent of row order: the data
@@ -8,7 +8,7 @@ DPO is compared on plain-text pairs. For conversational pairs alignkit deliberat
 each rendered response at the end-of-turn token, where TRL's conversational path also trains on the
 newline the template writes after it (and TRL's plain-text path would then append a second end token).
 
-GRPO is compared on conversational prompts, and TRL gets the rows in the order alignkit's data layer hands
+GRPO and RLOO are compared on conversational prompts, and TRL gets the rows in the order alignkit's data layer hands
 them to its trainer: alignkit shuffles the pooled rows with the seed, and each sampled completion depends on
 where its prompt sits in the generation batch (which random draws it gets), so the same rows in the file's
 order would generate other completions. Both sides then log the same figures to the last bit.
@@ -270,63 +270,6 @@ def _grpo_log(history: list[dict]) -> list[dict]:
     return [{key: row[key] for key in GRPO_LOGGED if key in row} for row in history if "loss" in row]
 
 
-@pytest.mark.parametrize("name", list(GRPO_SETTINGS))
-def test_grpo_loss_and_rewards_match_plain_trl(cli, tiny_model_dir, tmp_path, name):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import GRPOConfig, GRPOTrainer
-
-    settings = GRPO_SETTINGS[name]
-    path = _jsonl(
-        tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in GRPO_PROMPTS]
-    )
-    out = tmp_path / "alignkit-grpo"
-    batch = len(GRPO_PROMPTS) * GROUP
-    rewards = [
-        {"exact_match": "answer"},
-        {"regex": r"\d", "weight": 0.5},
-        {"python": "test_parity:answer_letters", "weight": 2},
-    ]
-    section = {"num_generations": GROUP, "max_completion_length": 8, "rewards": rewards}
-    recipe = write_recipe(
-        tmp_path,
-        "grpo",
-        tiny_model_dir,
-        tmp_path,
-        out,
-        training={"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
-        grpo=section if name == "defaults" else {**section, **settings},
-    )
-    result = cli("grpo", "--recipe", recipe)
-    assert result.exit_code == 0, result.output
-    ours = _grpo_log(json.loads((out / "trainer_state.json").read_text())["log_history"])
-
-    set_seed(0)
-    kwargs = {key: value for key, value in _trl_kwargs(tmp_path / "trl-grpo").items() if key != "max_length"}
-    config = GRPOConfig(
-        **kwargs | {"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
-        **settings,
-        num_generations=GROUP,
-        max_completion_length=8,
-        reward_weights=[1.0, 0.5, 2.0],
-    )
-    trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        args=config,
-        reward_funcs=[_exact, _digit, answer_letters],
-        train_dataset=_in_alignkit_order(recipe, tiny_model_dir, path),
-        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
-    )
-    trainer.train()
-    theirs = _grpo_log(trainer.state.log_history)
-    for step, (mine, plain) in enumerate(zip(ours, theirs, strict=True), 1):
-        print(f"grpo {name} step {step}: alignkit {mine} | trl {plain}")
-    assert len(ours) == GRPO_STEPS
-    assert ours == theirs
-    # The comparison means something: rewards differ within the groups, so the policy gets a gradient (with
-    # num_iterations 2 every other step reuses the last generated batch and logs no rewards of its own).
-    assert all(row["grad_norm"] > 0 and row.get("reward_std", 1) > 0 for row in ours)
-
-
 # RLOO: the same prompts and rewards; RLOOConfig's defaults (beta 0.05, so a reference model) and a tuned set.
 RLOO_SETTINGS = {
     "defaults": {"beta": 0.05, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "epsilon": 0.2},
@@ -341,55 +284,65 @@ RLOO_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(RLOO_SETTINGS))
-def test_rloo_loss_and_rewards_match_plain_trl(cli, tiny_model_dir, tmp_path, name):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import RLOOConfig, RLOOTrainer
+ONLINE_CASES = [("grpo", name) for name in GRPO_SETTINGS] + [("rloo", name) for name in RLOO_SETTINGS]
+TRL_CLASSES = {"grpo": ("GRPOConfig", "GRPOTrainer"), "rloo": ("RLOOConfig", "RLOOTrainer")}
 
-    settings = RLOO_SETTINGS[name]
+
+@pytest.mark.parametrize(("method", "name"), ONLINE_CASES)
+def test_online_loss_and_rewards_match_plain_trl(cli, tiny_model_dir, tmp_path, method, name):
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    settings = {"grpo": GRPO_SETTINGS, "rloo": RLOO_SETTINGS}[method][name]
     path = _jsonl(
         tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in GRPO_PROMPTS]
     )
-    out = tmp_path / "alignkit-rloo"
+    out = tmp_path / f"alignkit-{method}"
     batch = len(GRPO_PROMPTS) * GROUP
-    rewards = [{"exact_match": "answer"}, {"regex": r"\d", "weight": 0.5}, {"python": "test_parity:answer_letters"}]
+    rewards = [
+        {"exact_match": "answer"},
+        {"regex": r"\d", "weight": 0.5},
+        {"python": "test_parity:answer_letters", "weight": 2},
+    ]
     section = {"num_generations": GROUP, "max_completion_length": 8, "rewards": rewards}
     recipe = write_recipe(
         tmp_path,
-        "rloo",
+        method,
         tiny_model_dir,
         tmp_path,
         out,
         training={"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
-        rloo=section if name == "defaults" else {**section, **settings},
+        **{method: section if name == "defaults" else {**section, **settings}},
     )
-    result = cli("rloo", "--recipe", recipe)
+    result = cli(method, "--recipe", recipe)
     assert result.exit_code == 0, result.output
     ours = _grpo_log(json.loads((out / "trainer_state.json").read_text())["log_history"])
 
     set_seed(0)
-    kwargs = {key: value for key, value in _trl_kwargs(tmp_path / "trl-rloo").items() if key != "max_length"}
-    trl_settings = (
-        {**settings, "reward_clip_range": tuple(settings["reward_clip_range"])} if name == "tuned" else settings
-    )
-    config = RLOOConfig(
+    config_class, trainer_class = (getattr(trl, name) for name in TRL_CLASSES[method])
+    kwargs = {key: value for key, value in _trl_kwargs(tmp_path / f"trl-{method}").items() if key != "max_length"}
+    # A YAML list in the recipe; RLOOConfig takes the range as a tuple.
+    plain = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    config = config_class(
         **kwargs | {"max_steps": GRPO_STEPS, "per_device_train_batch_size": batch},
-        **trl_settings,
+        **plain,
         num_generations=GROUP,
         max_completion_length=8,
-        reward_weights=[1.0, 0.5, 1.0],
+        reward_weights=[1.0, 0.5, 2.0],
     )
-    trainer = RLOOTrainer(
+    trainer = trainer_class(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         args=config,
         reward_funcs=[_exact, _digit, answer_letters],
-        train_dataset=_in_alignkit_order(recipe, tiny_model_dir, path, "rloo"),
+        train_dataset=_in_alignkit_order(recipe, tiny_model_dir, path, method),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
     )
     trainer.train()
     theirs = _grpo_log(trainer.state.log_history)
-    for step, (mine, plain) in enumerate(zip(ours, theirs, strict=True), 1):
-        print(f"rloo {name} step {step}: alignkit {mine} | trl {plain}")
+    for step, (mine, reference) in enumerate(zip(ours, theirs, strict=True), 1):
+        print(f"{method} {name} step {step}: alignkit {mine} | trl {reference}")
     assert len(ours) == GRPO_STEPS
     assert ours == theirs
-    assert all(row["grad_norm"] > 0 for row in ours)
+    # The comparison means something: rewards differ within the groups, so the policy gets a gradient (with
+    # num_iterations 2 every other step reuses the last generated batch and logs no rewards of its own).
+    assert all(row["grad_norm"] > 0 and row.get("reward_std", 1) > 0 for row in ours)

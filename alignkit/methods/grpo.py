@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from alignkit.methods.method import Method, imported
-from alignkit.methods.online import CURVE_PANELS, PROGRESS_METRICS, Online, OnlineSection
+from alignkit.methods.method import imported
+from alignkit.methods.online import Online, OnlineSection
 from alignkit.recipe.sections import at
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -142,31 +142,16 @@ def _card_rows(section: GrpoSection) -> list[tuple[str, str]]:
     return [*rows[:2], ("loss / reward scaling", f"{section.loss_type} / {section.scale_rewards}"), *rows[2:]]
 
 
-METHOD = Method(
+METHOD = ONLINE.method(
     name="grpo",
     title="Group Relative Policy Optimization (GRPO)",
-    section=GrpoSection,
     # TRL's GRPOConfig default.
     default_learning_rate=1.0e-6,
-    # TRL's LoRA GRPO examples train at 1e-5; a batch of 8 completions per step holds one default group, and
-    # qlora_batch sizes it to the recipe's own group.
-    qlora_training={"learning_rate": 1.0e-5, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1},
-    qlora_batch=ONLINE.qlora_batch,
     trl_fields=TRL_FIELDS,
     trl_config=imported("trl", "GRPOConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl", "GRPOTrainer"),
-    data=ONLINE.data_needs(),
-    trainer_arguments=ONLINE.trainer_arguments,
-    preflight=ONLINE.preflight,
     card_rows=_card_rows,
-    automatic=ONLINE.automatic,
-    extras=ONLINE.extras,
-    inference_server=ONLINE.inference_server,
-    defining_keys=frozenset({"num_generations", "max_completion_length", "num_iterations", "scale_rewards"}),
-    progress_metrics=PROGRESS_METRICS,
-    curve_panels=CURVE_PANELS,
     recipe_rules=_recipe_rules,
-    # beta 0 loads no reference model (TRL's default); above 0 a frozen copy scores the KL term.
-    reference_model=lambda section: section.beta > 0,
+    defining_keys=frozenset({"num_generations", "max_completion_length", "num_iterations", "scale_rewards"}),
 )

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from alignkit.data import formats
 from alignkit.errors import Problem, either
-from alignkit.methods.method import PROMPT_ROWS, DataNeeds
+from alignkit.methods.method import PROMPT_ROWS, DataNeeds, Method
 from alignkit.recipe.bounds import TokenLength, within
 from alignkit.recipe.sections import Section, at
 from alignkit.scoring.specs import KINDS, ScorerList, check_scorers, labels, scorer_extras
@@ -336,6 +336,32 @@ class Online:
                 )
             ]
         return check_scorers(rewards, None, where=f"{self.name}.rewards", source=source)
+
+    def method(self, **own: Any) -> Method:
+        """The method's `Method`: its own parts (`own`: name, title, TRL classes and settings, card rows, rules,
+        defining keys) and every hook the online methods share."""
+        shared = {
+            # TRL's LoRA examples train online methods at 1e-5; one whole group per step on one GPU (qlora_batch
+            # sizes the batch to the recipe's own group).
+            "qlora_training": {
+                "learning_rate": 1.0e-5,
+                "per_device_train_batch_size": 8,
+                "gradient_accumulation_steps": 1,
+            },
+            "qlora_batch": self.qlora_batch,
+            "section": self.section,
+            "data": self.data_needs(),
+            "trainer_arguments": self.trainer_arguments,
+            "preflight": self.preflight,
+            "automatic": self.automatic,
+            "extras": self.extras,
+            "inference_server": self.inference_server,
+            "progress_metrics": PROGRESS_METRICS,
+            "curve_panels": CURVE_PANELS,
+            # beta 0 loads no reference model; above 0 a frozen copy scores the KL term.
+            "reference_model": lambda section: section.beta > 0,
+        }
+        return Method(**(shared | own))
 
     @staticmethod
     def card_rows(section: OnlineSection) -> list[tuple[str, str]]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from alignkit.methods.method import Method, imported
-from alignkit.methods.online import CURVE_PANELS, PROGRESS_METRICS, Online, OnlineSection
+from alignkit.methods.method import imported
+from alignkit.methods.online import Online, OnlineSection
 from alignkit.recipe.bounds import within
 from alignkit.recipe.vocab import TRAINING_ARGUMENTS_FIELDS
 
@@ -117,29 +117,16 @@ def _card_rows(section: RlooSection) -> list[tuple[str, str]]:
     return [*rows[:2], ("advantages", advantages), *rows[2:]]
 
 
-METHOD = Method(
+METHOD = ONLINE.method(
     name="rloo",
     title="REINFORCE Leave-One-Out (RLOO)",
-    section=RlooSection,
     # TRL's RLOOConfig default.
     default_learning_rate=1.0e-6,
-    # As grpo: TRL's LoRA examples train online methods at 1e-5, one whole group per step on one GPU.
-    qlora_training={"learning_rate": 1.0e-5, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1},
-    qlora_batch=ONLINE.qlora_batch,
     trl_fields=TRL_FIELDS,
     trl_config=imported("trl", "RLOOConfig"),
     trl_settings=_trl_settings,
     trainer=imported("trl", "RLOOTrainer"),
-    data=ONLINE.data_needs(),
-    trainer_arguments=ONLINE.trainer_arguments,
-    preflight=ONLINE.preflight,
     card_rows=_card_rows,
-    automatic=ONLINE.automatic,
-    extras=ONLINE.extras,
-    inference_server=ONLINE.inference_server,
-    defining_keys=frozenset({"normalize_advantages", "reward_clip_range"}),
-    progress_metrics=PROGRESS_METRICS,
-    curve_panels=CURVE_PANELS,
     recipe_rules=ONLINE.batch_rule,
-    reference_model=lambda section: section.beta > 0,
+    defining_keys=frozenset({"normalize_advantages", "reward_clip_range"}),
 )
