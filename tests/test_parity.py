@@ -1,5 +1,5 @@
-"""Parity: alignkit's losses (SFT, DPO, reward modelling, GRPO, RLOO, ...) equal those of a plain TRL trainer given the same model, data, seed
-and settings, so the wrapper adds no hidden divergence.
+"""Parity: alignkit's losses (SFT, DPO, reward modelling, GRPO, RLOO, ...) equal those of a plain TRL trainer
+given the same model, data, seed and settings, so the wrapper adds no hidden divergence.
 
 Each step's batch is the whole (small) dataset, which makes the loss independent of row order: the data
 layer may shuffle the mixture, TRL's sampler does its own, and the comparison still holds exactly.
