@@ -11,6 +11,7 @@ but an eval run is refused. Each model that is an alignkit run's output gets its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -255,7 +256,9 @@ def _judge(recipe, prompts, answers: dict[str, list[str]], cache: ResultCache, e
 
     part, section = recipe.eval.judge, recipe.eval
     baseline = section.baseline_name
-    judge_key = {"reward_model": fingerprint(part.reward_model), "answers": answers, "alignkit": __version__}
+    # The answers themselves are keyed by their digest: the cache entry stays small however many prompts there are.
+    digest = hashlib.sha256(json.dumps(answers, sort_keys=True).encode()).hexdigest()
+    judge_key = {"reward_model": fingerprint(part.reward_model), "answers": digest, "alignkit": __version__}
     echo(f"judge: {part.reward_model} against {baseline}")
     rewards = _cached(
         cache, "judge", "all", judge_key, lambda: judge_scores(part.reward_model, part.batch_size, prompts, answers,
