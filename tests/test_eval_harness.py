@@ -359,6 +359,8 @@ def test_the_one_off_command_refuses_an_unknown_task_and_a_missing_flag(cli, tmp
     assert not (tmp_path / "x").exists()  # refused before anything was written
     no_tasks = cli("eval", "--model", tiny_model_dir)
     assert no_tasks.exit_code == 2 and "--tasks: give the lm-eval tasks with --tasks" in no_tasks.stderr
+    mirror = cli("eval", "--model", tiny_model_dir, "--tasks", "arc_easy", "--mirror", "m.yaml")
+    assert mirror.exit_code == 2 and "--mirror: applies to --recipe" in mirror.stderr
     both = cli("eval", "--recipe", "x.yaml", "--model", tiny_model_dir, "--tasks", "arc_easy")
     assert both.exit_code == 2 and "give a recipe (--recipe) or models and tasks (--model, --tasks), not both" in (
         both.stderr

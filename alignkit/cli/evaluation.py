@@ -64,6 +64,8 @@ def evaluate(
     if recipe is not None:
         resolved = resolve_from_flags(EVAL, recipe, overrides=overrides, output_dir=output_dir, mirror=mirror)
     else:
+        if mirror is not None:
+            raise UserError("applies to --recipe; give --model the local folder itself", source="--mirror")
         from alignkit.evaluation.oneoff import oneoff_recipe
 
         resolved = oneoff_recipe(models or [], tasks or [], overrides=overrides, output_dir=output_dir)
