@@ -120,6 +120,30 @@ def test_lora_trains_the_score_head_in_full(cli, tiny_model_dir, data_dir, tmp_p
     _assert_ranks_pairs(out, adapter=True)
 
 
+def test_pad_token_moves_the_reading_to_the_answers_last_token(cli, tiny_model_dir, data_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "rm-pad"
+    recipe = _rm_recipe(tmp_path, tiny_model_dir, data_dir, out)
+    result = cli("rm", "--recipe", recipe, "--set", "rm.pad_token=<|im_end|>")
+    assert result.exit_code == 0, result.output
+    _assert_ranks_pairs(out, adapter=False)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.pad_token == "<|im_end|>" and model.config.pad_token_id == end
+    assert "read at its last token before the pad token '<|im_end|>'" in (out / "README.md").read_text()
+    import torch
+
+    # Read at the answer's last token: the end marker after it changes nothing (the model is causal).
+    text = reward_text(tokenizer, PAIRS[0]["prompt"] + PAIRS[0]["chosen"])
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids[0, -1] == end
+    with torch.no_grad():
+        whole, cut = model(input_ids=ids).logits[0, 0], model(input_ids=ids[:, :-1]).logits[0, 0]
+    assert torch.equal(whole, cut)
+
+
 def test_qlora_and_a_start_from_an_sft_adapter(cli, tiny_model_dir, data_dir, tmp_path):
     sft_out = tmp_path / "sft-lora"
     peft = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
@@ -160,6 +184,7 @@ def test_data_preview_and_dry_run(cli, tiny_model_dir, data_dir, tmp_path):
         "max_prompt_length": 24,
         "center_rewards_coefficient": None,
         "disable_dropout": True,
+        "pad_token": None,
     }
     assert not (tmp_path / "never").exists()
 
@@ -179,6 +204,7 @@ eval_strategy: steps
 eval_steps: 50
 max_length: 2048
 center_rewards_coefficient: 0.01
+pad_token: <|im_end|>
 use_peft: true
 lora_task_type: SEQ_CLS
 lora_r: 32
@@ -191,6 +217,7 @@ lora_alpha: 16
     document = json.loads(result.stdout)
     recipe = document["recipe"]
     assert recipe["rm"]["center_rewards_coefficient"] == 0.01 and recipe["rm"]["max_length"] == 2048
+    assert recipe["rm"]["pad_token"] == "<|im_end|>"
     assert (recipe["peft"]["r"], recipe["peft"]["alpha"]) == (32, 16)
     assert [(d["split"], d["role"]) for d in recipe["data"]["datasets"]] == [("train", "train"), ("test", "test")]
     notices = [line.strip() for line in document["notices"]]
@@ -208,6 +235,12 @@ def test_bad_inputs_exit_2_naming_the_field(cli, tiny_model_dir, data_dir, tmp_p
     assert "data.datasets.0: no rm format fits: columns found: prompt, completion" in completions.stderr
     negative = cli("rm", "--recipe", recipe, "--set", "rm.center_rewards_coefficient=-1", "--dry-run")
     assert negative.exit_code == 2 and "rm.center_rewards_coefficient" in negative.stderr
+    pad = cli("rm", "--recipe", recipe, "--set", "rm.pad_token=<|eot|>")
+    assert pad.exit_code == 2 and not (tmp_path / "out").exists()
+    assert (
+        "rm.pad_token: '<|eot|>' is not a token of the model's tokenizer: give one of its tokens, such as its"
+        " end-of-sequence token '<|im_end|>', or leave it unset (the tokenizer's pad token)"
+    ) in " ".join(pad.stderr.split())
     long_prompt = cli("rm", "--recipe", recipe, "--set", "rm.max_prompt_length=48", "--dry-run")
     assert long_prompt.exit_code == 2
     assert "max_prompt_length (48) must be below max_length (48)" in long_prompt.stderr

@@ -91,10 +91,11 @@ def test_extra_passes_through_and_is_checked():
     assert built.adam_beta2 == 0.95
     assert built.neftune_noise_alpha == 5
     with pytest.raises(UserError) as info:
-        check_extra(recipe("dpo", training={"extra": {"packing": True, "learning_rate": 1.0}}))
+        check_extra(recipe("dpo", training={"extra": {"packing": True, "learning_rate": 1.0, "beta": 0.5}}))
     assert [str(p) for p in info.value.problems] == [
         "recipe: training.extra.packing: not a field of TRL's dpo config",
         "recipe: training.extra.learning_rate: alignkit sets this from the recipe; use the recipe's own field instead",
+        "recipe: training.extra.beta: a field of the recipe's dpo section: set dpo.beta instead",
     ]
 
 

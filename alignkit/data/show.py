@@ -62,18 +62,14 @@ def document(resolved, prepared, tokenizer, show: int) -> dict[str, Any]:
 
 def report_data(method: str, recipe_ref: str, overrides: tuple[str, ...], show: int, as_json: bool) -> None:
     """Resolve the recipe, prepare its data for `method`, and print the report (text or JSON)."""
-    from alignkit.data.tokenizer import load_tokenizer
+    from alignkit.data.tokenizer import training_tokenizer
     from alignkit.quiet import quiet_libraries
     from alignkit.recipe.resolve import resolve_recipe
 
     resolved = resolve_recipe(method, recipe_ref, overrides=overrides)
     quiet_libraries()  # the report, and with --json one JSON document, is all that is printed
     recipe = resolved.recipe
-    tokenizer = load_tokenizer(recipe, run_code=False)  # a preview reads data; it never runs a model's code
-    if recipe.method.data.chat_template:
-        from alignkit.data.templates import ensure_chat_template
-
-        ensure_chat_template(tokenizer, recipe)
+    tokenizer, _ = training_tokenizer(recipe, run_code=False)  # a preview reads data; it never runs a model's code
     from alignkit.data.prepare import prepare_data
 
     prepared = prepare_data(recipe, tokenizer)

@@ -4,6 +4,7 @@ data-cache entry the training run then finds.
 The tokenizer is `model.tokenizer_name_or_path` when given (at its main revision), else the model's own (at
 `model.revision`), else, when the model is a LoRA adapter without tokenizer files, its base model's. Remote
 code runs only when the recipe allows it, and never for a preview (`alignkit data`), which reads data only.
+`training_tokenizer` adds what a training method needs on top: the chat template, then the method's own setup.
 """
 
 from __future__ import annotations
@@ -51,3 +52,17 @@ def load_tokenizer(recipe, *, run_code: bool = True):
                 message=f"could not load the tokenizer: {where}{lines[-1] if lines else type(err).__name__}",
             )
         ) from None
+
+
+def training_tokenizer(recipe, *, run_code: bool = True):
+    """The tokenizer as a training method uses it: the chat template installed when the method renders chats, then
+    the method's own setup (`Method.tokenizer_setup`). Returns (tokenizer, whether tokens were added)."""
+    tokenizer = load_tokenizer(recipe, run_code=run_code)
+    method = recipe.method
+    added = False
+    if method.data.chat_template:
+        from alignkit.data.templates import ensure_chat_template
+
+        added = ensure_chat_template(tokenizer, recipe)
+    method.tokenizer_setup(recipe.section, tokenizer)
+    return tokenizer, added

@@ -106,9 +106,12 @@ def extra_problems(recipe: RecipeBase, source: str) -> list[Problem]:
     """`training.extra` keys that are no field of the method's TRL config, or that alignkit sets itself."""
     problems = []
     method = recipe.method
+    own = type(recipe.section).model_fields
     for key in recipe.training.extra:
         if key not in method.trl_fields:
             message = f"not a field of TRL's {method.name} config"
+        elif key in own:
+            message = f"a field of the recipe's {method.name} section: set {method.name}.{key} instead"
         elif key in OWNED:
             message = "alignkit sets this from the recipe; use the recipe's own field instead"
         else:

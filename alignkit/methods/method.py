@@ -130,6 +130,9 @@ class Method:
     recipe_rules: Callable[[Any], None] = lambda recipe: None
     """Rules across the recipe's sections (the method's and the shared ones), run when a recipe is validated:
     raise ValueError tagged with the field's path (`alignkit.recipe.sections.at`) to refuse it."""
+    tokenizer_setup: Callable[[Any, Any], None] = lambda section, tokenizer: None
+    """(section, tokenizer) -> adjust the loaded tokenizer before data or model see it (rm: its pad token); the
+    data preview and training both call it, so they tokenize alike and share the data cache."""
     data_notices: Callable[[Any, Any], list[str]] = lambda section, report: []
     """(section, DataReport) -> notices about the prepared data under the section's settings; computed on every
     run, so they follow the settings even when the prepared data comes from the cache."""

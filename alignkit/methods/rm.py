@@ -8,9 +8,11 @@ keeps rewards near zero (Eisenstein et al., 2023).
 
 Rows are rendered pairs like dpo's. RewardTrainer joins prompt and response into one string, appends the
 end-of-sequence token unless the response ends with one, and tokenizes with the tokenizer's special tokens;
-pairs longer than max_length are left out, not cut. The reward is read at the sequence's last token, so a
-conversation is scored as the trainer saw it: rendered by the chat template, trailing whitespace removed,
-ending with the end-of-sequence token (`reward_text`).
+pairs longer than max_length are left out, not cut. The reward is read at the sequence's last token that is
+not the pad token, so a conversation is scored as the trainer saw it: rendered by the chat template, trailing
+whitespace removed, ending with the end-of-sequence token (`reward_text`). With `pad_token` set to that
+end-of-sequence token, the reward is read at the answer's own last token instead: a small model decides there
+whether the answer is right, while at the end marker it would have to recompute it with its last layers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from alignkit.errors import Problem, UserError
 from alignkit.methods.dpo import pair_data
 from alignkit.methods.method import Method, ModelNeeds, imported
 from alignkit.recipe.bounds import TokenLength
@@ -54,6 +57,11 @@ class RmSection(Section):
     """Weight of the mean squared reward added to the loss (keeps rewards centred on zero); 0.01 is usual."""
     disable_dropout: bool = True
     """Turn dropout off in the model, so a pair's two rewards are computed alike."""
+    pad_token: str | None = Field(None, min_length=1)
+    """The token batches are padded with; the reward is read at each sequence's last token that is not this one.
+    Unset: the tokenizer's pad token, else its end-of-sequence token. Set to the end-of-sequence (end-of-turn)
+    token, the reward is read at the answer's last token rather than at the end marker. Saved with the tokenizer,
+    so scoring reads the same position."""
 
     @model_validator(mode="after")
     def _lengths(self) -> RmSection:
@@ -69,18 +77,45 @@ def _trl_settings(section: RmSection) -> dict[str, Any]:
     }
 
 
+def _pad_token(section: RmSection, tokenizer) -> None:
+    token = section.pad_token
+    if token is None:
+        return
+    if token not in tokenizer.get_vocab():
+        eos = tokenizer.eos_token
+        hint = f", such as its end-of-sequence token {eos!r}" if eos else ""
+        raise UserError(
+            Problem(
+                source=tokenizer.name_or_path or "the tokenizer",
+                path="rm.pad_token",
+                message=f"{token!r} is not a token of the model's tokenizer: give one of its tokens{hint}, or leave"
+                " it unset (the tokenizer's pad token)",
+            )
+        )
+    tokenizer.pad_token = token
+
+
 def _card_rows(section: RmSection) -> list[tuple[str, str]]:
     centring = section.center_rewards_coefficient
     loss = "Bradley-Terry" + (f" + {centring:g} x mean squared reward" if centring else "")
     return [
         ("loss", loss),
         ("max length", f"{section.max_length} (longer pairs left out)"),
-        ("reward", "one score per sequence, read at its last token: end the text with the end-of-sequence token"),
+        ("reward", _reading(section)),
         (
             "loading",
             "AutoModelForSequenceClassification; an adapter: AutoPeftModelForSequenceClassification, num_labels=1",
         ),
     ]
+
+
+def _reading(section: RmSection) -> str:
+    if section.pad_token is None:
+        return "one score per sequence, read at its last token: end the text with the end-of-sequence token"
+    return (
+        f"one score per sequence, read at its last token before the pad token {section.pad_token!r}:"
+        " end the text with the end-of-sequence token"
+    )
 
 
 def reward_text(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -120,6 +155,7 @@ METHOD = Method(
         generates=False,
     ),
     card_rows=_card_rows,
+    tokenizer_setup=_pad_token,
     defining_keys=frozenset({"center_rewards_coefficient"}),
     flat_key_reasons={"max_seq_length": "its length limit is max_length"},
     progress_metrics=("accuracy", "margin"),

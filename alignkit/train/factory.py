@@ -52,8 +52,7 @@ def build_trainer(
     """Build the TRL trainer of the recipe's method."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from alignkit.data.prepare import prepare_data
-    from alignkit.data.templates import ensure_chat_template
-    from alignkit.data.tokenizer import load_tokenizer
+    from alignkit.data.tokenizer import training_tokenizer
     from alignkit.train.guard import DivergenceGuard
 
     method = recipe.method
@@ -66,8 +65,7 @@ def build_trainer(
         output_dir=output_dir,
         extra_kwargs=trainer_kwargs,
     )
-    tokenizer = load_tokenizer(recipe)
-    new_tokens = ensure_chat_template(tokenizer, recipe) if method.data.chat_template else False
+    tokenizer, new_tokens = training_tokenizer(recipe)
     data = prepare_data(recipe, tokenizer)
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
     if recipe.training.drop_padding_mask:
