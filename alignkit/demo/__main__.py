@@ -30,10 +30,11 @@ EXACT_MATCH = ("generate", "exact_match:answer")
 WIN_RATE = ("judge", "win_rate")
 TARGET_EXACT_MATCH = 0.60
 TARGET_PREFERENCE = 0.90
-# Well below DPO's 90%: the 3-layer reward model must verify the sum at its final token, and in the demo's
-# steps it learns to catch reversed digits (46 of 51) but not sums off by 1, 2 or 10, which stay at chance;
-# measured 58-65% held-out (once 85%). Issue 10 keeps 90% as the goal; this only checks it beats chance.
-TARGET_REWARD = 0.55
+# Below issue 10's 90%: the 3-layer reward model reads the sum at the answer's last digit and catches sums
+# off by 1 or 2 and reversed digits (96-100%), but a wrong tens digit only half the time: checking it there
+# takes one layer more than the model has. Measured 88.0% with the demo's seed (85.5% and 70.5% with seeds 1
+# and 2); this checks it stays well above chance.
+TARGET_REWARD = 0.80
 
 
 def _run_pipeline(extra: list[str]) -> None:
