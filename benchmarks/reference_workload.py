@@ -5,7 +5,9 @@
 
 The workload is built here, with no hub: a Llama of hidden size 256 and 4 layers (about 4M parameters) with
 the demo's word-level tokenizer, 1,024 synthetic chats whose lengths are log-normal (a few long ones hit the
-1,024-token limit, most are a few hundred tokens), and 512 preference pairs built the same way. Both sides get
+1,024-token limit, most are a few hundred tokens), and 512 preference pairs built the same way, whose chosen
+answers draw on the first two thirds of the vocabulary and rejected ones on the last two thirds (a preference
+there is to learn, so the final losses measure learning, not drift). Both sides get
 only what a user would write: the model, the data, learning rate 2e-5, batch 8, max length 1,024 and one
 epoch. Everything else is the side's own default: TRL's `SFTConfig`/`DPOConfig`, or alignkit's automatic
 settings.
@@ -16,9 +18,10 @@ alignkit's) and the difference of the final train loss. Run it alone: a second j
 makes the ratio meaningless.
 
 The train loss TRL reports is the mean over steps of each batch's mean token loss, so it depends on how rows
-are batched: length-grouped batches weigh long and short rows differently from random ones. For sft the
-script therefore also scores both trained models, in float32 and by one function, on 128 held-out chats
-(token-weighted mean loss over the tokens the training counts): equal quality shows there.
+are batched: length-grouped batches weigh long and short rows differently from random ones. The script
+therefore also scores both final models by one function, in float32: the final train loss (sft: token-weighted
+next-token loss over the training chats; dpo: the sigmoid DPO loss at beta 0.1 over the training pairs, the
+built model as reference) and, for sft, the same loss on 128 held-out chats. The loss target reads these.
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ def build_workload(root: Path, seed: int = 0) -> dict[str, Path]:
     # Its own generator: the training data stay exactly what they were before the held-out set existed.
     _write_chats(root / "sft_held_out.jsonl", random.Random(seed + 1000), HELD_OUT, WORDS)
     dpo = root / "dpo.jsonl"
+    third = len(WORDS) // 3
+    good, bad = WORDS[: 2 * third], WORDS[third:]
     with dpo.open("w", encoding="utf-8") as out:
         for _ in range(PAIRS):
             row = {
                 "prompt": [{"role": "user", "content": _words(rng, WORDS, 40)}],
-                "chosen": [{"role": "assistant", "content": _words(rng, WORDS, 60)}],
-                "rejected": [{"role": "assistant", "content": _words(rng, WORDS, 60)}],
+                "chosen": [{"role": "assistant", "content": _words(rng, good, 60)}],
+                "rejected": [{"role": "assistant", "content": _words(rng, bad, 60)}],
             }
             out.write(json.dumps(row) + "\n")
     return {"model": model, "sft": sft, "dpo": dpo}
@@ -98,6 +103,51 @@ def held_out_loss(model, tokenizer, chats: Path) -> float:
     return total / count
 
 
+def _sequence_log_prob(model, tokenizer, prompt: list, answer: list) -> float:
+    import torch
+
+    def encode(messages: list, **options) -> list[int]:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **options)["input_ids"]
+
+    start = len(encode(prompt, add_generation_prompt=True))
+    ids = encode(prompt + answer)[: SETTINGS["max_length"]]
+    ids = torch.tensor([ids], device=model.device)
+    log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    picked = log_probs.gather(-1, ids[0, 1:, None])[:, 0]
+    return picked[start - 1 :].sum().item()
+
+
+def dpo_loss(model, reference, tokenizer, pairs: Path, beta: float = 0.1) -> float:
+    """Mean sigmoid DPO loss of `model` against `reference` over every pair, in float32, one text at a time."""
+    import torch
+
+    model, reference = model.float().eval(), reference.float().eval()
+    losses = []
+    with torch.no_grad():
+        for line in pairs.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            margin = 0.0
+            for key, sign in (("chosen", 1.0), ("rejected", -1.0)):
+                policy = _sequence_log_prob(model, tokenizer, row["prompt"], row[key])
+                ref = _sequence_log_prob(reference, tokenizer, row["prompt"], row[key])
+                margin += sign * (policy - ref)
+            losses.append(-torch.nn.functional.logsigmoid(torch.tensor(beta * margin)).item())
+    return sum(losses) / len(losses)
+
+
+def final_losses(method: str, model, tokenizer, model_dir: Path, data: Path) -> dict:
+    """The final model scored by one function for both sides: on the training data, and held out for sft."""
+    if method == "sft":
+        return {
+            "final_train_loss": held_out_loss(model, tokenizer, data),
+            "held_out_loss": held_out_loss(model, tokenizer, data.parent / "sft_held_out.jsonl"),
+        }
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir)
+    return {"final_train_loss": dpo_loss(model, reference, tokenizer, data)}
+
+
 def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     """Plain TRL: its config's defaults plus the four settings a user gives."""
     from datasets import load_dataset
@@ -117,9 +167,7 @@ def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     trainer = trainer_class(model=model, args=config_class(**args), train_dataset=dataset, processing_class=tokenizer)
     metrics = trainer.train().metrics
     result = {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
-    if method == "sft":
-        result["held_out_loss"] = held_out_loss(trainer.model, tokenizer, data.parent / "sft_held_out.jsonl")
-    return result
+    return result | final_losses(method, trainer.model, tokenizer, model_dir, data)
 
 
 def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides: tuple[str, ...] = ()) -> dict:
@@ -149,12 +197,10 @@ def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides:
         raise SystemExit(result.output)
     metrics = json.loads((out / "all_results.json").read_text(encoding="utf-8"))
     result = {"train_runtime": metrics["train_runtime"], "train_loss": metrics["train_loss"]}
-    if method == "sft":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-        result["held_out_loss"] = held_out_loss(model, tokenizer, data.parent / "sft_held_out.jsonl")
-    return result
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    return result | final_losses(method, model, tokenizer, model_dir, data)
 
 
 def _one_side(argv: list[str]) -> int:
@@ -203,7 +249,8 @@ def main() -> int:
                     held_out = f"  held-out loss {result['held_out_loss']:.4f}" if "held_out_loss" in result else ""
                     print(
                         f"{method} round {round_ + 1} {side:<8} train_runtime {result['train_runtime']:7.1f}s"
-                        f"  wall {result['wall']:6.1f}s  train_loss {result['train_loss']:.4f}{held_out}",
+                        f"  wall {result['wall']:6.1f}s  train_loss {result['train_loss']:.4f}"
+                        f"  final train loss {result['final_train_loss']:.4f}{held_out}",
                         flush=True,
                     )
             if len(args.sides) == 2:
@@ -219,6 +266,10 @@ def main() -> int:
         )
         walls = f"TRL {s['trl_wall']:.1f}s, alignkit {s['alignkit_wall']:.1f}s ({s['wall_speedup']:.2f}x)"
         print(f"{'':<6} whole process: {walls}")
+        print(
+            f"{'':<6} final train loss (final model, one function): TRL {s['trl_final']:.4f},"
+            f" alignkit {s['alignkit_final']:.4f} ({s['final_diff_pct']:+.2f}%)"
+        )
         if "held_out_diff_pct" in s:
             print(
                 f"{'':<6} held-out loss: TRL {s['trl_held_out']:.4f}, alignkit {s['alignkit_held_out']:.4f}"
@@ -247,6 +298,9 @@ def _summary(runs: list[dict], method: str) -> dict:
         "alignkit_loss": our_loss,
         "loss_diff_pct": 100 * (our_loss - trl_loss) / trl_loss,
     }
+    trl_final, our_final = median("trl", "final_train_loss"), median("alignkit", "final_train_loss")
+    summary |= {"trl_final": trl_final, "alignkit_final": our_final}
+    summary["final_diff_pct"] = 100 * (our_final - trl_final) / trl_final
     if all("held_out_loss" in r for r in runs if r["method"] == method):
         trl_held, our_held = median("trl", "held_out_loss"), median("alignkit", "held_out_loss")
         summary |= {"trl_held_out": trl_held, "alignkit_held_out": our_held}
