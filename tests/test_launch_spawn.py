@@ -43,6 +43,11 @@ FAKE_WORKER = textwrap.dedent(
         if how == "usererror":
             print(f"error: data/train.jsonl: file not found on rank {rank}", file=sys.stderr, flush=True)
             sys.exit(2)
+        if how == "abort":
+            # As a rank does whose error went to its own log before a runtime thread aborted it at shutdown.
+            log = "rank 1 failed\\nTraceback (most recent call last):\\nRuntimeError: simulated crash at step 5\\n"
+            (out / f"alignkit.rank{rank}.log").write_text(log)
+            os.abort()
         os.kill(os.getpid(), signal.SIGKILL)
     import torch.distributed as dist
 
@@ -154,6 +159,14 @@ def test_a_rank_killed_by_a_signal_is_named_not_the_rank_the_launcher_stopped(tm
     result = _launch_in_child(tmp_path, fake_worker, crash_rank=0, how="kill")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "worker rank 0 of 2 failed (signal SIGKILL)" in result.stdout
+
+
+def test_a_rank_aborted_after_logging_its_error_is_reported_with_that_error(tmp_path, fake_worker):
+    result = _launch_in_child(tmp_path, fake_worker, crash_rank=1, how="abort")
+    assert result.returncode == 1, result.stdout + result.stderr
+    own = tmp_path / "run" / "alignkit.rank1.log"
+    assert f"worker rank 1 of 2 failed (signal SIGABRT); full log: {own}" in result.stdout
+    assert "RuntimeError: simulated crash at step 5" in result.stdout
 
 
 def test_a_rank_rejecting_the_input_is_a_user_error(tmp_path, fake_worker):

@@ -327,7 +327,9 @@ def test_a_rank_crashing_mid_run_fails_the_launch_and_the_rerun_resumes(tiny_sft
     first, first_seconds = _alignkit(crashing, *args, "--main-process-port", _free_port(), timeout=300)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     lines = first.stderr.strip().splitlines()
-    assert lines[-2].startswith("error: worker rank 1 of 2 failed (exit code 1); full log: ")
+    # The rank reports its error and exits 1; on a loaded machine a runtime thread may still abort it at
+    # interpreter shutdown (SIGABRT). Either way the launcher names the rank and the rank's own error.
+    assert re.match(r"error: worker rank 1 of 2 failed \((exit code 1|signal SIGABRT)\); full log: ", lines[-2])
     assert lines[-1] == "error: RuntimeError: simulated crash at step 5"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 

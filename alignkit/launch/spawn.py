@@ -146,11 +146,11 @@ def _worker_error(err, logs: Path, output_dir: Path, plan: LaunchPlan) -> RunErr
     if failure.exitcode == EXIT_INTERRUPTED or (failure.exitcode < 0 and failure.signal_name() == "SIGINT"):
         return interrupted(output_dir)
     log = _stderr_log(logs, failure.local_rank)
-    lines = _error_lines(failure, log)
+    own = output_dir / rank_log(rank)
+    lines = _error_lines(failure, log, own)
     how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {failure.signal_name()}"
     # The worker's own log holds its traceback; a worker that died before logging has only its stderr.
-    full = output_dir / rank_log(rank)
-    full = full if message_lines(failure) and full.is_file() else log
+    full = own if (message_lines(failure) or _error_in(_lines_of(own))) and own.is_file() else log
     where = f"; full log: {full}" if full else ""
     if failure.exitcode == EXIT_USER_ERROR and lines:
         return UserError([Problem(source=f"rank {rank}", message=line.removeprefix("error: ")) for line in lines])
@@ -163,24 +163,33 @@ def _stderr_log(logs: Path, local_rank: int) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def _error_lines(failure, log: Path | None) -> list[str]:
-    """The worker's own account of its failure: the error file when it wrote one, else the end of its stderr."""
+def _error_lines(failure, log: Path | None, own: Path) -> list[str]:
+    """The worker's own account of its failure: the error file when it wrote one, else the error lines of its
+    stderr or of its own log, else the last line of its stderr. (A rank that reported its error and then died
+    of a signal at interpreter shutdown, a runtime thread aborting, leaves its error only in its own log.)"""
     reported = message_lines(failure)
     if reported:
         errors = [line for line in reported if line.startswith("error: ")]
         return errors[-10:] if errors else reported[-1:]
-    if log is None:
+    stderr = _lines_of(log)
+    return _error_in(stderr) or _error_in(_lines_of(own)) or stderr[-1:]
+
+
+def _lines_of(path: Path | None) -> list[str]:
+    if path is None:
         return []
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
     # torch prefixes what a worker's uncaught exception logs with "[rankN]:"; the launcher names the rank itself.
-    lines = [_TORCH_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines() if line.strip()]
-    if not lines:
-        return []
+    return [_TORCH_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines() if line.strip()]
+
+
+def _error_in(lines: list[str]) -> list[str]:
+    """alignkit's own error lines, else the last exception line of a traceback; empty when there is neither."""
     errors = [line for line in lines if line.startswith("error: ")]
     if errors:
         return errors[-10:]
     exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    return [exceptions[-1]] if exceptions else lines[-1:]
+    return exceptions[-1:]
