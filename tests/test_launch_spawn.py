@@ -46,7 +46,8 @@ FAKE_WORKER = textwrap.dedent(
         if how == "abort":
             # As a rank does whose error went to its own log before a runtime thread aborted it at shutdown.
             log = "rank 1 failed\\nTraceback (most recent call last):\\nRuntimeError: simulated crash at step 5\\n"
-            (out / f"alignkit.rank{rank}.log").write_text(log)
+            with (out / f"alignkit.rank{rank}.log").open("a") as handle:
+                handle.write(log)
             os.abort()
         os.kill(os.getpid(), signal.SIGKILL)
     import torch.distributed as dist
@@ -116,9 +117,13 @@ def test_two_ranks_start_with_the_profiles_environment_and_rank_prefixed_output(
         assert "ACCELERATE_USE_FSDP" not in env
 
 
-def _launch_in_child(tmp_path, fake_worker, crash_rank: int, how: str) -> subprocess.CompletedProcess:
+def _launch_in_child(
+    tmp_path, fake_worker, crash_rank: int, how: str, earlier_log: str | None = None
+) -> subprocess.CompletedProcess:
     out = tmp_path / "run"
     out.mkdir()
+    if earlier_log is not None:  # rank 1's own log as an earlier run into the same folder left it
+        (out / "alignkit.rank1.log").write_text(earlier_log)
     driver = textwrap.dedent(
         f"""
         import sys
@@ -161,12 +166,23 @@ def test_a_rank_killed_by_a_signal_is_named_not_the_rank_the_launcher_stopped(tm
     assert "worker rank 0 of 2 failed (signal SIGKILL)" in result.stdout
 
 
+EARLIER = "rank 1 failed\nTraceback (most recent call last):\nValueError: from an earlier run\n"
+
+
 def test_a_rank_aborted_after_logging_its_error_is_reported_with_that_error(tmp_path, fake_worker):
-    result = _launch_in_child(tmp_path, fake_worker, crash_rank=1, how="abort")
+    result = _launch_in_child(tmp_path, fake_worker, crash_rank=1, how="abort", earlier_log=EARLIER)
     assert result.returncode == 1, result.stdout + result.stderr
     own = tmp_path / "run" / "alignkit.rank1.log"
     assert f"worker rank 1 of 2 failed (signal SIGABRT); full log: {own}" in result.stdout
     assert "RuntimeError: simulated crash at step 5" in result.stdout
+    assert "from an earlier run" not in result.stdout
+
+
+def test_an_earlier_runs_error_in_the_ranks_log_is_not_reported_as_this_ones(tmp_path, fake_worker):
+    result = _launch_in_child(tmp_path, fake_worker, crash_rank=1, how="kill", earlier_log=EARLIER)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "worker rank 1 of 2 failed (signal SIGKILL); full log: " in result.stdout
+    assert "alignkit.rank1.log" not in result.stdout and "from an earlier run" not in result.stdout
 
 
 def test_a_rank_rejecting_the_input_is_a_user_error(tmp_path, fake_worker):

@@ -83,12 +83,14 @@ def launch_workers(
         *(module_args if module_args is not None else [str(output_dir)]),
     ]
     args = launch_command_parser().parse_args(argv)
+    # The ranks' own logs grow across runs into the same folder; only what this launch adds speaks of it.
+    earlier = {path.name: path.stat().st_size for path in output_dir.glob("alignkit*.log")}
     environment = _environment(TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=_PREFIX_TEMPLATE, PYTHONUNBUFFERED="1")
     with environment, _agent_log(folder / "launcher.log"):
         try:
             launch_command(args)
         except ChildFailedError as err:
-            raise _worker_error(err, logs, output_dir, plan) from None
+            raise _worker_error(err, logs, output_dir, plan, earlier) from None
         except SignalException as err:
             if err.sigval.name == "SIGINT":
                 raise interrupted(output_dir) from None
@@ -132,7 +134,7 @@ def interrupted(output_dir: Path) -> Interrupted:
     return Interrupted(f"interrupted; run the same command again to resume from the last checkpoint in {output_dir}")
 
 
-def _worker_error(err, logs: Path, output_dir: Path, plan: LaunchPlan) -> RunError | UserError:
+def _worker_error(err, logs: Path, output_dir: Path, plan: LaunchPlan, earlier: dict[str, int]) -> RunError | UserError:
     """One error for a failed launch: the rank that failed first, its exit status, and its own error lines."""
 
     # The agent stops the survivors of a failure (SIGTERM); the root cause is a rank that exited with an error
@@ -147,10 +149,11 @@ def _worker_error(err, logs: Path, output_dir: Path, plan: LaunchPlan) -> RunErr
         return interrupted(output_dir)
     log = _stderr_log(logs, failure.local_rank)
     own = output_dir / rank_log(rank)
-    lines = _error_lines(failure, log, own)
+    own_lines = _lines_of(own, skip=earlier.get(own.name, 0))
+    lines = _error_lines(failure, log, own_lines)
     how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {failure.signal_name()}"
     # The worker's own log holds its traceback; a worker that died before logging has only its stderr.
-    full = own if (message_lines(failure) or _error_in(_lines_of(own))) and own.is_file() else log
+    full = own if message_lines(failure) or _error_in(own_lines) else log
     where = f"; full log: {full}" if full else ""
     if failure.exitcode == EXIT_USER_ERROR and lines:
         return UserError([Problem(source=f"rank {rank}", message=line.removeprefix("error: ")) for line in lines])
@@ -163,7 +166,7 @@ def _stderr_log(logs: Path, local_rank: int) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def _error_lines(failure, log: Path | None, own: Path) -> list[str]:
+def _error_lines(failure, log: Path | None, own_lines: list[str]) -> list[str]:
     """The worker's own account of its failure: the error file when it wrote one, else the error lines of its
     stderr or of its own log, else the last line of its stderr. (A rank that reported its error and then died
     of a signal at interpreter shutdown, a runtime thread aborting, leaves its error only in its own log.)"""
@@ -172,14 +175,17 @@ def _error_lines(failure, log: Path | None, own: Path) -> list[str]:
         errors = [line for line in reported if line.startswith("error: ")]
         return errors[-10:] if errors else reported[-1:]
     stderr = _lines_of(log)
-    return _error_in(stderr) or _error_in(_lines_of(own)) or stderr[-1:]
+    return _error_in(stderr) or _error_in(own_lines) or stderr[-1:]
 
 
-def _lines_of(path: Path | None) -> list[str]:
+def _lines_of(path: Path | None, skip: int = 0) -> list[str]:
+    """The file's non-blank lines from byte `skip` on (empty when it cannot be read)."""
     if path is None:
         return []
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(skip)
+            text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return []
     # torch prefixes what a worker's uncaught exception logs with "[rankN]:"; the launcher names the rank itself.
