@@ -25,7 +25,8 @@ The formulas (P parameters, T trainable, N processes, b bytes of a weight, a of 
   keeps of a Llama-style layer with a fused attention kernel (two norm inputs and outputs, the rotated
   queries and keys, the values, the attention output and its copy, and the MLP's gate, up, activation and
   product; these count 4h, and measurement on the CPU shows one more h-wide tensor per layer alive). A
-  kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its softmax. LoRA
+  kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its softmax; alignkit's
+  blocked_matmul (the CPU default) keeps heads x (length + 256) / 2 scores per token, three elements' worth. LoRA
   with dropout keeps each adapted layer's dropped-out input and dropout's mask besides (one byte per element
   on a GPU; on a CPU dropout multiplies by a noise tensor of the activations' dtype).
   With checkpointing only each layer's input (h) is kept, plus one layer recomputed in full. Both add the
@@ -51,6 +52,7 @@ from typing import Any
 
 from alignkit.launch.device_memory import human
 from alignkit.launch.model_shape import ModelShape, read_shape
+from alignkit.train.attention import BLOCK
 
 ACTIVATIONS_PER_TOKEN = {"hidden": 5, "query": 3, "key_value": 2, "intermediate": 4}
 """Elements autograd keeps per token of one decoder layer, per unit of each width (see the module docstring)."""
@@ -169,6 +171,7 @@ class _Run:
     logit_width: int
     autocast_copy: bool
     eager: bool
+    blocked: bool
     repeat_kv: bool
     optimizer: str
 
@@ -308,7 +311,8 @@ def _run_of(recipe, launch_plan) -> _Run:
         logit_width=int(method.model.init_kwargs.get("num_labels", shape.vocab)),
         autocast_copy=launch_plan.mixed_precision in ("bf16", "fp16") and weight_dtype == "float32",
         eager=attention == "eager",
-        repeat_kv=attention == "eager" or not recipe.training.drop_padding_mask,
+        blocked=attention == "blocked_matmul",
+        repeat_kv=attention in ("eager", "blocked_matmul") or not recipe.training.drop_padding_mask,
         optimizer=recipe.training.optim,
     )
 
@@ -402,6 +406,10 @@ def _layer_elements(run: _Run, adapters: bool = True) -> float:
     elements = c["hidden"] * shape.hidden + c["query"] * shape.q_dim + c["key_value"] * kv + c["intermediate"] * active
     if run.eager:
         elements += 2 * shape.heads * run.length
+    if run.blocked:
+        # Each query's block keeps its scores up to the block's end (on average half the length plus half a
+        # block), as float32 softmax output and its half-precision copy: three elements of `a` bytes in all.
+        elements += 3 * shape.heads * (run.length + min(run.length, BLOCK)) / 2
     if adapters and run.lora is not None and run.lora.dropout > 0:
         chosen = set(shape.linears()) if run.lora.target_modules == "all-linear" else set(run.lora.target_modules)
         inputs = sum(i for name, (i, _) in shape.linears().items() if name in chosen)

@@ -49,8 +49,11 @@ class ModelSection(Section):
     """Tokenizer to use instead of the model's own."""
     dtype: Dtype = "auto"
     """Weights dtype: auto, bfloat16, float16 or float32. bf16/fp16 fall back to float32 on a CPU."""
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3"] = "auto"
-    """Attention kernel. auto picks flash-attention 2 when installed and on CUDA, else SDPA."""
+    attn_implementation: Literal[
+        "auto", "eager", "sdpa", "blocked_matmul", "flash_attention_2", "flash_attention_3"
+    ] = "auto"
+    """Attention kernel. auto picks flash-attention 2 when installed and on CUDA, SDPA on other GPUs, and on a CPU
+    blocked_matmul (alignkit's causal attention as blocked matrix products, faster there than SDPA's kernel)."""
     trust_remote_code: bool = False
     """Run model code from the Hub repository. Off unless you trust the repository."""
     use_kernels: bool = False

@@ -45,10 +45,15 @@ def resolve_dtype(recipe: RecipeBase, hardware: Hardware) -> tuple[Any, list[str
 
 
 def resolve_attention(recipe: RecipeBase, hardware: Hardware) -> tuple[str, list[str]]:
-    """flash-attention 2 on CUDA when installed, else SDPA; an explicit kernel the machine lacks falls back."""
+    """The recipe's kernel (the automatic settings have chosen one for `auto`: flash-attention 2 on CUDA when
+    installed, SDPA on other GPUs, blocked_matmul on a CPU); an explicit kernel the machine lacks falls back."""
     wanted = recipe.model.attn_implementation
     if wanted == "auto":
         return ("flash_attention_2" if hardware.flash_attn else "sdpa"), []
+    if wanted == "blocked_matmul":
+        from alignkit.train.attention import register
+
+        return register(), []
     if wanted.startswith("flash_attention") and not hardware.flash_attn:
         return "sdpa", [f"model.attn_implementation {wanted} needs flash-attn on CUDA; using sdpa here"]
     return wanted, []

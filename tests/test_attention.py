@@ -1,0 +1,99 @@
+"""alignkit's blocked causal attention (the CPU default) computes what SDPA computes: the same logits and
+gradients over several blocks, with grouped key/value heads, under padding masks (handed to SDPA) and with a
+cache; it is what the automatic settings pick on a CPU, and a model trained with it saves and loads anywhere."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignkit.recipe.automatic import Facts, decide
+from alignkit.train import attention
+from alignkit.train.attention import NAME, register
+
+CPU = Facts(device="cpu", bf16=True, flash_attn=False, liger=False, activations_fit=True, memory_reason="1 of 8 GiB")
+
+
+def _model(kernel: str, kv_heads: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+    )
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation(register() if kernel == NAME else kernel)
+    return model
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 8 queries, so sequences of a few dozen tokens cross several block edges."""
+    monkeypatch.setattr(attention, "BLOCK", 8)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_logits_and_gradients_equal_sdpa_across_blocks(small_blocks, kv_heads):
+    ids = torch.randint(0, 64, (3, 29), generator=torch.Generator().manual_seed(1))
+    results = []
+    for kernel in ("sdpa", NAME):
+        model = _model(kernel, kv_heads)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        results.append((out.logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (sdpa_logits, sdpa_grad), (ours_logits, ours_grad) = results
+    torch.testing.assert_close(ours_logits, sdpa_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_grad, sdpa_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_padding_mask_goes_to_sdpa_unchanged(small_blocks):
+    ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding: a real mask, which the blocked path never sees
+    sdpa, ours = (_model(kernel)(input_ids=ids, attention_mask=mask).logits for kernel in ("sdpa", NAME))
+    torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_with_a_cache_matches_sdpa(small_blocks):
+    prompt = torch.randint(0, 64, (1, 19), generator=torch.Generator().manual_seed(3))
+    outputs = [
+        _model(kernel).generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        for kernel in ("sdpa", NAME)
+    ]
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_the_cpu_default_and_what_a_gpu_gets():
+    from alignkit.methods import METHODS
+
+    def chosen(facts: Facts, **model) -> tuple:
+        recipe = METHODS["sft"].recipe.model_validate(
+            {"model": {"name_or_path": "m", **model}, "data": {"datasets": [{"path": "d.jsonl"}]}}
+        )
+        (setting,) = [s for s in decide(recipe, facts) if s.path == "model.attn_implementation"]
+        return setting.value, setting.automatic
+
+    assert chosen(CPU) == ("blocked_matmul", True)
+    gpu = Facts(device="cuda", bf16=True, flash_attn=True, liger=False)
+    assert chosen(gpu) == ("flash_attention_2", True)
+    assert chosen(Facts(device="cuda", bf16=True, flash_attn=False, liger=False)) == ("sdpa", True)
+    assert chosen(CPU, attn_implementation="sdpa") == ("sdpa", False)
+
+
+def test_a_model_saved_after_blocked_attention_loads_with_the_stock_kernels(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _model(NAME)
+    model.save_pretrained(tmp_path)
+    assert NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
