@@ -65,8 +65,7 @@ def test_a_padding_mask_goes_to_sdpa_unchanged(small_blocks):
 def test_generation_with_a_cache_matches_sdpa(small_blocks):
     prompt = torch.randint(0, 64, (1, 19), generator=torch.Generator().manual_seed(3))
     outputs = [
-        _model(kernel).generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
-        for kernel in ("sdpa", NAME)
+        _model(kernel).generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0) for kernel in ("sdpa", NAME)
     ]
     assert torch.equal(outputs[0], outputs[1])
 
