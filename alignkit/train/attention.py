@@ -40,8 +40,9 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
         visible = offset + end
         scores = torch.matmul(query[:, :, start:end], key[:, :, :visible].transpose(2, 3)) * scale
         future = torch.ones(end - start, visible, dtype=torch.bool, device=scores.device).triu(offset + start + 1)
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32)
-        probs = torch.nn.functional.dropout(probs.to(value.dtype), p=dropout, training=module.training)
+        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32).to(value.dtype)
+        if dropout > 0 and module.training:
+            probs = torch.nn.functional.dropout(probs, p=dropout)
         blocks.append(torch.matmul(probs, value[:, :, :visible]))
     return torch.cat(blocks, dim=2).transpose(1, 2).contiguous(), None
 
