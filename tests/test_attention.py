@@ -96,3 +96,47 @@ def test_a_model_saved_after_blocked_attention_loads_with_the_stock_kernels(tmp_
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
     ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def _reference(query, key, value, offset: int):
+    """float64 attention where query i sees keys up to offset + i."""
+    q, k, v = (t.double() for t in (query, key, value))
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    future = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).triu(offset + 1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), -1) @ v
+
+
+@pytest.mark.parametrize("offset", [0, 5])
+def test_the_written_out_backward_matches_float64_autograd(small_blocks, offset):
+    """Gradients of queries, keys and values in float32 and in bfloat16 (the CPU's autocast dtype) against a
+    float64 reference, over blocks of 8 and with keys ahead of the queries (a cache)."""
+    generator = torch.Generator().manual_seed(5)
+    shape = [2, 3, 21, 16]
+    base = [torch.randn(*shape[:2], shape[2] + (offset if i else 0), 16, generator=generator) for i in range(3)]
+    grad = torch.randn(*shape, generator=generator)
+    exact = [t.double().requires_grad_() for t in base]
+    _reference(*exact, offset).backward(grad.double())
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 4e-2)):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in base]
+        out = attention._function().apply(*inputs, 16**-0.5)
+        out.backward(grad.to(dtype))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), _reference(*exact, offset).detach(), rtol=0, atol=tolerance)
+        for ours, reference in zip(inputs, exact, strict=True):
+            assert ours.grad.dtype == dtype
+            torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=0, atol=tolerance)
+
+
+def test_training_under_bf16_autocast_follows_float32(small_blocks):
+    """A model step under CPU autocast: the loss and a gradient land where float32's do, to bf16's precision."""
+    ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(6))
+    results = []
+    for autocast in (False, True):
+        model = _model(NAME, kv_heads=2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), model.model.layers[0].self_attn.k_proj.weight.grad))
+    (loss32, grad32), (loss16, grad16) = results
+    assert abs(loss16 - loss32) < 0.02 * loss32
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.99

@@ -26,8 +26,8 @@ The formulas (P parameters, T trainable, N processes, b bytes of a weight, a of 
   queries and keys, the values, the attention output and its copy, and the MLP's gate, up, activation and
   product; these count 4h, and measurement on the CPU shows one more h-wide tensor per layer alive). A
   kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its softmax; alignkit's
-  blocked_matmul (the CPU default) keeps heads x (length + 256) / 2 scores per token, of 4 bytes (6 in half
-  precision: the float32 softmax and its copy). LoRA
+  blocked_matmul (the CPU default) keeps heads x (length + 256) / 2 probabilities per token in the compute
+  dtype. LoRA
   with dropout keeps each adapted layer's dropped-out input and dropout's mask besides (one byte per element
   on a GPU; on a CPU dropout multiplies by a noise tensor of the activations' dtype).
   With checkpointing only each layer's input (h) is kept, plus one layer recomputed in full. Both add the
@@ -408,10 +408,9 @@ def _layer_elements(run: _Run, adapters: bool = True) -> float:
     if run.eager:
         elements += 2 * shape.heads * run.length
     if run.blocked:
-        # Each query's block keeps its scores up to the block's end (on average half the length plus half a
-        # block) as the float32 softmax output, plus its copy in the compute dtype under half precision.
-        copies = 4 / run.activation_bytes + (1 if run.activation_bytes < 4 else 0)
-        elements += copies * shape.heads * (run.length + min(run.length, BLOCK)) / 2
+        # Each query's block keeps its probabilities up to the block's end (on average half the length plus
+        # half a block), in the compute dtype: the kernel's own backward needs nothing else of that size.
+        elements += shape.heads * (run.length + min(run.length, BLOCK)) / 2
     if adapters and run.lora is not None and run.lora.dropout > 0:
         chosen = set(shape.linears()) if run.lora.target_modules == "all-linear" else set(run.lora.target_modules)
         inputs = sum(i for name, (i, _) in shape.linears().items() if name in chosen)

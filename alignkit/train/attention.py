@@ -2,10 +2,12 @@
 
 PyTorch's SDPA runs a CPU flash-attention kernel built for long sequences; at the lengths of chat rows plain
 matrix products are faster. This kernel splits the queries into blocks of `BLOCK` rows and multiplies each
-block only with the keys up to the block's end, so most of the work above the causal diagonal is never done;
-the scores are softmaxed in float32, as transformers' eager kernel does. What it does not handle (an explicit
-mask, a single query, a sliding window, a soft cap, a non-causal module) goes to SDPA unchanged, and its
-attention masks are SDPA's, so with no padding mask the causal case is the only one left to it.
+block only with the keys up to the block's end, so most of the work above the causal diagonal is never done.
+Its backward pass is written out (`_BlockedCausal`) rather than left to autograd: autograd would keep the
+scores in two dtypes and walk them five times more, which cost more than the matrix products saved. What
+it does not handle (an explicit mask, a single query, a sliding window, a soft cap, a non-causal module,
+dropout) goes to SDPA unchanged, and its attention masks are SDPA's, so with no padding mask the causal case
+is the only one left to it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
 
     causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
     special = kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None
-    if attention_mask is not None or query.shape[2] <= 1 or not causal or special:
+    dropping = dropout > 0 and module.training
+    if attention_mask is not None or query.shape[2] <= 1 or not causal or special or dropping:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -32,19 +35,87 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    length, keys = query.shape[2], key.shape[2]
-    offset = keys - length  # keys before the first query (a cache); zero in training
-    blocks = []
-    for start in range(0, length, BLOCK):
-        end = min(length, start + BLOCK)
-        visible = offset + end
-        scores = torch.matmul(query[:, :, start:end], key[:, :, :visible].transpose(2, 3)) * scale
-        future = torch.ones(end - start, visible, dtype=torch.bool, device=scores.device).triu(offset + start + 1)
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=torch.float32).to(value.dtype)
-        if dropout > 0 and module.training:
-            probs = torch.nn.functional.dropout(probs, p=dropout)
-        blocks.append(torch.matmul(probs, value[:, :, :visible]))
-    return torch.cat(blocks, dim=2).transpose(1, 2).contiguous(), None
+    # Under autocast the rotated queries and keys arrive in float32 (the rotation's tables are) and the values
+    # in the compute dtype; the products run in the compute dtype, as autocast runs SDPA's.
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    # One copy each: to the compute dtype and out of the heads-transposed layout the projections leave.
+    query, key, value = (t.to(dtype, memory_format=torch.contiguous_format) for t in (query, key, value))
+    out = _function().apply(query, key, value, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _blocks(length: int, keys: int):
+    """(start, end, visible) of each block of queries; `visible` keys reach the block's end (keys before the
+    first query, a cache, are all visible)."""
+    offset = keys - length
+    return [(s, min(length, s + BLOCK), offset + min(length, s + BLOCK)) for s in range(0, length, BLOCK)]
+
+
+def _forward(query, key, value, scale):
+    import torch
+
+    scaled = query * scale
+    outputs, probs = [], []
+    for start, end, visible in _blocks(query.shape[2], key.shape[2]):
+        scores = torch.matmul(scaled[:, :, start:end], key[:, :, :visible].transpose(2, 3))
+        # Only the block's last end - start keys can lie in a query's future: mask that square alone.
+        future = torch.ones(end - start, end - start, dtype=torch.bool, device=scores.device).triu(1)
+        scores[..., visible - (end - start) :].masked_fill_(future, float("-inf"))
+        # The softmax reduces in float32 inside the kernel whatever the dtype; only its output is rounded.
+        block = torch.softmax(scores, dim=-1)
+        probs.append(block)
+        outputs.append(torch.matmul(block, value[:, :, :visible]))
+    return torch.cat(outputs, dim=2), probs
+
+
+def _backward(query, key, value, out, probs, grad, scale):
+    import torch
+
+    grad_query = torch.empty_like(query)
+    grad_key = torch.zeros(key.shape, dtype=torch.float32, device=key.device)
+    grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
+    # softmax's backward needs each row's sum of grad x probs, which equals grad_out . out (flash's trick).
+    rows = (grad.float() * out.float()).sum(-1, keepdim=True).to(query.dtype)
+    for (start, end, visible), block in zip(_blocks(query.shape[2], key.shape[2]), probs, strict=True):
+        grad_out = grad[:, :, start:end]
+        grad_value[:, :, :visible] += torch.matmul(block.transpose(2, 3), grad_out)
+        grad_scores = torch.matmul(grad_out, value[:, :, :visible].transpose(2, 3))
+        grad_scores.sub_(rows[:, :, start:end]).mul_(block)
+        grad_query[:, :, start:end] = torch.matmul(grad_scores, key[:, :, :visible]) * scale
+        grad_key[:, :, :visible] += torch.matmul(grad_scores.transpose(2, 3), query[:, :, start:end]) * scale
+    return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype)
+
+
+_FUNCTION = None
+
+
+def _function():
+    """The autograd function, built on first use so importing this module does not import torch."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        class _BlockedCausal(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, query, key, value, scale):
+                # Autocast off: the inputs arrive in the compute dtype, and every product here stays in it.
+                with torch.autocast(query.device.type, enabled=False):
+                    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+                    out, probs = _forward(query, key, value, scale)
+                ctx.save_for_backward(query, key, value, out, *probs)
+                ctx.scale = scale
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):
+                query, key, value, out, *probs = ctx.saved_tensors
+                with torch.autocast(query.device.type, enabled=False):
+                    grads = _backward(query, key, value, out, probs, grad.to(query.dtype).contiguous(), ctx.scale)
+                return (*grads, None)
+
+        _FUNCTION = _BlockedCausal
+    return _FUNCTION
 
 
 def register() -> str:
