@@ -1,7 +1,7 @@
 """The offline demo learns as promised: exact match from about 0% to something short of perfect after SFT, higher
 (at least 60%) after one round of rejection sampling, kept by DPO while its preference accuracy reaches at least
-90%, and the reward model scores the right sum above the wrong one on at least 80% of the held-out pairs (the
-demo's own bar; issue 10 asks 90%); the exact match and
+90%, and the reward model scores the right sum above the wrong one on at least 85% of the held-out pairs (the
+demo's own bar; it measures 91.5% with its seed, issue 10 asks 90%); the exact match and
 win rates come from the pipeline's `alignkit eval` scorecard. Runs the real
 `python -m alignkit.demo` (`alignkit run --recipe tiny-demo`) in a scratch folder (a few minutes on two CPU
 cores)."""
@@ -41,7 +41,7 @@ def test_demo_learns(tmp_path):
     assert table["after DPO"][1] >= 90.0
     reward = re.search(r"│ reward model\s*│\s*n/a\s*│\s*n/a\s*│\s*([\d.]+)%", result.stdout)
     assert reward is not None, result.stdout[-2000:]
-    assert float(reward[1]) >= 80.0
+    assert float(reward[1]) >= 85.0
     # The exact match the table shows is the scorecard's (`alignkit eval`, the pipeline's last stage).
     card = json.loads((tmp_path / "outputs" / "tiny-demo-eval" / "eval_results.json").read_text())
     exact = {r["model"]: r["value"] for r in card["results"] if r["metric"] == "exact_match:answer"}

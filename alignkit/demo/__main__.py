@@ -30,11 +30,11 @@ EXACT_MATCH = ("generate", "exact_match:answer")
 WIN_RATE = ("judge", "win_rate")
 TARGET_EXACT_MATCH = 0.60
 TARGET_PREFERENCE = 0.90
-# Below issue 10's 90%: the 3-layer reward model reads the sum at the answer's last digit and catches sums
-# off by 1 or 2 and reversed digits (96-100%), but a wrong tens digit only half the time: checking it there
-# takes one layer more than the model has. Measured 88.0% with the demo's seed (85.5% and 70.5% with seeds 1
-# and 2); this checks it stays well above chance.
-TARGET_REWARD = 0.80
+# The 3-layer reward model reads the sum at the answer's last digit and catches sums off by 1 or 2 and
+# reversed digits (96-100%), but a wrong tens digit only about two times in three: checking it there takes
+# about one layer more than the model has. Measured 91.5% with the demo's seed (issue 10 asks 90%), 87.5% and
+# 82.0% with seeds 1 and 2 of the reward-model stage; the bar sits below the demo's own figure, not at it.
+TARGET_REWARD = 0.85
 
 
 def _run_pipeline(extra: list[str]) -> None:
