@@ -6,8 +6,9 @@
 The workload is built here, with no hub: a Llama of hidden size 256 and 4 layers (about 4M parameters) with
 the demo's word-level tokenizer, 1,024 synthetic chats whose lengths are log-normal (a few long ones hit the
 1,024-token limit, most are a few hundred tokens), and 512 preference pairs built the same way, whose chosen
-answers draw on the first two thirds of the vocabulary and rejected ones on the last two thirds (a preference
-there is to learn, so the final losses measure learning, not drift). Both sides get
+answers draw a tenth of their words from the first third of the vocabulary and rejected ones from the last
+third (a preference there is to learn, so the final losses measure learning, not drift; noisy pair by pair, so
+one epoch does not learn it completely and the final losses stay comparable). Both sides get
 only what a user would write: the model, the data, learning rate 2e-5, batch 8, max length 1,024 and one
 epoch. Everything else is the side's own default: TRL's `SFTConfig`/`DPOConfig`, or alignkit's automatic
 settings.
@@ -44,12 +45,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SETTINGS = {"learning_rate": 2e-5, "per_device_train_batch_size": 8, "num_train_epochs": 1, "max_length": 1024}
 MODEL_SHAPE = {"hidden_size": 256, "intermediate_size": 1024, "num_layers": 4, "num_heads": 4}
 CHATS, PAIRS, HELD_OUT = 1024, 512, 128
+LEANING = 0.1
 
 
-def _words(rng: random.Random, vocabulary: list[str], mean_words: float) -> str:
+def _words(rng: random.Random, vocabulary: list[str], mean_words: float, leaning: list[str] | None = None) -> str:
     # Log-normal lengths: most texts are short, a long tail reaches the length limit (as in real chat data).
     count = max(1, min(600, int(rng.lognormvariate(math.log(mean_words), 0.8))))
-    return " ".join(rng.choice(vocabulary) for _ in range(count))
+    # A tenth of the words drawn from `leaning`: a preference that is there to learn but noisy pair by pair.
+    pools = [leaning if leaning and rng.random() < LEANING else vocabulary for _ in range(count)]
+    return " ".join(rng.choice(pool) for pool in pools)
 
 
 def build_workload(root: Path, seed: int = 0) -> dict[str, Path]:
@@ -64,13 +68,13 @@ def build_workload(root: Path, seed: int = 0) -> dict[str, Path]:
     _write_chats(root / "sft_held_out.jsonl", random.Random(seed + 1000), HELD_OUT, WORDS)
     dpo = root / "dpo.jsonl"
     third = len(WORDS) // 3
-    good, bad = WORDS[: 2 * third], WORDS[third:]
+    good, bad = WORDS[:third], WORDS[-third:]
     with dpo.open("w", encoding="utf-8") as out:
         for _ in range(PAIRS):
             row = {
                 "prompt": [{"role": "user", "content": _words(rng, WORDS, 40)}],
-                "chosen": [{"role": "assistant", "content": _words(rng, good, 60)}],
-                "rejected": [{"role": "assistant", "content": _words(rng, bad, 60)}],
+                "chosen": [{"role": "assistant", "content": _words(rng, WORDS, 60, good)}],
+                "rejected": [{"role": "assistant", "content": _words(rng, WORDS, 60, bad)}],
             }
             out.write(json.dumps(row) + "\n")
     return {"model": model, "sft": sft, "dpo": dpo}
