@@ -140,3 +140,20 @@ def test_training_under_bf16_autocast_follows_float32(small_blocks):
     (loss32, grad32), (loss16, grad16) = results
     assert abs(loss16 - loss32) < 0.02 * loss32
     assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.99
+
+
+def test_under_autocast_the_products_run_in_the_autocast_dtype_as_sdpas_do(small_blocks):
+    """The rotated queries and keys reach the kernel in float32 under autocast (the rotation tables are float32);
+    it computes in bf16 like autocast's SDPA, not in float32 (which ran slower than SDPA)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    generator = torch.Generator().manual_seed(7)
+    query, key = (torch.randn(2, 4, 20, 16, generator=generator) for _ in range(2))
+    value = torch.randn(2, 4, 20, 16, generator=generator).bfloat16()
+    module = torch.nn.Module()
+    module.is_causal = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = attention.blocked_attention(module, query, key, value, None)
+        sdpa, _ = sdpa_attention_forward(module, query, key, value, None)
+    assert ours.dtype == sdpa.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), sdpa.float(), rtol=0, atol=4e-2)

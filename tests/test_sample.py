@@ -289,6 +289,21 @@ def test_sample_scores_every_candidate_selects_the_best_and_the_rows_train_sft(
 
 
 @pytest.mark.slow
+def test_sampling_with_the_cpu_attention_kernel_named_in_the_recipe_gives_sdpas_candidates(
+    cli, tmp_path, tiny_model_dir
+):
+    scorers = [{"regex": "[0-9]"}]
+    candidates = []
+    for kernel in ("sdpa", "blocked_matmul"):
+        out = tmp_path / kernel
+        recipe = _sample_recipe(tmp_path, tiny_model_dir, scorers, out)
+        result = cli("sample", "--recipe", recipe, "--set", f"model.attn_implementation={kernel}")
+        assert result.exit_code == 0, result.output
+        candidates.append([[c["completion"] for c in r["candidates"]] for r in _read(out / "candidates.jsonl")])
+    assert candidates[0] == candidates[1]
+
+
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_candidates_and_a_killed_run_resumes_at_its_unfinished_shard(
     cli, tmp_path, tiny_model_dir
 ):

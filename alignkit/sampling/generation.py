@@ -260,7 +260,9 @@ def _attention(name: str, device: str) -> str | None:
         not str(device).startswith("cuda") or importlib.util.find_spec("flash_attn") is None
     ):
         return "sdpa"
-    return name
+    from alignkit.train.attention import loadable
+
+    return loadable(name)
 
 
 class TransformersGenerator:

@@ -126,3 +126,9 @@ def register() -> str:
     AttentionInterface.register(NAME, blocked_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME
+
+
+def loadable(name: str) -> str:
+    """`name` as `from_pretrained(attn_implementation=...)` accepts it: alignkit's own kernel is registered
+    first; every other name passes through."""
+    return register() if name == NAME else name

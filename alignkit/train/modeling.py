@@ -50,13 +50,11 @@ def resolve_attention(recipe: RecipeBase, hardware: Hardware) -> tuple[str, list
     wanted = recipe.model.attn_implementation
     if wanted == "auto":
         return ("flash_attention_2" if hardware.flash_attn else "sdpa"), []
-    if wanted == "blocked_matmul":
-        from alignkit.train.attention import register
-
-        return register(), []
     if wanted.startswith("flash_attention") and not hardware.flash_attn:
         return "sdpa", [f"model.attn_implementation {wanted} needs flash-attn on CUDA; using sdpa here"]
-    return wanted, []
+    from alignkit.train.attention import loadable
+
+    return loadable(wanted), []
 
 
 def quantization_config(recipe: RecipeBase, compute_dtype: Any):
