@@ -36,8 +36,10 @@ def _model(kernel: str, kv_heads: int = 4):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 8 queries, so sequences of a few dozen tokens cross several block edges."""
+    """Blocks of 8 queries, so sequences of a few dozen tokens cross several block edges, and tiles of 200
+    scores, so a batch's rows go through a block in several tiles."""
     monkeypatch.setattr(attention, "BLOCK", 8)
+    monkeypatch.setattr(attention, "TILE", 200)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
@@ -101,30 +103,36 @@ def test_a_model_saved_after_blocked_attention_loads_with_the_stock_kernels(tmp_
 def _reference(query, key, value, offset: int):
     """float64 attention where query i sees keys up to offset + i."""
     q, k, v = (t.double() for t in (query, key, value))
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
     future = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).triu(offset + 1)
     return torch.softmax(scores.masked_fill(future, float("-inf")), -1) @ v
 
 
-@pytest.mark.parametrize("offset", [0, 5])
-def test_the_written_out_backward_matches_float64_autograd(small_blocks, offset):
+@pytest.mark.parametrize(("offset", "kv_heads"), [(0, 3), (5, 3), (0, 1), (5, 1)])
+def test_the_written_out_backward_matches_float64_autograd(small_blocks, offset, kv_heads):
     """Gradients of queries, keys and values in float32 and in bfloat16 (the CPU's autocast dtype) against a
-    float64 reference, over blocks of 8 and with keys ahead of the queries (a cache)."""
+    float64 reference, over blocks of 8, with keys ahead of the queries (a cache) and with three query heads
+    sharing one key/value head."""
     generator = torch.Generator().manual_seed(5)
-    shape = [2, 3, 21, 16]
-    base = [torch.randn(*shape[:2], shape[2] + (offset if i else 0), 16, generator=generator) for i in range(3)]
-    grad = torch.randn(*shape, generator=generator)
-    exact = [t.double().requires_grad_() for t in base]
-    _reference(*exact, offset).backward(grad.double())
-    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 4e-2)):
-        inputs = [t.detach().to(dtype).requires_grad_() for t in base]
-        out = attention._function().apply(*inputs, 16**-0.5)
+    batch, heads, length, dim = 2, 3, 21, 16
+    query = torch.randn(batch, heads, length, dim, generator=generator)
+    key, value = (torch.randn(batch, kv_heads, length + offset, dim, generator=generator) for _ in range(2))
+    grad = torch.randn(batch, length, heads, dim, generator=generator)
+    exact = [t.double().requires_grad_() for t in (query, key, value)]
+    _reference(*exact, offset).transpose(1, 2).backward(grad.double())
+    # bf16 rounds relative to the magnitude, and the keys' gradients sum over the heads that share them.
+    for dtype, tolerance, relative in ((torch.float32, 1e-5, 0), (torch.bfloat16, 4e-2, 2e-2)):
+        inputs = [t.detach().to(dtype).requires_grad_() for t in (query, key, value)]
+        out = attention.attend(*inputs, dim**-0.5)
         out.backward(grad.to(dtype))
         assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), _reference(*exact, offset).detach(), rtol=0, atol=tolerance)
+        expected = _reference(*exact, offset).transpose(1, 2).detach()
+        torch.testing.assert_close(out.double(), expected, rtol=relative, atol=tolerance)
         for ours, reference in zip(inputs, exact, strict=True):
             assert ours.grad.dtype == dtype
-            torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=0, atol=tolerance)
+            torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=relative, atol=tolerance)
 
 
 def test_training_under_bf16_autocast_follows_float32(small_blocks):

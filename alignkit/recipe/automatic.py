@@ -186,7 +186,7 @@ def _attention(chosen: str, facts: Facts) -> Setting:
     return Setting(
         path,
         "blocked_matmul",
-        "on a CPU, causal attention as matrix products over blocks of 256 queries outruns SDPA's flash kernel",
+        "on a CPU, causal attention as matrix products over blocks of at most 128 queries outruns SDPA's flash kernel",
     )
 
 
