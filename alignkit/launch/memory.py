@@ -26,7 +26,7 @@ The formulas (P parameters, T trainable, N processes, b bytes of a weight, a of 
   queries and keys, the values, the attention output and its copy, and the MLP's gate, up, activation and
   product; these count 4h, and measurement on the CPU shows one more h-wide tensor per layer alive). A
   kernel without fusion (eager) adds heads x length x 2 per token: the score matrix and its softmax; alignkit's
-  blocked_matmul (the CPU default) keeps heads x (length + 256) / 2 probabilities per token in the compute
+  blocked_matmul (the CPU default) keeps heads x (length + 128) / 2 probabilities per token in the compute
   dtype. LoRA
   with dropout keeps each adapted layer's dropped-out input and dropout's mask besides (one byte per element
   on a GPU; on a CPU dropout multiplies by a noise tensor of the activations' dtype).
@@ -313,7 +313,8 @@ def _run_of(recipe, launch_plan) -> _Run:
         autocast_copy=launch_plan.mixed_precision in ("bf16", "fp16") and weight_dtype == "float32",
         eager=attention == "eager",
         blocked=attention == "blocked_matmul",
-        repeat_kv=attention in ("eager", "blocked_matmul") or not recipe.training.drop_padding_mask,
+        # blocked_matmul runs each key/value head against its query heads in one product, never repeating it.
+        repeat_kv=attention == "eager" or not recipe.training.drop_padding_mask,
         optimizer=recipe.training.optim,
     )
 

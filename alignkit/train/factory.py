@@ -18,7 +18,8 @@ from alignkit.hardware import Hardware
 from alignkit.launch.preflight import check_extra
 from alignkit.recipe.automatic import Facts, Setting, apply, decide
 from alignkit.recipe.schema import RecipeBase
-from alignkit.train.batching import group_by_length, grouping_verdict
+from alignkit.train.batching import CPU_LENGTH_MULTIPLE, group_by_length, grouping_verdict, round_batch_lengths
+from alignkit.train.compute_dtype import hand_on_in_compute_dtype
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.padding_mask import drop_padding_mask
 from alignkit.train.trl_config import build_trl_config
@@ -87,7 +88,9 @@ def build_trainer(
     # What the method adds to its trainer's constructor (grpo: the reward functions), built only now.
     trainer = method.trainer()(model=loaded.model, **common, **method.trainer_arguments(recipe.section))
     if recipe.training.train_sampling_strategy == "group_by_length":
-        settings = _group_by_length(trainer, method, config, settings)
+        settings = _group_by_length(trainer, method, config, settings, hardware.device)
+    if hardware.device == "cpu" and config.bf16:
+        hand_on_in_compute_dtype(trainer.model)
     match_adapter_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 
@@ -120,8 +123,9 @@ def token_counts(dataset) -> dict[str, Any]:
     }
 
 
-def _group_by_length(trainer, method, config, settings: list[Setting]) -> list[Setting]:
-    """Install alignkit's length-grouped sampler; an automatic choice is first checked against the data."""
+def _group_by_length(trainer, method, config, settings: list[Setting], device: str) -> list[Setting]:
+    """Install alignkit's length-grouped sampler; an automatic choice is first checked against the data. On a
+    CPU the grouped batches' lengths are also rounded up (`CPU_LENGTH_MULTIPLE`), unless the recipe set one."""
     measure = method.batch_length or (lambda counts: counts["input_ids"])
     lengths = [int(length) for length in measure(token_counts(trainer.train_dataset))]
     group = config.per_device_train_batch_size * config.world_size
@@ -135,4 +139,11 @@ def _group_by_length(trainer, method, config, settings: list[Setting]) -> list[S
         if not worth:
             return settings
     group_by_length(trainer, lengths, group, config.seed)
+    if device == "cpu" and round_batch_lengths(trainer, CPU_LENGTH_MULTIPLE):
+        settings = [_rounded(s) if s.path == path and s.automatic else s for s in settings]
     return settings
+
+
+def _rounded(setting: Setting) -> Setting:
+    reason = f"{setting.reason}; batch lengths rounded up to a multiple of {CPU_LENGTH_MULTIPLE} on this CPU"
+    return Setting(setting.path, setting.value, reason)

@@ -1,0 +1,124 @@
+"""What alignkit adds on a CPU under bf16 autocast beyond its attention kernel: grouped batches padded to a
+multiple of 16 tokens (so the matrix kernels meet fewer lengths), and norm outputs and rotary tables handed on
+in bf16 (what the next products compute in anyway)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from alignkit.hardware import Hardware
+from alignkit.methods import METHODS
+from alignkit.recipe.automatic import Facts
+from alignkit.train.compute_dtype import hand_on_in_compute_dtype
+
+CPU = Hardware(device="cpu", bf16=True, fp16=False, flash_attn=False)
+FACTS = Facts(device="cpu", bf16=True, flash_attn=False, liger=False, activations_fit=True, memory_reason="room")
+
+
+def _chats(path, rows: int = 96):
+    """Chats of log-normal lengths (3 to 200 words), so random batches would be mostly padding."""
+    from alignkit.demo.tiny import WORDS
+
+    rng = random.Random(0)
+    with path.open("w", encoding="utf-8") as out:
+        for _ in range(rows):
+            words = " ".join(rng.choice(WORDS[10:]) for _ in range(min(200, int(rng.lognormvariate(3, 1)) + 3)))
+            messages = [{"role": "user", "content": "say"}, {"role": "assistant", "content": words}]
+            out.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def _built(tmp_path, model_dir, **training):
+    from alignkit.train.factory import build_trainer
+
+    recipe = METHODS["sft"].recipe.model_validate(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {"datasets": [{"path": str(_chats(tmp_path / "chats.jsonl"))}]},
+            "training": {"output_dir": str(tmp_path / "out"), **training},
+        }
+    )
+    return build_trainer(recipe, CPU, output_dir=tmp_path / "out", facts=FACTS)
+
+
+def test_grouped_batches_on_a_cpu_are_padded_to_a_multiple_of_16(tmp_path, tiny_model_dir):
+    built = _built(tmp_path, tiny_model_dir)
+    setting = next(s for s in built.settings if s.path == "training.train_sampling_strategy")
+    assert setting.value == "group_by_length"
+    assert setting.reason.endswith("batch lengths rounded up to a multiple of 16 on this CPU")
+    lengths = [batch["input_ids"].shape[1] for batch in built.trainer.get_train_dataloader()]
+    assert all(length % 16 == 0 for length in lengths) and len(set(lengths)) > 1
+
+
+def test_a_multiple_in_the_recipe_wins(tmp_path, tiny_model_dir):
+    built = _built(tmp_path, tiny_model_dir, extra={"pad_to_multiple_of": 8})
+    setting = next(s for s in built.settings if s.path == "training.train_sampling_strategy")
+    assert "rounded" not in setting.reason
+    assert built.trainer.data_collator.pad_to_multiple_of == 8
+    lengths = {batch["input_ids"].shape[1] for batch in built.trainer.get_train_dataloader()}
+    assert all(length % 8 == 0 for length in lengths) and any(length % 16 for length in lengths)
+
+
+def test_random_batches_are_not_padded_further(tmp_path, tiny_model_dir):
+    built = _built(tmp_path, tiny_model_dir, train_sampling_strategy="random")
+    assert built.trainer.data_collator.pad_to_multiple_of is None
+
+
+def _llama(kv_heads: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_norms_and_rotary_tables_hand_on_bf16_only_under_cpu_autocast():
+    model = _llama()
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
+    plain = model(input_ids=ids).logits
+    assert hand_on_in_compute_dtype(model) == 2 * 2 + 1 + 1  # two norms a layer, the final norm, the rotary
+    seen = {}
+    for name, module in model.named_modules():
+        if name in ("model.layers.0.input_layernorm", "model.norm", "model.rotary_emb"):
+            # Registered after alignkit's hooks, so these see what the next modules read.
+            module.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
+    # Without autocast nothing changes (evaluation, generation and saving see the model as it is).
+    torch.testing.assert_close(model(input_ids=ids).logits, plain, rtol=0, atol=0)
+    assert seen["model.layers.0.input_layernorm"].dtype == seen["model.norm"].dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)
+    assert seen["model.layers.0.input_layernorm"].dtype == seen["model.norm"].dtype == torch.bfloat16
+    assert [t.dtype for t in seen["model.rotary_emb"]] == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_a_step_under_autocast_matches_the_unhooked_step_to_bf16_precision(kv_heads):
+    ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(2))
+    results = []
+    for hooked in (False, True):
+        model = _llama(kv_heads)
+        if hooked:
+            hand_on_in_compute_dtype(model)
+        reads = []
+        projection = model.model.layers[0].self_attn.q_proj
+        projection.register_forward_pre_hook(lambda m, args, reads=reads: reads.append(args[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad, reads[0]))
+    (plain_loss, plain_grad, plain_read), (loss, grad, read) = results
+    assert (plain_read, read) == (torch.float32, torch.bfloat16)
+    assert abs(loss - plain_loss) < 1e-2 * plain_loss
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), plain_grad.flatten(), dim=0) > 0.999
