@@ -1,7 +1,8 @@
 """alignkit's own defaults against plain TRL's defaults on the reference workload of issue #14.
 
     .venv/bin/python benchmarks/reference_workload.py [--rounds 3] [--methods sft dpo] [--out FILE.json]
-        [--sides trl alignkit] [--set KEY=VALUE ...]   # --set: an alignkit override, to see what one default buys
+        [--sides trl alignkit] [--seed 42] [--same-seed] [--set KEY=VALUE ...]
+    # --set: an alignkit override, to see what one default buys
 
 The workload is built here, with no hub: a Llama of hidden size 256 and 4 layers (about 4M parameters) with
 the demo's word-level tokenizer, 1,024 synthetic chats whose lengths are log-normal (a few long ones hit the
@@ -23,6 +24,10 @@ are batched: length-grouped batches weigh long and short rows differently from r
 therefore also scores both final models by one function, in float32: the final train loss (sft: token-weighted
 next-token loss over the training chats; dpo: the sigmoid DPO loss at beta 0.1 over the training pairs, the
 built model as reference) and, for sft, the same loss on 128 held-out chats. The loss target reads these.
+
+Round r runs both sides with seed 42 + r (`--seed`; `--same-seed` keeps one), and the seed decides the order
+of the rows. One epoch over the noisy dpo pairs lands 10% apart from one order to the next, so a loss read
+from one order says little; the medians over the rounds compare, and the summary shows each side's range.
 """
 
 from __future__ import annotations
@@ -152,8 +157,8 @@ def final_losses(method: str, model, tokenizer, model_dir: Path, data: Path) -> 
     return {"final_train_loss": dpo_loss(model, reference, tokenizer, data)}
 
 
-def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
-    """Plain TRL: its config's defaults plus the four settings a user gives."""
+def run_trl(method: str, model_dir: Path, data: Path, out: Path, seed: int) -> dict:
+    """Plain TRL: its config's defaults plus the four settings a user gives (and the round's seed)."""
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -165,7 +170,7 @@ def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
 
     # report_to and disable_tqdm only keep the console quiet; neither changes the training. Without use_cpu,
     # transformers refuses TRL's default bf16=True on a machine with no GPU.
-    args = {**SETTINGS, "output_dir": str(out), "report_to": "none", "disable_tqdm": True}
+    args = {**SETTINGS, "seed": seed, "output_dir": str(out), "report_to": "none", "disable_tqdm": True}
     args["use_cpu"] = not torch.cuda.is_available()
     config_class, trainer_class = (SFTConfig, SFTTrainer) if method == "sft" else (DPOConfig, DPOTrainer)
     trainer = trainer_class(model=model, args=config_class(**args), train_dataset=dataset, processing_class=tokenizer)
@@ -174,7 +179,9 @@ def run_trl(method: str, model_dir: Path, data: Path, out: Path) -> dict:
     return result | final_losses(method, trainer.model, tokenizer, model_dir, data)
 
 
-def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides: tuple[str, ...] = ()) -> dict:
+def run_alignkit(
+    method: str, model_dir: Path, data: Path, out: Path, seed: int, overrides: tuple[str, ...] = ()
+) -> dict:
     """`alignkit <method>` with a minimal recipe: the same four settings, alignkit's defaults for the rest
     (`overrides`: `--set` values, for ablations)."""
     import yaml
@@ -186,7 +193,7 @@ def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides:
     recipe = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"datasets": [{"path": str(data)}]},
-        "training": {**{k: v for k, v in settings.items() if k != "max_length"}, "output_dir": str(out)},
+        "training": {**{k: v for k, v in settings.items() if k != "max_length"}, "seed": seed, "output_dir": str(out)},
         method: {"max_length": settings["max_length"]},
     }
     if method == "dpo":
@@ -208,17 +215,18 @@ def run_alignkit(method: str, model_dir: Path, data: Path, out: Path, overrides:
 
 
 def _one_side(argv: list[str]) -> int:
-    side, method, model_dir, data, out, *overrides = argv
+    side, method, model_dir, data, out, seed, *overrides = argv
     if side == "trl":
-        result = run_trl(method, Path(model_dir), Path(data), Path(out))
+        result = run_trl(method, Path(model_dir), Path(data), Path(out), int(seed))
     else:
-        result = run_alignkit(method, Path(model_dir), Path(data), Path(out), tuple(overrides))
+        result = run_alignkit(method, Path(model_dir), Path(data), Path(out), int(seed), tuple(overrides))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
-def _spawn(side: str, method: str, files: dict[str, Path], out: Path, overrides: list[str]) -> dict:
+def _spawn(side: str, method: str, files: dict[str, Path], out: Path, seed: int, overrides: list[str]) -> dict:
     command = [sys.executable, __file__, "--side", side, method, str(files["model"]), str(files[method]), str(out)]
+    command.append(str(seed))
     command += overrides if side == "alignkit" else []
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -240,6 +248,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write every run and the summary to this JSON file")
     parser.add_argument("--sides", nargs="+", default=["trl", "alignkit"], choices=["trl", "alignkit"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="alignkit override")
+    parser.add_argument("--seed", type=int, default=42, help="both sides' seed in the first round (TRL's default)")
+    parser.add_argument(
+        "--same-seed", dest="vary_seed", action="store_false", help="every round with --seed (default: round r adds r)"
+    )
     args = parser.parse_args()
     report: dict = {"settings": SETTINGS, "model": MODEL_SHAPE, "overrides": args.set, "runs": [], "summary": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,11 +260,13 @@ def main() -> int:
         for method in args.methods:
             for round_ in range(args.rounds):
                 for side in args.sides:
-                    result = _spawn(side, method, files, root / f"{side}-{method}-{round_}", args.set)
-                    report["runs"].append({"method": method, "side": side, "round": round_ + 1, **result})
+                    seed = args.seed + (round_ if args.vary_seed else 0)
+                    result = _spawn(side, method, files, root / f"{side}-{method}-{round_}", seed, args.set)
+                    report["runs"].append({"method": method, "side": side, "round": round_ + 1, "seed": seed, **result})
                     held_out = f"  held-out loss {result['held_out_loss']:.4f}" if "held_out_loss" in result else ""
                     print(
-                        f"{method} round {round_ + 1} {side:<8} train_runtime {result['train_runtime']:7.1f}s"
+                        f"{method} round {round_ + 1} seed {seed} {side:<8}"
+                        f" train_runtime {result['train_runtime']:7.1f}s"
                         f"  wall {result['wall']:6.1f}s  train_loss {result['train_loss']:.4f}"
                         f"  final train loss {result['final_train_loss']:.4f}{held_out}",
                         flush=True,
@@ -272,7 +286,9 @@ def main() -> int:
         print(f"{'':<6} whole process: {walls}")
         print(
             f"{'':<6} final train loss (final model, one function): TRL {s['trl_final']:.4f},"
-            f" alignkit {s['alignkit_final']:.4f} ({s['final_diff_pct']:+.2f}%)"
+            f" alignkit {s['alignkit_final']:.4f} ({s['final_diff_pct']:+.2f}%); over the rounds TRL"
+            f" {s['trl_final_range'][0]:.4f}-{s['trl_final_range'][1]:.4f},"
+            f" alignkit {s['alignkit_final_range'][0]:.4f}-{s['alignkit_final_range'][1]:.4f}"
         )
         if "held_out_diff_pct" in s:
             print(
@@ -305,6 +321,9 @@ def _summary(runs: list[dict], method: str) -> dict:
     trl_final, our_final = median("trl", "final_train_loss"), median("alignkit", "final_train_loss")
     summary |= {"trl_final": trl_final, "alignkit_final": our_final}
     summary["final_diff_pct"] = 100 * (our_final - trl_final) / trl_final
+    for side in ("trl", "alignkit"):
+        finals = [r["final_train_loss"] for r in runs if r["method"] == method and r["side"] == side]
+        summary[f"{side}_final_range"] = (min(finals), max(finals))
     if all("held_out_loss" in r for r in runs if r["method"] == method):
         trl_held, our_held = median("trl", "held_out_loss"), median("alignkit", "held_out_loss")
         summary |= {"trl_held_out": trl_held, "alignkit_held_out": our_held}
