@@ -80,10 +80,18 @@ def test_recipe_values_win_and_are_listed_as_the_recipes():
     assert settings["sft.padding_free"][0] is False  # packed rows need no padding-free batches
 
 
-def test_a_preference_method_caches_reference_log_probs_and_groups_pairs_by_length():
+def test_a_preference_method_caches_reference_log_probs_and_splits_random_batches_by_length():
     settings = decided("dpo", CPU)
     assert settings["dpo.precompute_ref_log_probs"][:2] == (True, True)
-    assert settings["training.train_sampling_strategy"][0] == "group_by_length"
+    value, automatic, reason = settings["training.train_sampling_strategy"]
+    assert (value, automatic) == ("split_by_length", True) and "gradient is clipped" in reason
+    # A GPU keeps random batches (splitting is measured on CPUs only); a batch of one has nothing to split.
+    assert decided("dpo", GPU)["training.train_sampling_strategy"][0] == "random"
+    one = decided("dpo", CPU, training={"per_device_train_batch_size": 1})["training.train_sampling_strategy"]
+    assert one[0] == "random" and "nothing to split" in one[2]
+    # A loss that sorts the whole batch's log-ratios (aot) would compare fewer pairs in a micro-batch.
+    aot = decided("dpo", CPU, dpo={"loss_type": ["sigmoid", "aot"]})["training.train_sampling_strategy"]
+    assert aot[0] == "random" and "compares rows across the batch" in aot[2]
     assert decided("dpo", CPU, dpo={"precompute_ref_log_probs": False})["dpo.precompute_ref_log_probs"][:2] == (
         False,
         False,
@@ -104,7 +112,7 @@ def test_apply_writes_the_decisions_into_the_recipe_and_leaves_recipe_values():
     original = recipe("dpo", training={"mixed_precision": "no"})
     applied = apply(original, decide(original, CPU))
     assert applied.training.gradient_checkpointing is False
-    assert applied.training.train_sampling_strategy == "group_by_length"
+    assert applied.training.train_sampling_strategy == "split_by_length"
     assert applied.training.mixed_precision == "no"
     assert applied.section.precompute_ref_log_probs is True
     assert original.training.gradient_checkpointing is None  # the user's recipe is not changed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -122,3 +123,50 @@ def test_a_step_under_autocast_matches_the_unhooked_step_to_bf16_precision(kv_he
     assert (plain_read, read) == (torch.float32, torch.bfloat16)
     assert abs(loss - plain_loss) < 1e-2 * plain_loss
     assert torch.nn.functional.cosine_similarity(grad.flatten(), plain_grad.flatten(), dim=0) > 0.999
+
+
+def _pairs(path, rows: int = 48):
+    from alignkit.demo.tiny import WORDS
+
+    rng = random.Random(1)
+
+    def text() -> str:
+        return " ".join(rng.choice(WORDS[10:]) for _ in range(min(120, int(rng.lognormvariate(2.5, 1)) + 2)))
+
+    with path.open("w", encoding="utf-8") as out:
+        for _ in range(rows):
+            row = {
+                "prompt": [{"role": "user", "content": text()}],
+                "chosen": [{"role": "assistant", "content": text()}],
+                "rejected": [{"role": "assistant", "content": text()}],
+            }
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_dpo_batches_run_as_micro_batches_of_similar_length_that_make_the_same_steps(tmp_path, tiny_model_dir):
+    from alignkit.train.factory import build_trainer, token_counts
+
+    recipe = METHODS["dpo"].recipe.model_validate(
+        {
+            "model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"datasets": [{"path": str(_pairs(tmp_path / "pairs.jsonl"))}]},
+            "training": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8},
+        }
+    )
+    built = build_trainer(recipe, CPU, output_dir=tmp_path / "out", facts=FACTS)
+    setting = next(s for s in built.settings if s.path == "training.train_sampling_strategy")
+    assert setting.value == "split_by_length"
+    args = built.trainer.args
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 4)
+    lengths = list(METHODS["dpo"].batch_length(token_counts(built.trainer.train_dataset)))
+    order = list(built.trainer._get_train_sampler())
+    assert sorted(order) == list(range(48))
+    # Each step's 8 pairs are a random draw (not grouped with pairs of like length across the data), served
+    # longest first, so each micro-batch of 2 pads only to its own longer pair.
+    steps = [order[i : i + 8] for i in range(0, 48, 8)]
+    assert all([lengths[i] for i in step] == sorted((lengths[i] for i in step), reverse=True) for step in steps)
+    spans = [max(lengths[i] for i in step) - min(lengths[i] for i in step) for step in steps]
+    assert statistics.mean(spans) > 0.5 * (max(lengths) - min(lengths))
+    micro = [batch for batch in built.trainer.get_train_dataloader()]
+    assert len(micro) == 24 and all(len(batch["input_ids"]) == 2 * 2 for batch in micro)  # chosen, rejected

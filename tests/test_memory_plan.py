@@ -164,11 +164,30 @@ def test_checkpointing_keeps_far_fewer_activations(tmp_path):
     assert plan.total_checkpointed == plan.total - plan.activations + plan.activations_checkpointed
 
 
+def _sampled(recipe, strategy: str):
+    return recipe.model_copy(
+        update={"training": recipe.training.model_copy(update={"train_sampling_strategy": strategy})}
+    )
+
+
 def test_pairs_double_the_sequences_of_a_micro_batch(tmp_path):
     single = _plan(_recipe(tmp_path, LLAMA_32_1B))
-    pairs = _plan(_recipe(tmp_path, LLAMA_32_1B, method=PAIRS))
+    pairs = _plan(_sampled(_recipe(tmp_path, LLAMA_32_1B, method=PAIRS), "random"))
     assert pairs.sequences_per_micro_batch == 2 * single.sequences_per_micro_batch == 8
     assert pairs.activations == 2 * single.activations
+
+
+def test_batches_split_by_length_count_the_micro_batch(tmp_path):
+    """dpo on a CPU runs its batch of 4 pairs as micro-batches of 2 (split_by_length, the automatic choice):
+    the plan counts 4 sequences, not 8; under a sharding profile or with a GPU the batch is not split."""
+    split = _plan(_recipe(tmp_path, LLAMA_32_1B, method="dpo"))
+    assert split.sequences_per_micro_batch == 4
+    assert (
+        _plan(_sampled(_recipe(tmp_path, LLAMA_32_1B, method="dpo"), "split_by_length")).activations
+        == split.activations
+    )
+    whole = _plan(_sampled(_recipe(tmp_path, LLAMA_32_1B, method="dpo"), "random"))
+    assert whole.sequences_per_micro_batch == 8 and whole.activations == 2 * split.activations
 
 
 def test_a_reference_model_is_counted_unless_lora_or_precomputed_log_probs_replace_it(tmp_path):

@@ -54,6 +54,7 @@ from typing import Any
 from alignkit.launch.device_memory import human
 from alignkit.launch.model_shape import ModelShape, read_shape
 from alignkit.train.attention import BLOCK
+from alignkit.train.batching import split_sizes
 
 ACTIVATIONS_PER_TOKEN = {"hidden": 5, "query": 3, "key_value": 2, "intermediate": 4}
 """Elements autograd keeps per token of one decoder layer, per unit of each width (see the module docstring)."""
@@ -189,6 +190,8 @@ def memory_plan(recipe, launch_plan, device_bytes: int | None = None, *, device:
     sharding = sharding_of(launch_plan)
     state = _state_bytes(run, sharding, launch_plan.world_size)
     batch = launch_plan.per_device_train_batch_size
+    if _splits(recipe, launch_plan):
+        batch = split_sizes(batch)[0]
     full, ckpt, logits = (_activations(run, batch, False), _activations(run, batch, True), _logits(run, batch))
     static = state["weights"] + state["reference_weights"] + state["gradients"] + state["optimizer_states"]
     static += RUNTIME_BYTES.get(launch_plan.device, RUNTIME_BYTES["cpu"])
@@ -398,6 +401,15 @@ def _activations(run: _Run, batch: int, checkpointed: bool) -> int:
     kept = shape.layers * shape.hidden + per_layer if checkpointed else shape.layers * per_layer
     working = BACKWARD_LAYERS * _layer_elements(run, adapters=False)
     return int(tokens * (kept + final_norm + working) * run.activation_bytes)
+
+
+def _splits(recipe, launch_plan) -> bool:
+    """Whether the run's batches go through as micro-batches (`split_by_length`, alignkit.recipe.automatic)."""
+    strategy = recipe.training.train_sampling_strategy
+    splits = recipe.method.splits_by_length
+    automatic = strategy is None and splits is not None and splits(recipe.section) and launch_plan.device == "cpu"
+    single = launch_plan.profile == "none" and launch_plan.world_size == 1
+    return (strategy == "split_by_length" or automatic) and single and launch_plan.per_device_train_batch_size > 1
 
 
 def _layer_elements(run: _Run, adapters: bool = True) -> float:

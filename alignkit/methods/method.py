@@ -146,6 +146,11 @@ class Method:
     (None: the `input_ids` counts)."""
     groups_by_length: bool = False
     """Whether batches of similar length can be sampled for this method (its trainer tolerates any order)."""
+    splits_by_length: Callable[[Any], bool] | None = None
+    """Set where grouping whole batches by length would change what the method learns (dpo: every step's
+    gradient is clipped, so batches of short pairs would weigh as much as batches of long ones): whether the
+    section's loss lets a random batch be split into micro-batches of similar length instead (the same steps,
+    less padding), which a loss comparing rows across the batch does not."""
     fixed_order: Callable[[Any], str | None] = lambda section: None
     """Why the method's trainer must read the rows in dataset order under the section's settings (its
     `trl_settings` then set `train_sampling_strategy: sequential`), or None where any order is fine."""

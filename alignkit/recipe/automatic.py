@@ -94,7 +94,7 @@ def decide(recipe, facts: Facts) -> list[Setting]:
     own = list(recipe.method.automatic(recipe.section, facts))
     section = apply(recipe, own).section
     shared = [
-        _sampling(recipe.method, section, training.train_sampling_strategy),
+        _sampling(recipe.method, section, training, facts),
         _checkpointing(training.gradient_checkpointing, facts),
         _precision(training.mixed_precision, facts),
         _liger(training.use_liger_kernel, facts),
@@ -115,8 +115,9 @@ def apply(recipe, settings: list[Setting]):
     return recipe.model_copy(update=sections)
 
 
-def _sampling(method, section, chosen: str | None) -> Setting:
+def _sampling(method, section, training, facts: Facts) -> Setting:
     path = "training.train_sampling_strategy"
+    chosen = training.train_sampling_strategy
     if chosen is not None:
         return Setting(path, chosen, "set in the recipe", automatic=False)
     fixed = method.fixed_order(section)
@@ -124,6 +125,8 @@ def _sampling(method, section, chosen: str | None) -> Setting:
         return Setting(path, "sequential", fixed)
     if method.packs(section):
         return Setting(path, "random", "packed rows carry no padding, so grouping by length saves nothing")
+    if method.splits_by_length is not None:
+        return _split(method, section, training.per_device_train_batch_size, facts)
     if not method.groups_by_length:
         reason = f"TRL's {method.name} trainer keeps its rows' order or gives no row lengths to group by"
         return Setting(path, "random", reason)
@@ -132,6 +135,26 @@ def _sampling(method, section, chosen: str | None) -> Setting:
         "group_by_length",
         "rows of similar length share a batch, so little compute goes to padding; kept at the start of the"
         " run only if random batches of the prepared rows would be a sixth or more padding",
+    )
+
+
+def _split(method, section, batch: int, facts: Facts) -> Setting:
+    path = "training.train_sampling_strategy"
+    grouped = (
+        f"batches grouped by length would change what {method.name} learns (every step's gradient is clipped,"
+        " so a batch of short rows would weigh as much as a batch of long ones)"
+    )
+    if facts.device != "cpu":
+        return Setting(path, "random", f"{grouped}; splitting batches instead is measured on CPUs only so far")
+    if batch < 2:
+        return Setting(path, "random", f"{grouped}; a batch of one row has nothing to split")
+    if not method.splits_by_length(section):
+        return Setting(path, "random", f"{grouped}; its loss compares rows across the batch, so no splitting either")
+    return Setting(
+        path,
+        "split_by_length",
+        f"{grouped}; random batches instead, each run as micro-batches of similar length that accumulate into"
+        " the same step, so less compute goes to padding (a single process without DeepSpeed or FSDP)",
     )
 
 

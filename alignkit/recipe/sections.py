@@ -164,8 +164,10 @@ class TrainingSection(Section):
     gradient_checkpointing_kwargs: Annotated[dict[str, Any], finite_values] = Field(
         default_factory=lambda: {"use_reentrant": False}
     )
-    train_sampling_strategy: Literal["random", "sequential", "group_by_length"] | None = None
-    """Unset: group_by_length when rows are not packed and the method allows it, else random."""
+    train_sampling_strategy: Literal["random", "sequential", "group_by_length", "split_by_length"] | None = None
+    """Unset: group_by_length when rows are not packed and the method allows it; on a CPU split_by_length for
+    methods whose training grouping would change (dpo: random batches, each run as micro-batches of similar
+    length that accumulate into one step); else random."""
     drop_padding_mask: bool | None = None
     """Leave out the padding mask of right-padded batches so SDPA runs its causal kernel (exact). Unset: on
     unless a flash-attention kernel is used."""

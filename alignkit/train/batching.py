@@ -18,6 +18,10 @@ CPU_LENGTH_MULTIPLE = 16
 """On a CPU, grouped batches are padded up to a multiple of this many tokens. Every new batch length makes
 oneDNN build new matrix kernels; with lengths rounded, a run of 128 batches meets 45 lengths instead of 112,
 for 2% more padded tokens: 3% faster on the reference workload (benchmarks/RESULTS.md)."""
+SPLIT_ROWS = 2
+"""Rows per micro-batch when batches are split by length (`split_by_length`): a random batch's rows sorted by
+length, two by two, pad only to their neighbour's length; one row each would cost a forward and backward call
+per row."""
 WORTH_GROUPING = 0.15
 """The share of a random batch's tokens that must be padding before grouping pays. Grouping changes what a
 step sees (a batch of one length can be a batch of one kind of row: the demo's sums with three digits), so
@@ -32,10 +36,12 @@ class LengthGroupedBatches:
     resumed run relies on to skip the batches it already trained on.
     """
 
-    def __init__(self, lengths: Sequence[int], group: int, seed: int):
+    def __init__(self, lengths: Sequence[int], group: int, seed: int, block_batches: int = BLOCK_BATCHES):
         self.lengths = list(lengths)
         self.group = max(1, group)
         self.seed = seed
+        self.block_batches = block_batches
+        """Groups sorted together; 1 keeps every group a random draw of rows, sorted within (`split_by_length`)."""
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -54,7 +60,7 @@ class LengthGroupedBatches:
 
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        block = self.group * BLOCK_BATCHES
+        block = self.group * self.block_batches
         groups: list[list[int]] = []
         for start in range(0, len(order), block):
             rows = sorted(order[start : start + block], key=self.lengths.__getitem__, reverse=True)
@@ -92,15 +98,32 @@ def grouping_verdict(lengths: Sequence[int], group: int, seed: int) -> tuple[boo
     )
 
 
-def group_by_length(trainer, lengths: Sequence[int], group: int, seed: int) -> LengthGroupedBatches:
+def group_by_length(
+    trainer, lengths: Sequence[int], group: int, seed: int, block_batches: int = BLOCK_BATCHES
+) -> LengthGroupedBatches:
     """Make `trainer` draw its training rows from a `LengthGroupedBatches` sampler, and return the sampler.
 
     transformers builds its sampler in `Trainer._get_train_sampler`; replacing it on this one trainer is
     the only way to give a TRL trainer another sampler without subclassing every trainer class.
     """
-    sampler = LengthGroupedBatches(lengths, group, seed)
+    sampler = LengthGroupedBatches(lengths, group, seed, block_batches)
     trainer._get_train_sampler = lambda train_dataset=None: sampler
     return sampler
+
+
+def split_sizes(batch: int) -> tuple[int, int]:
+    """(rows per micro-batch, micro-batches per batch) when a batch of `batch` rows is split by length. The
+    micro-batches are of equal size, so the mean of their mean losses is the batch's mean loss."""
+    rows = SPLIT_ROWS if batch % SPLIT_ROWS == 0 else 1
+    return rows, batch // rows
+
+
+def split_by_length(config, batch: int) -> None:
+    """Run each batch of `batch` rows as micro-batches (`split_sizes`) accumulated into one step: the
+    config's per-device batch and gradient accumulation are changed in place, before the trainer reads them."""
+    rows, parts = split_sizes(batch)
+    config.per_device_train_batch_size = rows
+    config.gradient_accumulation_steps *= parts
 
 
 def round_batch_lengths(trainer, multiple: int) -> bool:

@@ -18,7 +18,13 @@ from alignkit.hardware import Hardware
 from alignkit.launch.preflight import check_extra
 from alignkit.recipe.automatic import Facts, Setting, apply, decide
 from alignkit.recipe.schema import RecipeBase
-from alignkit.train.batching import CPU_LENGTH_MULTIPLE, group_by_length, grouping_verdict, round_batch_lengths
+from alignkit.train.batching import (
+    CPU_LENGTH_MULTIPLE,
+    group_by_length,
+    grouping_verdict,
+    round_batch_lengths,
+    split_by_length,
+)
 from alignkit.train.compute_dtype import hand_on_in_compute_dtype
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.padding_mask import drop_padding_mask
@@ -66,6 +72,8 @@ def build_trainer(
         output_dir=output_dir,
         extra_kwargs=trainer_kwargs,
     )
+    if recipe.training.train_sampling_strategy == "split_by_length":
+        settings = _split_by_length(config, recipe.training, settings)
     tokenizer, new_tokens = training_tokenizer(recipe)
     data = prepare_data(recipe, tokenizer)
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
@@ -87,8 +95,11 @@ def build_trainer(
     }
     # What the method adds to its trainer's constructor (grpo: the reward functions), built only now.
     trainer = method.trainer()(model=loaded.model, **common, **method.trainer_arguments(recipe.section))
-    if recipe.training.train_sampling_strategy == "group_by_length":
+    sampling = next(s.value for s in settings if s.path == "training.train_sampling_strategy")
+    if sampling == "group_by_length":
         settings = _group_by_length(trainer, method, config, settings, hardware.device)
+    elif sampling == "split_by_length":
+        _sorted_within_batches(trainer, method, config, recipe.training.per_device_train_batch_size, hardware.device)
     if hardware.device == "cpu" and config.bf16:
         hand_on_in_compute_dtype(trainer.model)
     match_adapter_dtype(trainer.model, recipe)
@@ -142,6 +153,29 @@ def _group_by_length(trainer, method, config, settings: list[Setting], device: s
     if device == "cpu" and round_batch_lengths(trainer, CPU_LENGTH_MULTIPLE):
         settings = [_rounded(s) if s.path == path and s.automatic else s for s in settings]
     return settings
+
+
+def _split_by_length(config, training, settings: list[Setting]) -> list[Setting]:
+    """Turn the config's batches into micro-batches accumulated into the same steps, where the launch allows it:
+    under DeepSpeed, FSDP or several processes the micro-batch size is also the launcher's, so random batches
+    are kept there."""
+    path = "training.train_sampling_strategy"
+    if config.deepspeed or config.fsdp or config.world_size > 1:
+        chosen = next(s for s in settings if s.path == path)
+        reason = "batches are not split under DeepSpeed, FSDP or several processes; random batches instead"
+        return [Setting(path, "random", reason, chosen.automatic) if s is chosen else s for s in settings]
+    split_by_length(config, training.per_device_train_batch_size)
+    return settings
+
+
+def _sorted_within_batches(trainer, method, config, batch: int, device: str) -> None:
+    """Serve random batches of `batch` rows with each batch's rows sorted by length, so that the micro-batches
+    the config now takes from them hold rows of similar length."""
+    measure = method.batch_length or (lambda counts: counts["input_ids"])
+    lengths = [int(length) for length in measure(token_counts(trainer.train_dataset))]
+    group_by_length(trainer, lengths, batch, config.seed, block_batches=1)
+    if device == "cpu":
+        round_batch_lengths(trainer, CPU_LENGTH_MULTIPLE)
 
 
 def _rounded(setting: Setting) -> Setting:

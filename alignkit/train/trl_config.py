@@ -77,10 +77,12 @@ def _training_kwargs(recipe: RecipeBase) -> dict[str, Any]:
         "gradient_checkpointing": None,
         "activation_checkpointing": training.gradient_checkpointing,
         "activation_checkpointing_kwargs": dict(training.gradient_checkpointing_kwargs),
-        # alignkit's own sampler does the grouping (alignkit.train.batching); transformers' would also group
-        # evaluation batches, which need no order and whose rows may lack the `input_ids` it reads.
+        # alignkit's own sampler groups or splits by length (alignkit.train.batching); transformers' would also
+        # group evaluation batches, which need no order and whose rows may lack the `input_ids` it reads.
         "train_sampling_strategy": (
-            "random" if training.train_sampling_strategy == "group_by_length" else training.train_sampling_strategy
+            "random"
+            if training.train_sampling_strategy in ("group_by_length", "split_by_length")
+            else training.train_sampling_strategy
         ),
         "eval_strategy": training.eval_strategy,
         "eval_steps": training.eval_steps,
