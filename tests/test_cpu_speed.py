@@ -170,3 +170,36 @@ def test_dpo_batches_run_as_micro_batches_of_similar_length_that_make_the_same_s
     assert statistics.mean(spans) > 0.5 * (max(lengths) - min(lengths))
     micro = [batch for batch in built.trainer.get_train_dataloader()]
     assert len(micro) == 24 and all(len(batch["input_ids"]) == 2 * 2 for batch in micro)  # chosen, rejected
+
+
+def test_splitting_is_kept_only_where_random_batches_would_be_padding_enough():
+    from alignkit.train.batching import splitting_verdict
+
+    worth, reason = splitting_verdict([24 + n % 2 for n in range(512)], batch=16, seed=0)
+    assert not worth and "only 2% padding" in reason
+    rng = random.Random(0)
+    worth, reason = splitting_verdict([int(rng.lognormvariate(5, 0.8)) + 5 for _ in range(512)], batch=8, seed=0)
+    assert worth and reason.startswith("random batches of these rows would be") and "split" in reason
+
+
+def test_dpo_pairs_of_one_length_keep_whole_random_batches(tmp_path, tiny_model_dir):
+    from alignkit.train.factory import build_trainer
+
+    path = tmp_path / "pairs.jsonl"
+    row = {
+        "prompt": [{"role": "user", "content": "one two"}],
+        "chosen": [{"role": "assistant", "content": "three"}],
+        "rejected": [{"role": "assistant", "content": "four"}],
+    }
+    path.write_text((json.dumps(row) + "\n") * 32, encoding="utf-8")
+    recipe = METHODS["dpo"].recipe.model_validate(
+        {
+            "model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"datasets": [{"path": str(path)}]},
+            "training": {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8},
+        }
+    )
+    built = build_trainer(recipe, CPU, output_dir=tmp_path / "out", facts=FACTS)
+    setting = next(s for s in built.settings if s.path == "training.train_sampling_strategy")
+    assert setting.value == "random" and "only 0% padding" in setting.reason
+    assert (built.trainer.args.per_device_train_batch_size, built.trainer.args.gradient_accumulation_steps) == (8, 1)

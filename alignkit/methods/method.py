@@ -151,6 +151,9 @@ class Method:
     gradient is clipped, so batches of short pairs would weigh as much as batches of long ones): whether the
     section's loss lets a random batch be split into micro-batches of similar length instead (the same steps,
     less padding), which a loss comparing rows across the batch does not."""
+    text_lengths: Callable[[Any, Any], list[int]] | None = None
+    """The padded length of each prepared row (a dataset slice of rendered text) under a tokenizer, before the
+    trainer tokenizes: what decides, before the trainer is built, whether splitting batches pays."""
     fixed_order: Callable[[Any], str | None] = lambda section: None
     """Why the method's trainer must read the rows in dataset order under the section's settings (its
     `trl_settings` then set `train_sampling_strategy: sequential`), or None where any order is fine."""

@@ -69,8 +69,11 @@ class LengthGroupedBatches:
         return [groups[i] for i in shuffled]
 
 
-def padding_share(lengths: Sequence[int], batches: list[list[int]]) -> float:
-    """The share of the padded tokens of `batches` that are padding."""
+def padding_share(lengths: Sequence[int], batches: list[list[int]], rows: int | None = None) -> float:
+    """The share of the padded tokens of `batches` that are padding (each padded as micro-batches of `rows`
+    consecutive rows where given)."""
+    if rows is not None:
+        batches = [batch[i : i + rows] for batch in batches for i in range(0, len(batch), rows)]
     padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches if batch)
     real = sum(lengths[i] for batch in batches for i in batch)
     return 1 - real / padded if padded else 0.0
@@ -96,6 +99,20 @@ def grouping_verdict(lengths: Sequence[int], group: int, seed: int) -> tuple[boo
         f"random batches of these rows would be {at_random:.0%} padding, batches of similar length"
         f" {grouped:.0%} (measured on the prepared data; batches still come in random order)"
     )
+
+
+def splitting_verdict(lengths: Sequence[int], batch: int, seed: int) -> tuple[bool, str]:
+    """Whether splitting random batches of `batch` rows by length pays for these rows, and the measured reason:
+    like grouping, only where random batches would be padding enough (`WORTH_GROUPING`) to repay the calls."""
+    at_random = padding_share(lengths, random_batches(len(lengths), batch, seed))
+    if at_random < WORTH_GROUPING:
+        return False, (
+            f"random batches of these rows are only {at_random:.0%} padding, too little to pay for micro-batches"
+            " (measured on the prepared data); random batches instead"
+        )
+    rows, _ = split_sizes(batch)
+    split = padding_share(lengths, LengthGroupedBatches(lengths, batch, seed, block_batches=1).batches(), rows)
+    return True, f"random batches of these rows would be {at_random:.0%} padding, split {split:.0%} (measured)"
 
 
 def group_by_length(

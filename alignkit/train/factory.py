@@ -24,11 +24,15 @@ from alignkit.train.batching import (
     grouping_verdict,
     round_batch_lengths,
     split_by_length,
+    splitting_verdict,
 )
 from alignkit.train.compute_dtype import hand_on_in_compute_dtype
 from alignkit.train.modeling import LoadedModel, load_model, match_adapter_dtype
 from alignkit.train.padding_mask import drop_padding_mask
 from alignkit.train.trl_config import build_trl_config
+
+SPLIT_SAMPLE = 2000
+"""Rows tokenized to decide whether splitting batches pays (a sample: the prepared rows are text)."""
 
 
 @dataclass
@@ -72,10 +76,10 @@ def build_trainer(
         output_dir=output_dir,
         extra_kwargs=trainer_kwargs,
     )
-    if recipe.training.train_sampling_strategy == "split_by_length":
-        settings = _split_by_length(config, recipe.training, settings)
     tokenizer, new_tokens = training_tokenizer(recipe)
     data = prepare_data(recipe, tokenizer)
+    if recipe.training.train_sampling_strategy == "split_by_length":
+        settings = _split_by_length(config, recipe, settings, data.train, tokenizer)
     loaded = load_model(recipe, hardware, tokenizer, new_tokens=new_tokens)
     if recipe.training.drop_padding_mask:
         drop_padding_mask(loaded.model)
@@ -155,16 +159,26 @@ def _group_by_length(trainer, method, config, settings: list[Setting], device: s
     return settings
 
 
-def _split_by_length(config, training, settings: list[Setting]) -> list[Setting]:
-    """Turn the config's batches into micro-batches accumulated into the same steps, where the launch allows it:
-    under DeepSpeed, FSDP or several processes the micro-batch size is also the launcher's, so random batches
-    are kept there."""
+def _split_by_length(config, recipe, settings: list[Setting], rows, tokenizer) -> list[Setting]:
+    """Turn the config's batches into micro-batches accumulated into the same steps, where the launch allows it
+    (under DeepSpeed, FSDP or several processes the micro-batch size is also the launcher's) and, for an
+    automatic choice, where random batches of the data would be padding enough to pay for the extra calls."""
     path = "training.train_sampling_strategy"
-    if config.deepspeed or config.fsdp or config.world_size > 1:
-        chosen = next(s for s in settings if s.path == path)
-        reason = "batches are not split under DeepSpeed, FSDP or several processes; random batches instead"
+    chosen = next(s for s in settings if s.path == path)
+
+    def instead(reason: str) -> list[Setting]:
         return [Setting(path, "random", reason, chosen.automatic) if s is chosen else s for s in settings]
-    split_by_length(config, training.per_device_train_batch_size)
+
+    if config.deepspeed or config.fsdp or config.world_size > 1:
+        return instead("batches are not split under DeepSpeed, FSDP or several processes; random batches instead")
+    batch = recipe.training.per_device_train_batch_size
+    if chosen.automatic and recipe.method.text_lengths is not None:
+        sample = rows.shuffle(seed=config.seed).select(range(min(len(rows), SPLIT_SAMPLE)))
+        worth, reason = splitting_verdict(recipe.method.text_lengths(sample, tokenizer), batch, config.seed)
+        if not worth:
+            return instead(reason)
+        settings = [Setting(path, chosen.value, f"{chosen.reason}; {reason}") if s is chosen else s for s in settings]
+    split_by_length(config, batch)
     return settings
 
 
