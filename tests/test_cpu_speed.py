@@ -203,3 +203,44 @@ def test_dpo_pairs_of_one_length_keep_whole_random_batches(tmp_path, tiny_model_
     setting = next(s for s in built.settings if s.path == "training.train_sampling_strategy")
     assert setting.value == "random" and "only 0% padding" in setting.reason
     assert (built.trainer.args.per_device_train_batch_size, built.trainer.args.gradient_accumulation_steps) == (8, 1)
+
+
+def test_split_batches_take_the_same_steps_as_whole_ones(tmp_path, tiny_model_dir):
+    """Three dpo steps of 8 pairs, run whole and run as four micro-batches of 2 sorted by length, from the same
+    weights over the same rows in the same order: the same weights after (float32, to its rounding)."""
+    from alignkit.train.factory import build_trainer
+
+    pairs = _pairs(tmp_path / "pairs.jsonl")
+    trained = []
+    for strategy in ("split_by_length", "random"):
+        out = tmp_path / strategy
+        recipe = METHODS["dpo"].recipe.model_validate(
+            {
+                "model": {"name_or_path": str(tiny_model_dir)},
+                "data": {"datasets": [{"path": str(pairs)}]},
+                "training": {
+                    "output_dir": str(out),
+                    "per_device_train_batch_size": 8,
+                    "max_steps": 3,
+                    "learning_rate": 1e-3,
+                    "mixed_precision": "no",
+                    "save_strategy": "no",
+                    "train_sampling_strategy": strategy,
+                },
+            }
+        )
+        built = build_trainer(recipe, CPU, output_dir=out, facts=FACTS)
+        if strategy == "split_by_length":
+            order = list(built.trainer._get_train_sampler())
+        else:
+            built.trainer._get_train_sampler = lambda dataset=None, order=order: order
+        built.trainer.train()
+        trained.append({k: v.detach().clone() for k, v in built.trainer.model.named_parameters()})
+    split, whole = trained
+    from transformers import AutoModelForCausalLM
+
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert (whole[weight] - start[weight]).abs().max() > 1e-4  # three steps did move it
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-5)
