@@ -245,3 +245,21 @@ def test_split_batches_take_the_same_steps_as_whole_ones(tmp_path, tiny_model_di
     assert (whole[weight] - start[weight]).abs().max() > 1e-4  # three steps did move it
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-5)
+
+
+def test_split_batches_are_the_trainers_own_random_batches_in_its_order():
+    """With block_batches=1 the groups are the batches accelerate's seeded sampler (what transformers' Trainer
+    iterates) draws for the same seed and epoch, in the same order, each sorted by length."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    from alignkit.train.batching import LengthGroupedBatches
+
+    lengths = [random.Random(n).randint(5, 500) for n in range(100)]
+    ours = LengthGroupedBatches(lengths, group=8, seed=43, block_batches=1)
+    theirs = SeedableRandomSampler(range(100), data_seed=43)
+    for epoch in (0, 1):
+        ours.set_epoch(epoch)
+        theirs.set_epoch(epoch)
+        drawn = list(theirs)
+        expected = [sorted(drawn[i : i + 8], key=lengths.__getitem__, reverse=True) for i in range(0, 100, 8)]
+        assert ours.batches() == expected

@@ -41,7 +41,8 @@ class LengthGroupedBatches:
         self.group = max(1, group)
         self.seed = seed
         self.block_batches = block_batches
-        """Groups sorted together; 1 keeps every group a random draw of rows, sorted within (`split_by_length`)."""
+        """Groups sorted together; 1 keeps every group a random draw of rows, sorted within, in the order drawn
+        (`split_by_length`: the trainer's own random batches)."""
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -65,6 +66,10 @@ class LengthGroupedBatches:
         for start in range(0, len(order), block):
             rows = sorted(order[start : start + block], key=self.lengths.__getitem__, reverse=True)
             groups += [rows[i : i + self.group] for i in range(0, len(rows), self.group)]
+        if self.block_batches == 1:
+            # Each group is already a random draw, in the order the permutation drew it: the batches, and their
+            # order, of transformers' seeded random sampler (accelerate's SeedableRandomSampler) for this seed.
+            return groups
         shuffled = torch.randperm(len(groups), generator=generator).tolist()
         return [groups[i] for i in shuffled]
 
