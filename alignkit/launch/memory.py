@@ -404,12 +404,12 @@ def _activations(run: _Run, batch: int, checkpointed: bool) -> int:
 
 
 def _splits(recipe, launch_plan) -> bool:
-    """Whether the run's batches go through as micro-batches (`split_by_length`, alignkit.recipe.automatic)."""
-    strategy = recipe.training.train_sampling_strategy
-    splits = recipe.method.splits_by_length
-    automatic = strategy is None and splits is not None and splits(recipe.section) and launch_plan.device == "cpu"
+    """Whether the run's batches surely go through as micro-batches: only when the recipe asks for
+    `split_by_length`; the automatic choice splits only data whose random batches would be mostly padding
+    (decided on the data at the start of the run), so the plan keeps its worst case, whole batches."""
     single = launch_plan.profile == "none" and launch_plan.world_size == 1
-    return (strategy == "split_by_length" or automatic) and single and launch_plan.per_device_train_batch_size > 1
+    chosen = recipe.training.train_sampling_strategy == "split_by_length"
+    return chosen and single and launch_plan.per_device_train_batch_size > 1
 
 
 def _layer_elements(run: _Run, adapters: bool = True) -> float:
