@@ -95,6 +95,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama") / "model", hidden_size=32, intermediate_size=64)
 
 
+@pytest.fixture
+def small_llama():
+    """Builds an in-memory 2-layer Llama (hidden 32, 4 query heads, seeded weights) with `kv_heads` key/value
+    heads: the same weights every call, so two builds compare kernels or settings."""
+
+    def build(kv_heads: int = 4):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+        config = LlamaConfig(**shape, num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128)
+        return LlamaForCausalLM(config)
+
+    return build
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped where torch sees no CUDA device (torch is imported only if one is collected)."""
     gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]

@@ -16,22 +16,16 @@ from alignkit.train.attention import NAME, register
 CPU = Facts(device="cpu", bf16=True, flash_attn=False, liger=False, activations_fit=True, memory_reason="1 of 8 GiB")
 
 
-def _model(kernel: str, kv_heads: int = 4):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.fixture
+def model_with(small_llama):
+    """The small Llama with `kernel` as its attention."""
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config)
-    model.set_attn_implementation(register() if kernel == NAME else kernel)
-    return model
+    def build(kernel: str, kv_heads: int = 4):
+        model = small_llama(kv_heads)
+        model.set_attn_implementation(register() if kernel == NAME else kernel)
+        return model
+
+    return build
 
 
 @pytest.fixture
@@ -43,11 +37,11 @@ def small_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_logits_and_gradients_equal_sdpa_across_blocks(small_blocks, kv_heads):
+def test_logits_and_gradients_equal_sdpa_across_blocks(small_blocks, kv_heads, model_with):
     ids = torch.randint(0, 64, (3, 29), generator=torch.Generator().manual_seed(1))
     results = []
     for kernel in ("sdpa", NAME):
-        model = _model(kernel, kv_heads)
+        model = model_with(kernel, kv_heads)
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         results.append((out.logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
@@ -56,18 +50,19 @@ def test_logits_and_gradients_equal_sdpa_across_blocks(small_blocks, kv_heads):
     torch.testing.assert_close(ours_grad, sdpa_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_a_padding_mask_goes_to_sdpa_unchanged(small_blocks):
+def test_a_padding_mask_goes_to_sdpa_unchanged(small_blocks, model_with):
     ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[0, :5] = 0  # left padding: a real mask, which the blocked path never sees
-    sdpa, ours = (_model(kernel)(input_ids=ids, attention_mask=mask).logits for kernel in ("sdpa", NAME))
+    sdpa, ours = (model_with(kernel)(input_ids=ids, attention_mask=mask).logits for kernel in ("sdpa", NAME))
     torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
 
 
-def test_generation_with_a_cache_matches_sdpa(small_blocks):
+def test_generation_with_a_cache_matches_sdpa(small_blocks, model_with):
     prompt = torch.randint(0, 64, (1, 19), generator=torch.Generator().manual_seed(3))
     outputs = [
-        _model(kernel).generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0) for kernel in ("sdpa", NAME)
+        model_with(kernel).generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        for kernel in ("sdpa", NAME)
     ]
     assert torch.equal(outputs[0], outputs[1])
 
@@ -89,10 +84,10 @@ def test_the_cpu_default_and_what_a_gpu_gets():
     assert chosen(CPU, attn_implementation="sdpa") == ("sdpa", False)
 
 
-def test_a_model_saved_after_blocked_attention_loads_with_the_stock_kernels(tmp_path):
+def test_a_model_saved_after_blocked_attention_loads_with_the_stock_kernels(tmp_path, model_with):
     from transformers import AutoModelForCausalLM
 
-    model = _model(NAME)
+    model = model_with(NAME)
     model.save_pretrained(tmp_path)
     assert NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
@@ -135,12 +130,12 @@ def test_the_written_out_backward_matches_float64_autograd(small_blocks, offset,
             torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=relative, atol=tolerance)
 
 
-def test_training_under_bf16_autocast_follows_float32(small_blocks):
+def test_training_under_bf16_autocast_follows_float32(small_blocks, model_with):
     """A model step under CPU autocast: the loss and a gradient land where float32's do, to bf16's precision."""
     ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(6))
     results = []
     for autocast in (False, True):
-        model = _model(NAME, kv_heads=2)
+        model = model_with(NAME, kv_heads=2)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()

@@ -69,24 +69,8 @@ def test_random_batches_are_not_padded_further(tmp_path, tiny_model_dir):
     assert built.trainer.data_collator.pad_to_multiple_of is None
 
 
-def _llama(kv_heads: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config)
-
-
-def test_norms_hand_on_bf16_only_under_cpu_autocast_and_rotary_tables_stay_float32():
-    model = _llama()
+def test_norms_hand_on_bf16_only_under_cpu_autocast_and_rotary_tables_stay_float32(small_llama):
+    model = small_llama(2)
     ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
     plain = model(input_ids=ids).logits
     assert hand_on_in_compute_dtype(model) == 2 * 2 + 1  # two norms a layer and the final norm
@@ -106,11 +90,11 @@ def test_norms_hand_on_bf16_only_under_cpu_autocast_and_rotary_tables_stay_float
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_a_step_under_autocast_matches_the_unhooked_step_to_bf16_precision(kv_heads):
+def test_a_step_under_autocast_matches_the_unhooked_step_to_bf16_precision(small_llama, kv_heads):
     ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(2))
     results = []
     for hooked in (False, True):
-        model = _llama(kv_heads)
+        model = small_llama(kv_heads)
         if hooked:
             hand_on_in_compute_dtype(model)
         reads = []

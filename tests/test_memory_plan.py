@@ -185,6 +185,14 @@ def test_batches_split_by_length_count_the_micro_batch(tmp_path):
     assert split.sequences_per_micro_batch == 4
     automatic = _plan(_recipe(tmp_path, LLAMA_32_1B, method="dpo"))
     assert automatic.sequences_per_micro_batch == 8 and automatic.activations == 2 * split.activations
+    # Beside its whole batches, the automatic plan gives what the run needs if the data makes it split.
+    assert automatic.total_if_split == split.planned_total < automatic.planned_total
+    assert automatic.as_dict()["total_if_split"] == split.planned_total
+    assert any(note.startswith("if the run splits each batch into micro-batches of 2") for note in automatic.notes)
+    assert split.total_if_split is None
+    assert _plan(_sampled(_recipe(tmp_path, LLAMA_32_1B, method="dpo"), "random")).total_if_split is None
+    sharded = _plan(_recipe(tmp_path, LLAMA_32_1B, method="dpo"), launch="zero2", processes=2)
+    assert sharded.total_if_split is None and sharded.sequences_per_micro_batch == 8
 
 
 def test_a_reference_model_is_counted_unless_lora_or_precomputed_log_probs_replace_it(tmp_path):

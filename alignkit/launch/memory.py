@@ -54,7 +54,7 @@ from typing import Any
 from alignkit.launch.device_memory import human
 from alignkit.launch.model_shape import ModelShape, read_shape
 from alignkit.train.attention import BLOCK
-from alignkit.train.batching import split_sizes
+from alignkit.train.batching import WORTH_GROUPING, split_sizes
 
 ACTIVATIONS_PER_TOKEN = {"hidden": 5, "query": 3, "key_value": 2, "intermediate": 4}
 """Elements autograd keeps per token of one decoder layer, per unit of each width (see the module docstring)."""
@@ -108,6 +108,9 @@ class MemoryPlan:
     max_micro_batch: int | None = None
     """Largest per-device batch that fits with the run's checkpointing (0: not even one)."""
     max_micro_batch_checkpointed: int | None = None
+    total_if_split: int | None = None
+    """The total with the run's checkpointing if it splits its batches by length, which the automatic sampling
+    decides on the data at the start of the run; None where the run surely splits or never does."""
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -176,6 +179,7 @@ class _Run:
     blocked: bool
     repeat_kv: bool
     optimizer: str
+    sampling: str | None
 
 
 def memory_plan(recipe, launch_plan, device_bytes: int | None = None, *, device: str = "") -> MemoryPlan:
@@ -190,12 +194,17 @@ def memory_plan(recipe, launch_plan, device_bytes: int | None = None, *, device:
     sharding = sharding_of(launch_plan)
     state = _state_bytes(run, sharding, launch_plan.world_size)
     batch = launch_plan.per_device_train_batch_size
-    if _splits(recipe, launch_plan):
+    splitting = _splitting(recipe, run, launch_plan)
+    if splitting == "surely":
         batch = split_sizes(batch)[0]
     full, ckpt, logits = (_activations(run, batch, False), _activations(run, batch, True), _logits(run, batch))
     static = state["weights"] + state["reference_weights"] + state["gradients"] + state["optimizer_states"]
     static += RUNTIME_BYTES.get(launch_plan.device, RUNTIME_BYTES["cpu"])
     chosen = recipe.training.gradient_checkpointing
+    split = None
+    if splitting == "maybe":
+        rows = split_sizes(batch)[0]
+        split = (rows, *(static + _activations(run, rows, kept) + _logits(run, rows) for kept in (False, True)))
     plan = dict(
         model=run.shape.source.removesuffix("/config.json"),
         parameters=run.shape.parameters(),
@@ -221,8 +230,22 @@ def memory_plan(recipe, launch_plan, device_bytes: int | None = None, *, device:
         notes=sharding.notes,
     )
     if device_bytes is None:
-        return MemoryPlan(checkpointing=bool(chosen) if chosen is not None else True, **plan)
-    return _judged(plan, run, static, device_bytes, chosen)
+        result = MemoryPlan(checkpointing=bool(chosen) if chosen is not None else True, **plan)
+    else:
+        result = _judged(plan, run, static, device_bytes, chosen)
+    return _with_split(result, split) if split else result
+
+
+def _with_split(plan: MemoryPlan, split: tuple[int, int, int]) -> MemoryPlan:
+    """The plan with what a run that splits its batches would need, beside the whole batches' totals."""
+    rows, total, total_checkpointed = split
+    if_split = total_checkpointed if plan.checkpointing else total
+    note = (
+        f"if the run splits each batch into micro-batches of {rows} (the automatic sampling does where random"
+        f" batches of the prepared rows would be {WORTH_GROUPING:.0%} or more padding): {human(if_split)}"
+        f" {'with' if plan.checkpointing else 'without'} checkpointing; the totals above are for whole batches"
+    )
+    return MemoryPlan(**{**asdict(plan), "total_if_split": if_split, "notes": [*plan.notes, note]})
 
 
 def activations_fit(recipe, launch_plan, device_bytes: int | None) -> bool | None:
@@ -319,6 +342,7 @@ def _run_of(recipe, launch_plan) -> _Run:
         # blocked_matmul runs each key/value head against its query heads in one product, never repeating it.
         repeat_kv=attention == "eager" or not recipe.training.drop_padding_mask,
         optimizer=recipe.training.optim,
+        sampling=recipe.training.train_sampling_strategy,
     )
 
 
@@ -403,13 +427,17 @@ def _activations(run: _Run, batch: int, checkpointed: bool) -> int:
     return int(tokens * (kept + final_norm + working) * run.activation_bytes)
 
 
-def _splits(recipe, launch_plan) -> bool:
-    """Whether the run's batches surely go through as micro-batches: only when the recipe asks for
-    `split_by_length`; the automatic choice splits only data whose random batches would be mostly padding
-    (decided on the data at the start of the run), so the plan keeps its worst case, whole batches."""
+def _splitting(recipe, run: _Run, launch_plan) -> str:
+    """Whether the run's batches go through as micro-batches: "surely" when the recipe asks for
+    `split_by_length`, "maybe" when the automatic sampling chose it (it then splits only data whose random
+    batches would be mostly padding, decided on the data at the start of the run, so the plan keeps whole
+    batches, its worst case, and gives the split total beside them), else "never"."""
     single = launch_plan.profile == "none" and launch_plan.world_size == 1
-    chosen = recipe.training.train_sampling_strategy == "split_by_length"
-    return chosen and single and launch_plan.per_device_train_batch_size > 1
+    if not (single and launch_plan.per_device_train_batch_size > 1):
+        return "never"
+    if recipe.training.train_sampling_strategy == "split_by_length":
+        return "surely"
+    return "maybe" if run.sampling == "split_by_length" else "never"
 
 
 def _layer_elements(run: _Run, adapters: bool = True) -> float:

@@ -134,7 +134,7 @@ def _sampling(method, section, training, facts: Facts) -> Setting:
         path,
         "group_by_length",
         "rows of similar length share a batch, so little compute goes to padding; kept at the start of the"
-        " run only if random batches of the prepared rows would be a sixth or more padding",
+        " run only if random batches of the prepared rows would be 15% or more padding",
     )
 
 
