@@ -221,3 +221,31 @@ output_dir: {tmp_path / "out"}
     everything = rows_of(prepared.train, tokenizer) + rows_of(prepared.test, tokenizer)
     assert Counter(t for t, _ in everything) == {"cats": 26, "dogs": 20}
     assert [s.train_rows + s.test_rows for s in prepared.report.sources] == [20, 6, 20]
+
+
+def test_a_single_source_keeps_its_order_so_the_trainer_draws_the_batches_plain_trl_would(tmp_path):
+    """The trainer's sampler shuffles the rows with training.seed; shuffling them here too would make the same
+    seed draw other batches than a TRL script over the same file."""
+    a = save_dict(tmp_path, "a", "cats", {"train": 20})
+    prepared, tokenizer = prepare([{"path": str(a)}])
+    assert rows_of(prepared.train, tokenizer) == [("cats", i) for i in range(20)]
+    # A re-split still tests on random rows; the training rows keep the file's order.
+    split, _ = prepare([{"path": str(a)}], test_split_size=5)
+    trained = [n for _, n in rows_of(split.train, tokenizer)]
+    tested = sorted(n for _, n in rows_of(split.test, tokenizer))
+    assert trained == sorted(set(range(20)) - set(tested)) and tested != list(range(15, 20))
+    # A test source beside it leaves the training source's order alone as well.
+    both = save_dict(tmp_path, "b", "dogs", {"train": 6, "test": 3})
+    with_test, _ = prepare([{"path": str(both)}, {"path": str(both), "split": "test"}])
+    assert rows_of(with_test.train, tokenizer) == [("dogs", i) for i in range(6)]
+
+
+def test_several_sources_are_shuffled_together(tmp_path):
+    a = save_dict(tmp_path, "a", "cats", {"train": 12})
+    b = save_dict(tmp_path, "b", "dogs", {"train": 8})
+    prepared, tokenizer = prepare([{"path": str(a)}, {"path": str(b)}])
+    tags = [tag for tag, _ in rows_of(prepared.train, tokenizer)]
+    assert sorted(tags) == ["cats"] * 12 + ["dogs"] * 8
+    assert tags != sorted(tags)  # interleaved, not one source after the other
+    again, _ = prepare([{"path": str(a)}, {"path": str(b)}])
+    assert rows_of(again.train, tokenizer) == rows_of(prepared.train, tokenizer)

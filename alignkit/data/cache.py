@@ -19,8 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# Bumped whenever the rows a recipe produces change (2: plain-text pairs untemplated, chat_template_kwargs).
-FORMAT_VERSION = 2
+# Bumped whenever the rows a recipe produces change (2: plain-text pairs untemplated, chat_template_kwargs;
+# 3: a single source's training rows keep its order).
+FORMAT_VERSION = 3
 """Bumped whenever preprocessing changes what it produces, so old entries are not reused."""
 
 

@@ -2,7 +2,8 @@
 
 Per source: load, detect the format, remove benchmark rows (training rows only), pick the weighted rows,
 then normalise, render and tokenize the picked rows in one pass (`data.num_proc` workers). The sources are
-pooled and shuffled, and re-split when `test_split_size` asks for it. The result is cached by content
+pooled (several shuffled together; a single source's training rows keep its order, which the trainer's
+sampler shuffles), and re-split when `test_split_size` asks for it. The result is cached by content
 fingerprint; on several processes the main process prepares it first and the others read the cache.
 
 Output columns, by the shape of rows the recipe's method asks for (what TRL 1.16 takes without
@@ -359,14 +360,14 @@ def _pool(recipe, parts: list[tuple[int, _Processed]], report: DataReport):
     meta["_source"] = np.concatenate([np.full(len(p.dataset), position) for position, p in parts])
     train_idx = np.concatenate([p.train + offset for (_, p), offset in zip(parts, offsets, strict=False)])
     test_idx = np.concatenate([p.test + offset for (_, p), offset in zip(parts, offsets, strict=False)])
-    train_idx = train_idx[np.random.default_rng(data.seed).permutation(len(train_idx))]
+    order = np.random.default_rng(data.seed).permutation(len(train_idx))
     if len(test_idx):
         if data.test_split_size:
             report.notices.append("test_split_size is ignored: the sources with role test (or both) are the test set")
     elif any(s.role in ("test", "both") for s in data.datasets):
         raise _empty("test", report)
     elif data.test_split_size:
-        n_test = mixture.test_rows(len(train_idx), data.test_split_size)
+        n_test = mixture.test_rows(len(order), data.test_split_size)
         if n_test >= len(train_idx) or n_test == 0:
             raise UserError(
                 Problem(
@@ -377,15 +378,30 @@ def _pool(recipe, parts: list[tuple[int, _Processed]], report: DataReport):
                 )
             )
         # The shuffled pool's last rows become the test set.
-        train_idx, test_idx = train_idx[: len(train_idx) - n_test], train_idx[len(train_idx) - n_test :]
+        order, test_idx = order[: len(order) - n_test], train_idx[order[len(order) - n_test :]]
+        train_idx = train_idx[_training_order(order, parts)]
         size = len(report.sources)
         train_counts = np.bincount(meta["_source"][train_idx], minlength=size)
         test_counts = np.bincount(meta["_source"][test_idx], minlength=size)
         for position, source in enumerate(report.sources):
             source.train_rows, source.test_rows = int(train_counts[position]), int(test_counts[position])
+    else:
+        train_idx = train_idx[_training_order(order, parts)]
     train = pooled.select(train_idx)
     test = pooled.select(test_idx) if len(test_idx) else None
     return train, test, {name: values[train_idx] for name, values in meta.items()}
+
+
+def _training_order(order, parts: list[tuple[int, _Processed]]):
+    """The pool positions of the training rows, in the order the trainer gets them. The rows of a single source
+    keep the source's order: the trainer's sampler shuffles them with `training.seed` as plain TRL's does over
+    the same file, so the same seed draws the same batches as a TRL script. Several sources are shuffled
+    together (`data.seed`), so that packing and sequential reading see them interleaved."""
+    import numpy as np
+
+    if sum(1 for _, part in parts if len(part.train)) > 1:
+        return order
+    return np.sort(order)
 
 
 def _empty(which: str, report: DataReport) -> UserError:
