@@ -26,17 +26,25 @@ if [ "$1" = "requeue" ]; then echo "requeue $2" >> "$STANDIN_LOG"; exit 0; fi
 exit 1
 """,
     # Drop srun's own options, then run the command once per node of the allocation (all on this host), as
-    # --ntasks-per-node=1 does; fail when any task fails, as --kill-on-bad-exit does.
+    # --ntasks-per-node=1 does; when a task fails, stop the others and fail, as --kill-on-bad-exit does.
+    # STANDIN_LATE_NODE0: node 0 starts that many seconds after the others, as on a slow node.
     "srun": """#!/bin/bash
 echo "srun $*" >> "$STANDIN_LOG"
 while [ $# -gt 0 ] && [ "${1#--}" != "$1" ]; do shift; done
 pids=()
 for ((node = 0; node < ${SLURM_NNODES:-1}; node++)); do
-  SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 "$@" &
+  (
+    if [ "$node" -eq 0 ]; then sleep "${STANDIN_LATE_NODE0:-0}"; fi
+    SLURM_NODEID=$node SLURM_PROCID=$node SLURM_LOCALID=0 exec "$@"
+  ) &
   pids+=($!)
 done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for ((left = ${#pids[@]}; left > 0; left--)); do
+  wait -n "${pids[@]}"
+  code=$?
+  if [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then status=$code; kill "${pids[@]}" 2>/dev/null; fi
+done
 exit $status
 """,
     "sbatch": """#!/bin/bash

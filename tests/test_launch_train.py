@@ -255,7 +255,8 @@ def test_a_worker_that_fails_ends_the_launch_with_its_error(tiny_sft_recipe, tmp
 def test_slurm_script_trains_with_two_cpu_processes(
     tiny_sft_recipe, tiny_model_dir, one_process_steps, tmp_path, nodes, gpus_per_node
 ):
-    """One node with two processes, and two "nodes" (both on this host, one shared output directory)."""
+    """One node with two processes, and two "nodes" (both on this host, one shared output directory; node 0
+    starts 5 s late, so node 1 waits for the run node 0 starts)."""
     from test_launch_slurm import STAND_INS
 
     from alignkit.launch.job import JobSpec, plan_job
@@ -279,6 +280,7 @@ def test_slurm_script_trains_with_two_cpu_processes(
         "SLURM_JOB_NODELIST": "127.0.0.1",
         "SLURM_NNODES": str(nodes),
         "SLURM_JOB_ID": "7",
+        "STANDIN_LATE_NODE0": "5" if nodes > 1 else "0",
     }
     started = time.perf_counter()
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900, check=False)
