@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -113,16 +114,25 @@ def probe(tmp_path, monkeypatch):
     return env, records
 
 
+def _bounded(command: list[str], env, timeout: float) -> subprocess.CompletedProcess:
+    """Run `command` in its own process group; past `timeout` the whole group is killed and the test fails.
+    (subprocess.run's timeout kills only the child, then waits for output that its workers still hold.)"""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} ran past {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _alignkit(env, *args, timeout=900) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "alignkit", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,  # turns a hang into a failure; runs take well under a minute
-        check=False,
-    )
+    # The timeout turns a hang into a failure; runs take well under a minute.
+    result = _bounded([sys.executable, "-m", "alignkit", *map(str, args)], env, timeout)
     return result, time.perf_counter() - started
 
 
@@ -283,7 +293,7 @@ def test_slurm_script_trains_with_two_cpu_processes(
         "STANDIN_LATE_NODE0": "5" if nodes > 1 else "0",
     }
     started = time.perf_counter()
-    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=900, check=False)
+    result = _bounded(["bash", str(script)], env, timeout=900)
     print(f"slurm script, {nodes} node(s) x {gpus_per_node} CPU process(es): {time.perf_counter() - started:.1f} s")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "srun --ntasks-per-node=1" in (tmp_path / "standin.log").read_text()
