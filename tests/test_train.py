@@ -293,6 +293,26 @@ def test_a_foreign_folder_is_refused(cli, tiny_model_dir, data_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_a_folder_another_machine_has_begun_is_not_foreign(tmp_path):
+    """Machines sharing one output folder each freeze the same recipe there: the lock, the recipe, its
+    temporary file and the launch folder, before any run record, must not read as another program's folder
+    (machine 0 refused it once and left machine 1 waiting at the rendezvous); anything else still does."""
+    from types import SimpleNamespace
+
+    from alignkit.errors import UserError
+    from alignkit.launch.start import prepare_output_dir
+
+    out = tmp_path / "shared"
+    (out / "launch" / "node1").mkdir(parents=True)
+    for name in ("alignkit_recipe.yaml", ".alignkit_recipe.yaml.x1y2", ".alignkit_run.json.z3", ".alignkit.lock"):
+        (out / name).write_text("")
+    resolved = SimpleNamespace(output_dir=out)
+    assert prepare_output_dir(resolved, overwrite=False) == "new"
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="exists and holds no alignkit run"):
+        prepare_output_dir(resolved, overwrite=False)
+
+
 def test_a_killed_run_resumes_to_the_same_weights(cli, tiny_model_dir, data_dir, tmp_path):
     from transformers import TrainerCallback
 

@@ -11,13 +11,11 @@ through the launch module, each reading the frozen recipe.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +30,15 @@ from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.secrets import redact
 from alignkit.recipe.yamlio import dump_yaml
-from alignkit.run_record import RECIPE_FILE, RunRecord, changed_fields, checkpoints, read_info, says_finished
+from alignkit.run_record import RECIPE_FILE, RUN_FILE, RunRecord, changed_fields, checkpoints, read_info, says_finished
 from alignkit.train.checkpoints import MARKS_CHECKPOINTS
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
-JOIN_SECONDS = 600
-"""How long a machine other than the first waits for machine 0 to start the run it joins."""
-JOIN_SLACK_SECONDS = 120
-"""How much earlier than a joining machine machine 0 may have started this launch's run (clock skew, a
-slower start on this machine)."""
-JOIN_POLL_SECONDS = 1.0
+
+def _alignkit_start(name: str) -> bool:
+    """Whether `name` is what a run writes before its run record: the lock, the frozen recipe (and its
+    temporary file), the launch folder. On several machines sharing one output folder, each freezes the same
+    recipe there; one that has begun must not make the folder look foreign to another's check."""
+    return name in (LOCK_FILE, RECIPE_FILE, "launch") or name.startswith((f".{RECIPE_FILE}.", f".{RUN_FILE}."))
 
 
 def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
@@ -49,7 +46,7 @@ def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
     out = resolved.output_dir
     info = read_info(out)
     if info is None:
-        if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
+        if out.exists() and (not out.is_dir() or any(not _alignkit_start(p.name) for p in out.iterdir())):
             raise UserError(
                 Problem(
                     source=str(out),
@@ -128,7 +125,7 @@ def freeze_run(
         f"# Re-run it with: alignkit {resolved.method} --recipe {out / RECIPE_FILE}\n"
     )
     atomic_write(out / RECIPE_FILE, header + dump_yaml(resolved.recipe.model_dump(mode="json")))
-    now = time.strftime(TIME_FORMAT)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info = {
         "method": resolved.method,
         "name": resolved.name,
@@ -159,8 +156,6 @@ def start_training(
 ) -> dict[str, Any] | None:
     """Train `resolved` as `plan` says. Returns the final metrics for an in-process run."""
     out = resolved.output_dir
-    if plan.machine_rank > 0:
-        return _join(out, plan, echo=echo)
     # Refused before locking (a foreign folder gets no lock file), with the dry run's checks and messages.
     for notice in preflight(resolved, overwrite=overwrite):
         echo(f"note: {notice}")
@@ -182,38 +177,6 @@ def start_training(
             raise
         drop_replaced(aside)  # the main process deleted it as training began; this covers a run of no steps
         return metrics
-
-
-def _join(out: Path, plan: LaunchPlan, *, echo) -> None:
-    """Machines other than the first join the run that machine 0 starts. They neither judge nor write the
-    output folder's run files: machine 0 does, under its lock, and a second writer would make the folder look
-    half-made to its checks. They wait until machine 0 has frozen this launch's run there, then start their
-    own workers, which read that frozen recipe."""
-    from alignkit.launch.spawn import launch_workers
-
-    since = time.time() - JOIN_SLACK_SECONDS
-    deadline = time.monotonic() + JOIN_SECONDS
-    echo(f"machine {plan.machine_rank}: waiting for machine 0 to start the run in {out}")
-    while not _started_since(read_info(out), since):
-        if time.monotonic() > deadline:
-            raise RunError(
-                f"{out}: machine 0 did not start the run within {JOIN_SECONDS} s of machine {plan.machine_rank}"
-                " (its output says why: a refused recipe or output folder, or it never started)"
-            )
-        time.sleep(JOIN_POLL_SECONDS)
-    launch_workers(out, plan)
-
-
-def _started_since(info: dict[str, Any] | None, since: float) -> bool:
-    """Whether `info` is an unfinished run started or resumed at `since` or later (a run folder's earlier
-    record, which machine 0 is about to resume or replace, is not this launch's)."""
-    if info is None or says_finished(info):
-        return False
-    stamps = []
-    for key in ("started_at", "resumed_at"):
-        with contextlib.suppress(TypeError, ValueError):
-            stamps.append(datetime.strptime(info.get(key), TIME_FORMAT).timestamp())
-    return bool(stamps) and max(stamps) >= since
 
 
 def _train(out: Path, plan: LaunchPlan, *, echo) -> dict[str, Any] | None:
