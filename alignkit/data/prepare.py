@@ -367,7 +367,7 @@ def _pool(recipe, parts: list[tuple[int, _Processed]], report: DataReport):
     elif any(s.role in ("test", "both") for s in data.datasets):
         raise _empty("test", report)
     elif data.test_split_size:
-        n_test = mixture.test_rows(len(order), data.test_split_size)
+        n_test = mixture.test_rows(len(train_idx), data.test_split_size)
         if n_test >= len(train_idx) or n_test == 0:
             raise UserError(
                 Problem(

@@ -33,7 +33,7 @@ TARGET_PREFERENCE = 0.90
 # The 3-layer reward model reads the sum at the answer's last digit and catches sums off by 1 or 2 and
 # reversed digits (96-100%), but a wrong tens digit only about two times in three: checking it there takes
 # about one layer more than the model has. Measured 91.5% with the demo's seed (issue 10 asks 90%), 87.5% and
-# 82.0% with seeds 1 and 2 of the reward-model stage; 88.0% since the CPU's kernels changed (issue 14); the bar
+# 82.0% with seeds 1 and 2 of the reward-model stage; 88.0-89.5% since the CPU's kernels changed (issue 14); the bar
 # sits below the demo's own figure, not at it.
 TARGET_REWARD = 0.85
 

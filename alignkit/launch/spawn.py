@@ -27,6 +27,8 @@ from alignkit.launch.worker_errors import failed_at, message_lines
 from alignkit.run_record import rank_log
 
 WORKER_MODULE = "alignkit.train.worker"
+LAUNCH_FOLDER = "launch"
+"""The output folder's subfolder of launch files and worker logs, one folder per machine inside."""
 _PREFIX_TEMPLATE = "[rank${rank}] "
 _TORCH_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Failure)\b.*")
@@ -34,7 +36,7 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|F
 
 def launch_folder(output_dir: Path, plan: LaunchPlan) -> Path:
     """Where this machine's launch files and worker logs go (one folder per machine: nodes may share a disk)."""
-    return Path(output_dir) / "launch" / f"node{plan.machine_rank}"
+    return Path(output_dir) / LAUNCH_FOLDER / f"node{plan.machine_rank}"
 
 
 def launch_workers(

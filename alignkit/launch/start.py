@@ -21,12 +21,13 @@ from typing import Any
 
 from alignkit import __version__
 from alignkit.errors import AlignkitError, Problem, RunError, UserError
-from alignkit.files import atomic_write
+from alignkit.files import atomic_write, partial_prefix
 from alignkit.launch.lock import LOCK_FILE, output_lock
 from alignkit.launch.plan import LaunchOptions, LaunchPlan
 from alignkit.launch.preflight import preflight
 from alignkit.launch.profiles import trainer_kwargs
 from alignkit.launch.replacing import REPLACING, drop_replaced, move_aside, put_back
+from alignkit.launch.spawn import LAUNCH_FOLDER
 from alignkit.recipe.resolve import ResolvedRecipe
 from alignkit.recipe.secrets import redact
 from alignkit.recipe.yamlio import dump_yaml
@@ -38,7 +39,9 @@ def _alignkit_start(name: str) -> bool:
     """Whether `name` is what a run writes before its run record: the lock, the frozen recipe (and its
     temporary file), the launch folder. On several machines sharing one output folder, each freezes the same
     recipe there; one that has begun must not make the folder look foreign to another's check."""
-    return name in (LOCK_FILE, RECIPE_FILE, "launch") or name.startswith((f".{RECIPE_FILE}.", f".{RUN_FILE}."))
+    return name in (LOCK_FILE, RECIPE_FILE, LAUNCH_FOLDER) or name.startswith(
+        (partial_prefix(RECIPE_FILE), partial_prefix(RUN_FILE))
+    )
 
 
 def prepare_output_dir(resolved: ResolvedRecipe, *, overwrite: bool) -> str:
